@@ -1,0 +1,1 @@
+"""CrystalGAN in JAX/Flax."""
