@@ -1,0 +1,243 @@
+"""Periodic nearest-neighbour geometry and CrystalGAN's geometric penalty, in pure JAX.
+
+Every array function here is written for ONE structure and is jit-, vmap- and
+grad-friendly; lift it over a batch with ``jax.vmap``. Lengths are Angstrom; positions
+are Cartesian unless a docstring says otherwise.
+
+Periodic images. The distance from atom i to atom j is taken over the images
+``r_j - r_i + k @ L`` for integer triples k in a fixed set of *shifts*. The fractional
+difference ``f_j - f_i`` is first wrapped into [-0.5, 0.5), so an image within ``r_c`` of
+atom i has ``|f_j - f_i + k|_m * h_m <= r_c`` along each axis m, where ``h_m = V / |a_p x a_q|``
+is the spacing of the lattice planes spanned by the other two vectors. Hence
+``|k_m| <= r_c / h_m + 1/2`` and :func:`image_range` takes ``n_m = ceil(r_c / h_m + 1/2)``.
+This is exact for any cell, however skewed or thin (a fixed +-1 shell is not: a thin cell
+has small ``h_m`` and needs many images). For a *nearest*-neighbour distance no cutoff is
+needed: an atom's own image at the shortest lattice vector bounds it, so ``r_c`` defaults
+to the shortest lattice vector. Under ``jit`` the shift set must have a static size: it is
+computed on the host from concrete lattices (the training data, with a margin) and passed
+in. For a lattice outside that range the distance returned is still a real image
+distance, only possibly not the shortest one, i.e. an upper bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, H_BLOCK, Crystal
+
+# Metal-metal (A-A', B-B', A-B counted together) and H-H': the spec's default classes.
+DEFAULT_CLASSES: tuple[tuple[int, ...], ...] = ((A_BLOCK, B_BLOCK), (H_BLOCK,))
+_TINY = 1e-12  # squared Angstrom; keeps sqrt differentiable for coincident atoms
+
+
+def plane_spacings(lattice: np.ndarray) -> np.ndarray:
+    """Spacing h_m (Angstrom) of the lattice planes normal to each reciprocal axis.
+
+    Args:
+      lattice: ``[..., 3, 3]`` rows a, b, c in Angstrom.
+    Returns:
+      ``[..., 3]``: ``V / |b x c|``, ``V / |c x a|``, ``V / |a x b|``.
+    """
+    lattice = np.asarray(lattice, np.float64)
+    a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+    volume = np.abs(np.einsum("...i,...i", a, np.cross(b, c)))
+    areas = np.stack([np.linalg.norm(np.cross(b, c), axis=-1),
+                      np.linalg.norm(np.cross(c, a), axis=-1),
+                      np.linalg.norm(np.cross(a, b), axis=-1)], axis=-1)
+    return volume[..., None] / areas
+
+
+def image_range(lattice: np.ndarray, cutoff: float | None = None) -> tuple[int, int, int]:
+    """Images per axis needed to see every neighbour within ``cutoff`` (host side).
+
+    Args:
+      lattice: ``[..., 3, 3]`` one lattice or a batch (the maximum over it is returned).
+      cutoff: Angstrom; ``None`` means the shortest lattice vector of each cell, which
+        suffices for nearest-neighbour distances.
+    Returns:
+      ``(n_a, n_b, n_c)``: shifts k_m in ``[-n_m, n_m]`` are needed.
+    """
+    lattice = np.asarray(lattice, np.float64).reshape(-1, 3, 3)
+    if cutoff is None:
+        r = np.linalg.norm(lattice, axis=-1).min(axis=-1, keepdims=True)
+    else:
+        r = np.full((len(lattice), 1), float(cutoff))
+    n = np.ceil(r / plane_spacings(lattice) + 0.5).astype(int)
+    return tuple(int(v) for v in n.max(axis=0))
+
+
+def lattice_shifts(n: Sequence[int]) -> np.ndarray:
+    """All integer triples k with ``|k_m| <= n_m``, the zero shift first; ``[S, 3]`` float32."""
+    ranges = [range(-int(m), int(m) + 1) for m in n]
+    shifts = sorted(itertools.product(*ranges), key=lambda k: (sum(map(abs, k)), k))
+    return np.asarray(shifts, np.float32)
+
+
+def pair_vectors(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
+                 shifts: jax.Array) -> jax.Array:
+    """Vectors from each atom i to every periodic image of each atom j.
+
+    Args:
+      lattice: ``[3, 3]`` rows a, b, c (Angstrom).
+      pos_i: ``[Ni, 3]`` Cartesian Angstrom.
+      pos_j: ``[Nj, 3]`` Cartesian Angstrom.
+      shifts: ``[S, 3]`` integer lattice translations (as floats).
+    Returns:
+      ``[Ni, Nj, S, 3]`` Cartesian Angstrom. Shift 0 is the minimum-image-wrapped pair.
+    """
+    inv = jnp.linalg.inv(lattice)
+    frac = (pos_j[None, :, :] - pos_i[:, None, :]) @ inv  # [Ni, Nj, 3]
+    # Wrapping with round() makes the needed image range independent of where atoms sit
+    # (generated atoms can lie outside the cell); round() has zero gradient, as it should.
+    frac = frac - jax.lax.stop_gradient(jnp.round(frac))
+    return (frac[:, :, None, :] + shifts[None, None, :, :]) @ lattice
+
+
+def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
+                   shifts: jax.Array) -> jax.Array:
+    """``[Ni, Nj, S]`` distances (Angstrom) from atom i to each image of atom j."""
+    vec = pair_vectors(lattice, pos_i, pos_j, shifts)
+    return jnp.sqrt(jnp.maximum(jnp.sum(vec * vec, axis=-1), _TINY))
+
+
+def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
+                      shifts: jax.Array, target_positions: jax.Array | None = None,
+                      target_mask: jax.Array | None = None) -> jax.Array:
+    """Each atom's distance to its nearest atom of a target set, over periodic images.
+
+    Without a target the set is ``positions`` itself, and only an atom at zero shift
+    from itself is excluded (its own periodic images count, as in the spec). The
+    function is differentiable with respect to ``lattice`` and positions.
+
+    Args:
+      lattice: ``[3, 3]`` Angstrom.
+      positions: ``[N, 3]`` Cartesian Angstrom.
+      mask: ``[N]`` rows that are atoms (> 0.5).
+      shifts: ``[S, 3]`` from :func:`lattice_shifts`, zero shift first.
+      target_positions, target_mask: ``[M, 3]`` and ``[M]``, a different set.
+    Returns:
+      ``[N]`` distances (Angstrom); ``inf`` for padding rows and where the target set
+      is empty.
+    """
+    same = target_positions is None
+    if same:
+        target_positions, target_mask = positions, mask
+    d = pair_distances(lattice, positions, target_positions, shifts)  # [N, M, S]
+    excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], d.shape)
+    if same:
+        self_pair = jnp.eye(positions.shape[0], dtype=bool)[:, :, None] & (
+            jnp.arange(shifts.shape[0]) == 0)[None, None, :]
+        excluded = excluded | self_pair
+    nearest = jnp.min(jnp.where(excluded, jnp.inf, d), axis=(1, 2))
+    return jnp.where(mask > 0.5, nearest, jnp.inf)
+
+
+def class_rows(crystal: Crystal, blocks: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Positions ``[sum N_s, 3]`` and mask of the blocks of one constrained class."""
+    positions = jnp.concatenate([crystal.positions[b] for b in blocks], axis=0)
+    mask = jnp.concatenate([crystal.masks[b] for b in blocks], axis=0)
+    return positions, mask
+
+
+def constrained_nearest(crystal: Crystal, shifts: jax.Array,
+                        classes: Sequence[Sequence[int]] = DEFAULT_CLASSES
+                        ) -> tuple[jax.Array, jax.Array]:
+    """Nearest-neighbour distance of every atom within its constrained class.
+
+    Only rows of the same class are compared (metal rows with metal rows, H with H),
+    which is all the penalty needs and much cheaper than all pairs.
+
+    Args:
+      crystal: one structure, Cartesian coordinates.
+      shifts: ``[S, 3]`` lattice shifts.
+      classes: tuples of block indices (H=0, A=1, B=2); an atom's nearest neighbour is
+        sought among the atoms of all blocks of its class.
+    Returns:
+      ``s [M]`` distances (Angstrom) and ``valid [M]`` (bool), concatenated over classes.
+    """
+    if crystal.fractional:
+        raise ValueError("constrained_nearest needs Cartesian positions; use to_cartesian")
+    s, valid = [], []
+    for blocks in classes:
+        positions, mask = class_rows(crystal, blocks)
+        s.append(nearest_distances(crystal.lattice, positions, mask, shifts))
+        valid.append(mask > 0.5)
+    return jnp.concatenate(s), jnp.concatenate(valid)
+
+
+def penalty_terms(s: jax.Array, valid: jax.Array, d1: float, d2: float,
+                  form: str = "hinge") -> tuple[jax.Array, jax.Array]:
+    """The two geometric terms (L_geo1, L_geo2) for one structure's distances ``s``.
+
+    ``form="hinge"`` (default; keeps distances inside [d1, d2]):
+      L_geo1 = sum_i relu(d1 - s_i)^2,  L_geo2 = sum_i relu(s_i - d2)^2.
+    ``form="paper"`` (the paper's literal formulas):
+      L_geo1 = min_i (d1 - s_i)^2,      L_geo2 = -min_i (d2 - s_i)^2.
+    Sums and minima run over valid atoms only; an empty set gives 0.
+
+    Args:
+      s: ``[M]`` nearest-neighbour distances (Angstrom).
+      valid: ``[M]`` bool, which entries are atoms.
+      d1, d2: shortest and longest allowed distance (Angstrom).
+    """
+    s = jnp.where(valid, s, d1)  # any finite value: padding must not produce NaN grads
+    if form == "hinge":
+        low = jnp.where(valid, jax.nn.relu(d1 - s) ** 2, 0.0)
+        high = jnp.where(valid, jax.nn.relu(s - d2) ** 2, 0.0)
+        return jnp.sum(low), jnp.sum(high)
+    if form == "paper":
+        any_valid = jnp.any(valid)
+        geo1 = jnp.min(jnp.where(valid, (d1 - s) ** 2, jnp.inf))
+        geo2 = -jnp.min(jnp.where(valid, (d2 - s) ** 2, jnp.inf))
+        return jnp.where(any_valid, geo1, 0.0), jnp.where(any_valid, geo2, 0.0)
+    raise ValueError(f"unknown geometric penalty form {form!r}; use 'hinge' or 'paper'")
+
+
+def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float = 1.8, d2: float = 3.0,
+                      classes: Sequence[Sequence[int]] = DEFAULT_CLASSES,
+                      form: str = "hinge") -> tuple[jax.Array, jax.Array]:
+    """(L_geo1, L_geo2) of one structure: :func:`penalty_terms` of its constrained distances.
+
+    Differentiable with respect to the lattice and positions; padding rows (mask <= 0.5)
+    change nothing. vmap it over a batch and average for a loss.
+    """
+    s, valid = constrained_nearest(crystal, shifts, classes)
+    return penalty_terms(s, valid, d1, d2, form)
+
+
+def neighbour_table(lattice: np.ndarray, positions: np.ndarray, symbols: Sequence[str],
+                    cutoff: float = 3.0, decimals: int = 4) -> list[list[tuple[str, float]]]:
+    """Every atom's neighbours within ``cutoff`` (the layout of the paper's Figure 5).
+
+    Uses :func:`pair_distances`, so it agrees with the penalty by construction.
+
+    Args:
+      lattice: ``[3, 3]`` Angstrom.
+      positions: ``[N, 3]`` Cartesian Angstrom, all rows atoms.
+      symbols: ``N`` element symbols.
+      cutoff: Angstrom.
+      decimals: equal (species, distance) pairs from several images, after rounding to
+        this many decimals, are listed once, as in the paper.
+    Returns:
+      per atom, ``(symbol, distance)`` sorted by distance.
+    """
+    lattice = np.asarray(lattice, np.float64)
+    shifts = lattice_shifts(image_range(lattice, cutoff))
+    with jax.enable_x64(True):  # the table is quoted to 1e-4 A: float64 throughout
+        d = np.asarray(pair_distances(jnp.asarray(lattice), jnp.asarray(positions, jnp.float64),
+                                      jnp.asarray(positions, jnp.float64),
+                                      jnp.asarray(shifts, jnp.float64)))
+    table = []
+    for i in range(len(positions)):
+        seen = set()
+        for j, k in zip(*np.nonzero(d[i] <= cutoff)):
+            if i == j and k == 0:
+                continue
+            seen.add((symbols[j], round(float(d[i, j, k]), decimals)))
+        table.append(sorted(seen, key=lambda item: (item[1], item[0])))
+    return table

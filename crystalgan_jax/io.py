@@ -1,0 +1,291 @@
+"""Reading and writing crystal structures of one binary hydride domain.
+
+A *domain* is a set of binary M-H structures (M one metal). They come either from a
+folder of POSCAR / CONTCAR / ``*.vasp`` / ``*.cif`` files, read with pymatgen, or from
+the CrystalGAN authors' MATLAB ``.mat`` format (one object array of shape
+``[n_structures, 4]`` holding lattice, H, A and B blocks in Cartesian Angstrom; the block
+of the absent metal is an all-zero placeholder).
+
+Every failure on bad input raises :class:`StructureFileError`, whose message names the
+file (and the line, where one is to blame) and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from pymatgen.core import Element, Lattice, Structure
+
+HYDROGEN = "H"
+STRUCTURE_SUFFIXES = (".vasp", ".poscar", ".cif")
+STRUCTURE_STEMS = ("POSCAR", "CONTCAR")
+# Below this a cell is treated as degenerate (collinear or coplanar lattice vectors).
+MIN_CELL_VOLUME = 1e-3  # Angstrom^3
+
+
+class StructureFileError(ValueError):
+    """Bad input: names the file, the line (where known) and what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        where = self.path if line is None else f"{self.path}, line {line}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """Binary M-H structures of one metal, with where each came from.
+
+    Attributes:
+      metal: element symbol of the metal M.
+      structures: the structures, Cartesian coordinates in Angstrom.
+      sources: one label per structure naming its file (``path`` or ``path[i]``).
+    """
+
+    metal: str
+    structures: tuple[Structure, ...]
+    sources: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+
+def is_structure_file(path: Path) -> bool:
+    """True for names this module reads: POSCAR*, CONTCAR*, *.vasp, *.poscar, *.cif."""
+    name = path.name
+    return path.is_file() and (
+        path.suffix.lower() in STRUCTURE_SUFFIXES
+        or any(name.startswith(stem) for stem in STRUCTURE_STEMS)
+    )
+
+
+def _check_poscar_text(path: Path, text: str) -> None:
+    """Line-numbered validation of the POSCAR header and coordinate lines.
+
+    pymatgen's own errors rarely say where a POSCAR is broken; this catches the
+    usual faults first so that the user is told the line.
+    """
+    lines = text.splitlines()
+
+    def floats(lineno: int, count: int, what: str) -> list[float]:
+        if lineno > len(lines):
+            raise StructureFileError(path, f"file ends before the {what}", lineno)
+        parts = lines[lineno - 1].split()
+        try:
+            values = [float(p) for p in parts[:count]]
+        except ValueError:
+            values = []
+        if len(values) < count:
+            raise StructureFileError(
+                path, f"expected {count} numbers ({what}), got {lines[lineno - 1]!r}", lineno)
+        return values
+
+    if not text.strip():
+        raise StructureFileError(path, "file is empty")
+    floats(2, 1, "scale factor")
+    for i in range(3):
+        floats(3 + i, 3, f"lattice vector {'abc'[i]}")
+    if len(lines) < 7:
+        raise StructureFileError(path, "file ends before the species and counts lines", len(lines))
+    species = lines[5].split()
+    if not species or any(s[0].isdigit() for s in species):
+        raise StructureFileError(
+            path, "missing element symbols line (VASP 4 format is not supported)", 6)
+    for s in species:
+        symbol = s.split("/")[0].split("_")[0]
+        if not Element.is_valid_symbol(symbol):
+            raise StructureFileError(path, f"{s!r} is not an element symbol", 6)
+    try:
+        counts = [int(c) for c in lines[6].split()]
+    except ValueError:
+        raise StructureFileError(path, f"atom counts must be integers: {lines[6]!r}", 7) from None
+    if len(counts) != len(species):
+        raise StructureFileError(
+            path, f"{len(species)} element symbols but {len(counts)} atom counts", 7)
+    mode_line = 8
+    if mode_line <= len(lines) and lines[mode_line - 1].strip()[:1].lower() == "s":
+        mode_line += 1  # 'Selective dynamics'
+    if mode_line > len(lines):
+        raise StructureFileError(path, "file ends before the coordinate mode line", mode_line)
+    if lines[mode_line - 1].strip()[:1].lower() not in ("c", "k", "d"):
+        raise StructureFileError(
+            path, f"expected 'Direct' or 'Cartesian', got {lines[mode_line - 1]!r}", mode_line)
+    for k in range(sum(counts)):
+        floats(mode_line + 1 + k, 3, f"coordinates of atom {k + 1}")
+
+
+def read_structure(path: str | os.PathLike) -> Structure:
+    """Reads one POSCAR/CONTCAR/.vasp or .cif file with pymatgen.
+
+    Raises:
+      StructureFileError: unreadable or malformed file, or a zero-volume cell.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise StructureFileError(path, f"cannot read file: {err}") from None
+    is_cif = path.suffix.lower() == ".cif"
+    if not is_cif:
+        _check_poscar_text(path, text)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if is_cif:
+                structure = Structure.from_str(text, fmt="cif")
+            else:
+                structure = Structure.from_str(text, fmt="poscar")
+    except Exception as err:  # pymatgen raises many types for malformed files
+        raise StructureFileError(path, f"malformed {'CIF' if is_cif else 'POSCAR'}: {err}") from None
+    if abs(structure.lattice.volume) < MIN_CELL_VOLUME:
+        raise StructureFileError(path, "cell volume is zero (degenerate lattice vectors)")
+    return structure
+
+
+def check_binary(structure: Structure, metal: str, source: str) -> None:
+    """Checks that ``structure`` holds the metal and H and nothing else.
+
+    Raises:
+      StructureFileError: another element, or no H, or no metal.
+    """
+    symbols = {site.specie.symbol for site in structure}
+    others = sorted(symbols - {metal, HYDROGEN})
+    if others:
+        raise StructureFileError(
+            source, f"holds {', '.join(others)}; this domain takes only {metal} and H")
+    if HYDROGEN not in symbols:
+        raise StructureFileError(source, "holds no H atom")
+    if metal not in symbols:
+        raise StructureFileError(source, f"holds no {metal} atom")
+
+
+def read_folder(folder: str | os.PathLike, metal: str) -> Domain:
+    """Reads every structure file of ``folder`` (sorted by name) as domain ``metal``-H.
+
+    Raises:
+      StructureFileError: missing or empty folder, or any bad file in it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StructureFileError(folder, "no such folder")
+    files = sorted(p for p in folder.iterdir() if is_structure_file(p))
+    if not files:
+        raise StructureFileError(
+            folder, "holds no structure files (POSCAR*, CONTCAR*, *.vasp, *.poscar, *.cif)")
+    structures = []
+    for path in files:
+        structure = read_structure(path)
+        check_binary(structure, metal, str(path))
+        structures.append(structure)
+    return Domain(metal, tuple(structures), tuple(str(p) for p in files))
+
+
+def _mat_array(path: Path):
+    from scipy.io import loadmat  # scipy is a dependency of pymatgen
+
+    try:
+        contents = loadmat(str(path))
+    except Exception as err:
+        raise StructureFileError(path, f"not a readable MATLAB .mat file: {err}") from None
+    keys = [k for k in contents if not k.startswith("__")]
+    if len(keys) != 1:
+        raise StructureFileError(path, f"expected one variable, found {keys}")
+    array = contents[keys[0]]
+    if array.dtype != object or array.ndim != 2 or array.shape[1] != 4:
+        raise StructureFileError(
+            path, f"variable {keys[0]!r} must be an object array [n, 4], got "
+            f"{array.dtype} {array.shape}")
+    return array
+
+
+def _is_placeholder(block) -> bool:
+    """The authors' marker for an absent metal: an 18x3 block of zeros."""
+    block = np.asarray(block)
+    return block.shape == (18, 3) and not np.any(block)
+
+
+def read_mat(path: str | os.PathLike, metal: str, block: int) -> Domain:
+    """Reads the authors' ``.mat`` format (SOURCE.md) as domain ``metal``-H.
+
+    Args:
+      path: the ``.mat`` file.
+      metal: element symbol of the metal of this file.
+      block: column holding the metal's positions: 2 for element A, 3 for B (0 is the
+        lattice, 1 the H positions). The other metal column must be the all-zero
+        placeholder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StructureFileError(path, "no such file")
+    array = _mat_array(path)
+    other = 5 - block
+    structures, sources = [], []
+    for i, row in enumerate(array):
+        source = f"{path}[{i}]"
+        lattice = np.asarray(row[0], np.float64)
+        h = np.asarray(row[1], np.float64).reshape(-1, 3)
+        m = np.asarray(row[block], np.float64).reshape(-1, 3)
+        if lattice.shape != (3, 3):
+            raise StructureFileError(source, f"lattice must be 3x3, got {lattice.shape}")
+        if not _is_placeholder(row[other]):
+            raise StructureFileError(
+                source, f"column {other + 1} should be the all-zero placeholder of the "
+                f"other metal, but holds atoms: is this file's metal {metal}?")
+        if abs(np.linalg.det(lattice)) < MIN_CELL_VOLUME:
+            raise StructureFileError(source, "cell volume is zero (degenerate lattice vectors)")
+        if len(h) == 0:
+            raise StructureFileError(source, "holds no H atom")
+        if len(m) == 0 or _is_placeholder(row[block]):
+            raise StructureFileError(source, f"holds no {metal} atom")
+        species = [HYDROGEN] * len(h) + [metal] * len(m)
+        structures.append(
+            Structure(Lattice(lattice), species, np.concatenate([h, m]), coords_are_cartesian=True))
+        sources.append(source)
+    return Domain(metal, tuple(structures), tuple(sources))
+
+
+def read_domain(source: str | os.PathLike, metal: str, mat_block: int | None = None) -> Domain:
+    """Reads a domain from a folder of structure files or from a ``.mat`` file.
+
+    Args:
+      source: folder, or ``.mat`` file.
+      metal: element symbol of the domain's metal.
+      mat_block: for ``.mat`` files, 2 if ``metal`` is the system's element A, 3 if B.
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".mat":
+        if mat_block is None:
+            raise ValueError("mat_block (2 for element A, 3 for B) is needed for .mat files")
+        return read_mat(source, metal, mat_block)
+    return read_folder(source, metal)
+
+
+def sorted_by_species(structure: Structure, order: Sequence[str]) -> Structure:
+    """A copy whose sites are grouped by element in ``order`` (stable within a group)."""
+    rank = {s: i for i, s in enumerate(order)}
+    sites = sorted(structure, key=lambda site: rank.get(site.specie.symbol, len(rank)))
+    return Structure.from_sites(sites)
+
+
+def write_poscar(structure: Structure, path: str | os.PathLike, comment: str | None = None) -> None:
+    """Writes a VASP 5 POSCAR (Cartesian, real element symbols) that pymatgen and ASE read."""
+    from pymatgen.io.vasp import Poscar
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    poscar = Poscar(structure, comment=comment or structure.composition.reduced_formula,
+                    sort_structure=False)
+    Path(path).write_text(poscar.get_str(direct=False, significant_figures=10))
+
+
+def write_cif(structure: Structure, path: str | os.PathLike) -> None:
+    """Writes a P1 CIF with real element symbols."""
+    from pymatgen.io.cif import CifWriter
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    CifWriter(structure).write_file(str(path))

@@ -1,0 +1,36 @@
+"""Shared fixtures: the reference data live in ../shared, beside the checkout."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+REFERENCE = SHARED / "crystalgan-reference"
+FIGURE5 = SHARED / "paper-figure5"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"reference data not found: {path} (expected ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _need(REFERENCE)
+
+
+@pytest.fixture(scope="session")
+def figure5_dir() -> Path:
+    return _need(FIGURE5)
+
+
+@pytest.fixture(scope="session")
+def reference_domains(reference_dir):
+    """(PdH, NiH) domains read from the authors' .mat files."""
+    from crystalgan_jax import io
+
+    pdh = io.read_domain(reference_dir / "PdH_dataset.mat", "Pd", mat_block=2)
+    nih = io.read_domain(reference_dir / "NiH_dataset.mat", "Ni", mat_block=3)
+    return pdh, nih

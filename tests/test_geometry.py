@@ -1,0 +1,166 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crystalgan_jax import encoding, geometry, io
+
+
+def _pymatgen_nearest(structure: Structure, members: set[str]) -> list[float]:
+    """Nearest distance from each member atom to another member atom (images included)."""
+    out = []
+    r = 2.0 * max(structure.lattice.abc) + 1.0  # the own image bounds the answer
+    for i, site in enumerate(structure):
+        if site.specie.symbol not in members:
+            continue
+        neighbours = structure.get_neighbors(site, r)
+        out.append(min(n.nn_distance for n in neighbours if n.specie.symbol in members))
+    return out
+
+
+def _jax_nearest(structure: Structure, members: set[str]) -> np.ndarray:
+    rows = [i for i, s in enumerate(structure) if s.specie.symbol in members]
+    lattice = structure.lattice.matrix
+    shifts = geometry.lattice_shifts(geometry.image_range(lattice))
+    with jax.enable_x64(True):
+        d = geometry.nearest_distances(
+            jnp.asarray(lattice), jnp.asarray(structure.cart_coords[rows]),
+            jnp.ones(len(rows)), jnp.asarray(shifts, jnp.float64))
+    return np.asarray(d)
+
+
+def test_figure5_neighbour_table_matches_paper(figure5_dir):
+    s = io.read_structure(figure5_dir / "POSCAR")
+    ref = json.loads((figure5_dir / "neighbours.json").read_text())
+    table = geometry.neighbour_table(s.lattice.matrix, s.cart_coords,
+                                     [x.specie.symbol for x in s], ref["cutoff_angstrom"])
+    assert len(table) == len(ref["atoms"])
+    for row, atom in zip(table, ref["atoms"]):
+        assert [sp for sp, _ in row] == [sp for sp, _ in atom["neighbours"]]
+        np.testing.assert_allclose([d for _, d in row], [d for _, d in atom["neighbours"]],
+                                   atol=1e-3)
+
+
+@pytest.mark.parametrize("members", [{"H"}, {"Pd", "Ni"}])
+def test_nearest_distances_match_pymatgen_on_reference(reference_domains, members):
+    checked = 0
+    for domain in reference_domains:
+        for s in domain.structures:
+            present = members & {x.specie.symbol for x in s}
+            if not present:
+                continue
+            np.testing.assert_allclose(_jax_nearest(s, present), _pymatgen_nearest(s, present),
+                                       atol=1e-4)
+            checked += 1
+    assert checked == 70
+
+
+@pytest.mark.parametrize("lattice", [
+    # thin slab: c-axis plane spacing 0.6 A, far below the nearest-neighbour distance
+    [[3.0, 0.0, 0.0], [0.0, 3.2, 0.0], [0.0, 0.0, 0.6]],
+    # strongly skewed: c leans far over a (a fixed +-1 image shell is wrong here)
+    [[2.9, 0.0, 0.0], [0.4, 3.1, 0.0], [7.3, 1.1, 1.2]],
+])
+def test_nearest_distances_thin_and_skewed_cells(lattice):
+    rng = np.random.default_rng(0)
+    s = Structure(Lattice(lattice), ["Pd", "Ni", "H", "H", "Pd"], rng.random((5, 3)))
+    assert max(geometry.image_range(lattice)) >= 2  # the point of the case
+    for members in ({"H"}, {"Pd", "Ni"}):
+        np.testing.assert_allclose(_jax_nearest(s, members), _pymatgen_nearest(s, members),
+                                   atol=1e-4)
+
+
+def test_single_atom_sees_its_own_images():
+    # spec: a cell with one H of edge 4 A has H-H' = 4 A
+    d = geometry.nearest_distances(jnp.eye(3) * 4.0, jnp.zeros((1, 3)), jnp.ones(1),
+                                   jnp.asarray(geometry.lattice_shifts((1, 1, 1))))
+    np.testing.assert_allclose(d, [4.0], rtol=1e-6)
+
+
+def _crystal(lattice, h, metal_a, metal_b=(), n=(4, 3, 3)):
+    layout = encoding.Layout("Pd", "Ni", *n)
+    species = ["H"] * len(h) + ["Pd"] * len(metal_a) + ["Ni"] * len(metal_b)
+    coords = list(h) + list(metal_a) + list(metal_b)
+    s = Structure(Lattice(lattice), species, coords, coords_are_cartesian=True)
+    return encoding.encode(s, layout, dtype=np.float64), layout
+
+
+def _penalty(crystal, form="hinge"):
+    shifts = jnp.asarray(geometry.lattice_shifts((2, 2, 2)), jnp.float64)
+    return sum(geometry.geometric_penalty(crystal, shifts, 1.8, 3.0, form=form))
+
+
+def test_penalty_zero_inside_positive_outside():
+    with jax.enable_x64(True):
+        inside, _ = _crystal(np.eye(3) * 4.0, [[0, 0, 0], [2.0, 0, 0]],
+                             [[0, 2.0, 0]], [[0, 0, 2.0]])  # metal-metal 2*sqrt2, H-H 2.0
+        assert float(_penalty(inside)) == 0.0
+        too_close, _ = _crystal(np.eye(3) * 5.0, [[0, 0, 0], [1.0, 0, 0]],
+                                [[0, 2.5, 0]], [[0, 0, 2.5]])
+        assert float(_penalty(too_close)) > 0.0
+        too_far, _ = _crystal(np.eye(3) * 9.0, [[0, 0, 0], [4.5, 0, 0]],
+                              [[0, 4.5, 0]], [[0, 0, 4.5]])
+        assert float(_penalty(too_far)) > 0.0
+
+
+def test_penalty_gradient_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        crystal, _ = _crystal(np.diag([4.0, 3.5, 5.0]) + 0.3 * rng.random((3, 3)),
+                              rng.random((3, 3)) * 3, rng.random((2, 3)) * 3,
+                              rng.random((2, 3)) * 3)
+        for form in ("hinge", "paper"):
+            def f(lattice, h, a, b):
+                c = crystal.replace(lattice=lattice, positions=(h, a, b))
+                return _penalty(c, form)
+
+            args = (jnp.asarray(crystal.lattice),) + tuple(map(jnp.asarray, crystal.positions))
+            grads = jax.grad(f, argnums=(0, 1, 2, 3))(*args)
+            assert any(float(jnp.abs(g).sum()) > 0 for g in grads)
+            eps = 1e-6
+            for k, (x, g) in enumerate(zip(args, grads)):
+                flat = np.asarray(x).ravel()
+                for idx in range(flat.size):
+                    up, down = flat.copy(), flat.copy()
+                    up[idx] += eps
+                    down[idx] -= eps
+                    a_up = list(args); a_up[k] = jnp.asarray(up.reshape(x.shape))
+                    a_dn = list(args); a_dn[k] = jnp.asarray(down.reshape(x.shape))
+                    fd = (float(f(*a_up)) - float(f(*a_dn))) / (2 * eps)
+                    assert abs(fd - float(np.asarray(g).ravel()[idx])) < 1e-5 * max(1, abs(fd)), (
+                        form, k, idx)
+
+
+def test_padding_rows_change_nothing():
+    with jax.enable_x64(True):
+        lattice = np.diag([4.0, 3.6, 5.2])
+        h, a, b = [[0, 0, 0], [1.1, 0.3, 0.2]], [[2, 2, 2]], [[0.5, 1.8, 3.9]]
+        small, _ = _crystal(lattice, h, a, b, n=(2, 1, 1))
+        big, _ = _crystal(lattice, h, a, b, n=(6, 4, 5))
+        # garbage in padding rows must be ignored as long as the mask says "no atom"
+        big = big.replace(positions=tuple(
+            np.where(m[:, None] > 0.5, p, 0.37) for p, m in zip(big.positions, big.masks)))
+        for form in ("hinge", "paper"):
+            np.testing.assert_allclose(float(_penalty(small, form)), float(_penalty(big, form)),
+                                       rtol=1e-12)
+        g = jax.grad(lambda h: _penalty(big.replace(positions=(h,) + big.positions[1:])))(
+            jnp.asarray(big.positions[0]))
+        assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[2:] == 0)
+
+
+def test_penalty_vmaps_and_jits_over_a_batch(reference_domains):
+    pdh, nih = reference_domains
+    structures = pdh.structures[:6] + nih.structures[:6]
+    layout = encoding.Layout.fit("Pd", "Ni", structures)
+    batch = encoding.encode_batch(structures, layout, dtype=np.float32)
+    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
+    fn = jax.jit(jax.vmap(lambda c: geometry.geometric_penalty(c, shifts)))
+    geo1, geo2 = fn(jax.tree_util.tree_map(jnp.asarray, batch))
+    assert geo1.shape == (12,)
+    for i in (0, 7):
+        one = geometry.geometric_penalty(
+            jax.tree_util.tree_map(jnp.asarray, encoding.index(batch, i)), shifts)
+        np.testing.assert_allclose([geo1[i], geo2[i]], one, rtol=1e-5)

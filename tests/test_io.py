@@ -1,0 +1,101 @@
+import shutil
+
+import numpy as np
+import pytest
+from ase.io import read as ase_read
+from pymatgen.core import Lattice, Structure
+
+from crystalgan_jax import io
+
+GOOD = """PdH
+1.0
+4.0 0.0 0.0
+0.0 4.0 0.0
+0.0 0.0 4.0
+H Pd
+1 1
+Direct
+0.5 0.5 0.5
+0.0 0.0 0.0
+"""
+
+
+def _write(folder, name, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_reads_folder_sorted_by_name(tmp_path):
+    _write(tmp_path, "b.vasp", GOOD)
+    _write(tmp_path, "POSCAR_a", GOOD.replace("0.5 0.5 0.5", "0.5 0.5 0.0"))
+    s = Structure(Lattice.cubic(3.0), ["Pd", "H"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    io.write_cif(s, tmp_path / "c.cif")
+    (tmp_path / "notes.txt").write_text("ignored")
+    domain = io.read_folder(tmp_path, "Pd")
+    assert [p.split("/")[-1] for p in domain.sources] == ["POSCAR_a", "b.vasp", "c.cif"]
+    assert all(x.composition.formula == "H1 Pd1" for x in domain.structures)
+
+
+def test_reads_reference_mat_files(reference_domains):
+    pdh, nih = reference_domains
+    assert len(pdh) == len(nih) == 35
+    assert {e.symbol for s in pdh.structures for e in s.composition} == {"Pd", "H"}
+    assert {e.symbol for s in nih.structures for e in s.composition} == {"Ni", "H"}
+
+
+def test_mat_with_wrong_metal_names_the_file(reference_dir):
+    with pytest.raises(io.StructureFileError, match=r"PdH_dataset.mat\[0\].*placeholder"):
+        io.read_domain(reference_dir / "PdH_dataset.mat", "Ni", mat_block=3)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    (GOOD.replace("4.0 0.0 0.0", "4.0 zero 0.0"), r"line 3: expected 3 numbers"),
+    (GOOD.replace("1 1\n", "1 x\n"), r"line 7: atom counts must be integers"),
+    (GOOD.replace("H Pd\n1 1", "H Pd\n1 1 1"), r"line 7: 2 element symbols but 3 atom counts"),
+    (GOOD.replace("H Pd\n1", "H Qq\n1"), r"line 6: 'Qq' is not an element symbol"),
+    (GOOD.replace("0.0 0.0 0.0\n", "0.0 0.0\n"), r"line 10: expected 3 numbers"),
+    (GOOD.replace("Direct", "Fractional"), r"line 8: expected 'Direct' or 'Cartesian'"),
+    ("", r"file is empty"),
+    (GOOD.replace("0.0 0.0 4.0", "0.0 0.0 0.0"), r"cell volume is zero"),
+])
+def test_malformed_poscar_errors_name_file_and_line(tmp_path, text, pattern):
+    path = _write(tmp_path, "POSCAR", text)
+    with pytest.raises(io.StructureFileError, match=pattern) as err:
+        io.read_folder(tmp_path, "Pd")
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    (GOOD.replace("H Pd", "H Cu"), r"holds Cu; this domain takes only Pd and H"),
+    (GOOD.replace("H Pd\n1 1", "Pd Pd\n1 1"), r"holds no H atom"),
+    (GOOD.replace("H Pd\n1 1", "H H\n1 1"), r"holds no Pd atom"),
+])
+def test_wrong_elements_name_the_file(tmp_path, text, pattern):
+    path = _write(tmp_path, "x.vasp", text)
+    with pytest.raises(io.StructureFileError, match=pattern) as err:
+        io.read_folder(tmp_path, "Pd")
+    assert str(path) in str(err.value)
+
+
+def test_bad_cif_and_empty_folder(tmp_path):
+    with pytest.raises(io.StructureFileError, match="holds no structure files"):
+        io.read_folder(tmp_path, "Pd")
+    with pytest.raises(io.StructureFileError, match="no such folder"):
+        io.read_folder(tmp_path / "missing", "Pd")
+    path = _write(tmp_path, "broken.cif", "data_x\n_cell_length_a 4\nloop_\n_atom_site_label\n")
+    with pytest.raises(io.StructureFileError, match="broken.cif: malformed CIF"):
+        io.read_folder(tmp_path, "Pd")
+
+
+def test_written_files_read_back_with_pymatgen_and_ase(tmp_path, reference_domains):
+    s = reference_domains[0].structures[10]
+    io.write_poscar(s, tmp_path / "s.vasp")
+    io.write_cif(s, tmp_path / "s.cif")
+    for path in (tmp_path / "s.vasp", tmp_path / "s.cif"):
+        back = io.read_structure(path)
+        assert back.composition == s.composition
+        atoms = ase_read(str(path))
+        assert sorted(atoms.get_chemical_symbols()) == sorted(x.specie.symbol for x in s)
+        np.testing.assert_allclose(atoms.get_volume(), s.volume, rtol=1e-6)
+    assert "Pd" in (tmp_path / "s.vasp").read_text().splitlines()[5]
