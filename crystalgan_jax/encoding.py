@@ -252,3 +252,26 @@ def replace_block(crystal: Crystal, block: int, donor: Crystal) -> Crystal:
     positions[block] = donor.positions[block]
     masks[block] = donor.masks[block]
     return crystal.replace(positions=tuple(positions), masks=tuple(masks))
+
+
+def metal_view(crystal: Crystal, block: int) -> Crystal:
+    """The two-block view (H, metal) of a binary crystal whose metal sits in ``block``.
+
+    Stage 1 of CrystalGAN maps A-H structures to B-H-like ones and back; on this view
+    both domains have the same shape, so a generator's output can be fed to the other.
+    """
+    return crystal.replace(positions=(crystal.positions[H_BLOCK], crystal.positions[block]),
+                           masks=(crystal.masks[H_BLOCK], crystal.masks[block]))
+
+
+def from_metal_view(view: Crystal, block: int) -> Crystal:
+    """Inverse of :func:`metal_view`: the metal goes to ``block``, the other metal is empty."""
+    xp = _namespace(view.lattice)
+    h, metal = view.positions
+    mh, mm = view.masks
+    empty, empty_mask = xp.zeros_like(metal), xp.zeros_like(mm)
+    if block == A_BLOCK:
+        return view.replace(positions=(h, metal, empty), masks=(mh, mm, empty_mask))
+    if block == B_BLOCK:
+        return view.replace(positions=(h, empty, metal), masks=(mh, empty_mask, mm))
+    raise ValueError(f"block must be A_BLOCK ({A_BLOCK}) or B_BLOCK ({B_BLOCK}), got {block}")

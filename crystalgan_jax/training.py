@@ -1,0 +1,487 @@
+"""CrystalGAN training in JAX: state pytree, jitted train steps, the stages, feature transfer.
+
+Everything here is a pure function of (state, data, static configuration). One
+:class:`TrainState` pytree holds the parameters of the four generators (G_AHB1, G_BHA1,
+G_AHB2, G_BHA2), the four discriminators (D_AH, D_BH, D_AHB, D_BHA), their optax
+states and the PRNG key; with ``method="gan"`` it holds the plain-GAN baseline's
+noise generator and discriminator instead. Nothing draws Python-side randomness, so a
+whole run can be vmapped over seeds.
+
+The three steps of the method (spec, "The three steps"):
+
+* stage 1, a cross-domain GAN on the (H, metal) views of AH and BH
+  (:func:`crystalgan_jax.encoding.metal_view`), losses L_G1 and L_D1;
+* feature transfer (:func:`feature_transfer`, no training): x_AHB_g = x_AHB1 with the B
+  block of y_BHA1, y_BHA_g = y_BHA1 with the A block of x_AHB1;
+* stage 3, the same cross-domain GAN on AHB_g and BHA_g, plus the geometric terms.
+
+A train step is one discriminator update then ``generator_steps`` generator updates on
+the same minibatch (the authors' schedule). An epoch visits ``max(n_x, n_y) // batch``
+minibatches (at least one) drawn from fresh permutations of each domain. Epochs run
+inside XLA: :func:`make_chunk_runner` compiles ``lax.scan`` over a fixed number of
+epochs, with a per-epoch ``active`` flag so that a shorter final chunk reuses the same
+compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.struct as struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from crystalgan_jax import geometry, losses
+from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, Crystal, from_metal_view, metal_view
+from crystalgan_jax.encoding import replace_block
+from crystalgan_jax.models import Discriminator, Generator, NoiseGenerator
+
+METHODS = ("crystalgan", "nocons", "discogan", "gan")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters (paper defaults; spec "Hyperparameters").
+
+    Attributes:
+      method: "crystalgan" (stages 1 and 3 with geometric terms), "nocons" (the same
+        with l5 = l6 = 0), "discogan" (stage 1 only; its outputs are final), "gan"
+        (Gaussian noise -> crystal, trained on both domains together).
+      epochs: epochs per stage.
+      batch_size: minibatch size (paper: 35).
+      learning_rate, beta1, beta2: Adam.
+      generator_steps: generator updates per discriminator update (authors: 5).
+      depth, width: hidden layers and units of every MLP (paper: 5 x 100).
+      weights: l1..l6 and the occupancy weight.
+      d1, d2: allowed nearest-neighbour range, Angstrom.
+      classes: constrained classes as tuples of block indices (H=0, A=1, B=2).
+      geometry_form: "hinge" (default) or "paper".
+      latent_dim: noise size of the GAN baseline.
+      chunk_epochs: epochs per compiled call; progress and checkpoints happen between.
+      max_images: cap on lattice images per axis for the geometric penalty.
+      residual: generators predict a correction to their input coordinates.
+    """
+
+    method: str = "crystalgan"
+    epochs: int = 1000
+    batch_size: int = 35
+    learning_rate: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    generator_steps: int = 5
+    depth: int = 5
+    width: int = 100
+    weights: losses.Weights = losses.Weights()
+    d1: float = 1.8
+    d2: float = 3.0
+    classes: tuple[tuple[int, ...], ...] = geometry.DEFAULT_CLASSES
+    geometry_form: str = "hinge"
+    latent_dim: int = 32
+    chunk_epochs: int = 50
+    max_images: int = 3
+    residual: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "nocons":
+            object.__setattr__(self, "weights",
+                               dataclasses.replace(self.weights, l5=0.0, l6=0.0))
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Names of the trained stages, in order."""
+        return {"crystalgan": ("stage1", "stage3"), "nocons": ("stage1", "stage3"),
+                "discogan": ("stage1",), "gan": ("gan",)}[self.method]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Static description of one cross-domain stage: who maps, who judges, what is logged.
+
+    ``generators[0]`` maps domain x to y-like samples (judged by ``discriminators[1]``),
+    ``generators[1]`` maps y to x-like ones (judged by ``discriminators[0]``).
+    """
+
+    name: str
+    generators: tuple[str, str]
+    discriminators: tuple[str, str]
+    geometric: bool
+    metric_names: tuple[str, ...]
+
+
+STAGES = {
+    "stage1": Stage("stage1", ("G_AHB1", "G_BHA1"), ("D_AH", "D_BH"), False,
+                    ("L_D1", "L_G1", "L_GAN_BH", "L_RAH", "L_GAN_AH", "L_RBH")),
+    "stage3": Stage("stage3", ("G_AHB2", "G_BHA2"), ("D_AHB", "D_BHA"), True,
+                    ("L_D2", "L_G2", "L_GAN_BHAg", "L_RAHB", "L_GAN_AHBg", "L_RBHA",
+                     "L_geo1", "L_geo2")),
+    "gan": Stage("gan", ("G_noise", "G_noise"), ("D_all", "D_all"), False,
+                 ("L_D", "L_G")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    """The Flax module definitions (parameters live in the state)."""
+
+    stage1_generator: Generator
+    stage3_generator: Generator
+    discriminator: Discriminator
+    noise_generator: NoiseGenerator
+
+    @classmethod
+    def build(cls, rows: Sequence[int], length_scale: float, cfg: TrainConfig) -> "Networks":
+        n_h, n_a, n_b = rows
+        if n_a != n_b:
+            raise ValueError(f"metal blocks must have equal rows for stage 1, got {n_a}, {n_b}")
+        kw = dict(length_scale=length_scale, depth=cfg.depth, width=cfg.width)
+        return cls(Generator(rows=(n_h, n_a), residual=cfg.residual, **kw),
+                   Generator(rows=tuple(rows), residual=cfg.residual, **kw),
+                   Discriminator(**kw), NoiseGenerator(rows=tuple(rows), **kw))
+
+    def generator(self, stage: str):
+        return {"stage1": self.stage1_generator, "stage3": self.stage3_generator,
+                "gan": self.noise_generator}[stage]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run carries from epoch to epoch.
+
+    Attributes:
+      params: network name -> Flax parameters.
+      opt_state: "<stage>/G" and "<stage>/D" -> optax state of that stage's networks.
+      key: PRNG key, split once per epoch.
+      epoch: epochs completed over all stages (int32 scalar).
+    """
+
+    params: dict
+    opt_state: dict
+    key: jax.Array
+    epoch: jax.Array
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Adam with the paper's settings."""
+    return optax.adam(cfg.learning_rate, b1=cfg.beta1, b2=cfg.beta2)
+
+
+def _dummy(rows: Sequence[int]) -> Crystal:
+    return Crystal(jnp.eye(3, dtype=jnp.float32), tuple(jnp.zeros((n, 3), jnp.float32) for n in rows),
+                   tuple(jnp.zeros((n,), jnp.float32) for n in rows))
+
+
+def init_state(key: jax.Array, nets: Networks, cfg: TrainConfig) -> TrainState:
+    """Fresh parameters and optimizer states for the networks ``cfg.method`` trains."""
+    tx = optimizer(cfg)
+    key, *keys = jax.random.split(key, 9)
+    rows3 = nets.stage3_generator.rows
+    rows1 = nets.stage1_generator.rows
+    params: dict[str, Any] = {}
+    for stage in cfg.stages:
+        spec = STAGES[stage]
+        if stage == "gan":
+            params["G_noise"] = nets.noise_generator.init(
+                keys.pop(), jnp.zeros((cfg.latent_dim,), jnp.float32))["params"]
+            params["D_all"] = nets.discriminator.init(keys.pop(), _dummy(rows3))["params"]
+            continue
+        gen, rows = nets.generator(stage), rows1 if stage == "stage1" else rows3
+        for name in spec.generators:
+            params[name] = gen.init(keys.pop(), _dummy(rows))["params"]
+        for name in spec.discriminators:
+            params[name] = nets.discriminator.init(keys.pop(), _dummy(rows))["params"]
+    opt_state = {}
+    for stage in cfg.stages:
+        spec = STAGES[stage]
+        opt_state[f"{stage}/G"] = tx.init(_subset(params, spec.generators))
+        opt_state[f"{stage}/D"] = tx.init(_subset(params, spec.discriminators))
+    return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32))
+
+
+def _subset(params: dict, names: Sequence[str]) -> dict:
+    return {name: params[name] for name in dict.fromkeys(names)}
+
+
+def apply_generator(gen: Generator, params, crystals: Crystal) -> tuple[Crystal, tuple]:
+    """A generator over a batch ``[B]`` of crystals -> (crystals, mask logits)."""
+    return jax.vmap(lambda c: gen.apply({"params": params}, c))(crystals)
+
+
+def apply_discriminator(disc: Discriminator, params, crystals: Crystal) -> jax.Array:
+    """A discriminator over a batch ``[B]`` -> logits ``[B]``."""
+    return jax.vmap(lambda c: disc.apply({"params": params}, c))(crystals)
+
+
+def _concat(a: Crystal, b: Crystal) -> Crystal:
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
+# --- losses of one stage, as functions of its parameters --------------------------------
+
+def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Crystal, *,
+                                stage: Stage, nets: Networks, cfg: TrainConfig,
+                                shifts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """L_G1 (stage 1) or L_G2 (stage 3) on minibatches x, y; returns (loss, logged terms)."""
+    gen = nets.generator(stage.name)
+    scale = gen.length_scale
+    g_xy, g_yx = stage.generators
+    d_x, d_y = stage.discriminators
+    fake_y, _ = apply_generator(gen, gparams[g_xy], x)
+    fake_x, _ = apply_generator(gen, gparams[g_yx], y)
+    rec_x, rec_x_logits = apply_generator(gen, gparams[g_yx], fake_y)
+    rec_y, rec_y_logits = apply_generator(gen, gparams[g_xy], fake_x)
+    gan_fwd = losses.generator_adversarial(apply_discriminator(nets.discriminator, dparams[d_y], fake_y))
+    gan_bwd = losses.generator_adversarial(apply_discriminator(nets.discriminator, dparams[d_x], fake_x))
+    w = cfg.weights
+    rec_xv = losses.cycle(rec_x, rec_x_logits, x, scale, w.occupancy)
+    rec_yv = losses.cycle(rec_y, rec_y_logits, y, scale, w.occupancy)
+    terms = [gan_fwd, rec_xv, gan_bwd, rec_yv]
+    geo1 = geo2 = jnp.zeros((), jnp.float32)
+    if stage.geometric:
+        # The penalty runs on both generated directions: these are the final x_AHB2, y_BHA2.
+        geo1, geo2 = losses.geometric(_concat(fake_y, fake_x), shifts, cfg.d1, cfg.d2,
+                                      cfg.classes, cfg.geometry_form)
+        terms += [geo1, geo2]
+    total = losses.generator_objective(gan_fwd, rec_xv, gan_bwd, rec_yv, geo1, geo2, w)
+    return total, jnp.stack([total] + terms)
+
+
+def cross_domain_discriminator_loss(dparams: dict, gparams: dict, x: Crystal, y: Crystal, *,
+                                    stage: Stage, nets: Networks) -> jax.Array:
+    """L_D1 or L_D2: each discriminator on its domain's data against generated samples."""
+    gen = nets.generator(stage.name)
+    g_xy, g_yx = stage.generators
+    d_x, d_y = stage.discriminators
+    fake_y = jax.lax.stop_gradient(apply_generator(gen, gparams[g_xy], x)[0])
+    fake_x = jax.lax.stop_gradient(apply_generator(gen, gparams[g_yx], y)[0])
+    disc = nets.discriminator
+    return losses.discriminator_objective(
+        apply_discriminator(disc, dparams[d_x], x), apply_discriminator(disc, dparams[d_x], fake_x),
+        apply_discriminator(disc, dparams[d_y], y), apply_discriminator(disc, dparams[d_y], fake_y))
+
+
+def sample_noise(key: jax.Array, count: int, cfg: TrainConfig) -> jax.Array:
+    """Gaussian latent vectors ``[count, latent_dim]`` for the GAN baseline."""
+    return jax.random.normal(key, (count, cfg.latent_dim), jnp.float32)
+
+
+def gan_generator_loss(gparams: dict, dparams: dict, real: Crystal, key: jax.Array, *,
+                       nets: Networks, cfg: TrainConfig) -> tuple[jax.Array, jax.Array]:
+    """Plain GAN: -E[log D(G(z))] with z Gaussian; returns (loss, logged terms)."""
+    fake, _ = jax.vmap(lambda z: nets.noise_generator.apply({"params": gparams["G_noise"]}, z))(
+        sample_noise(key, real.lattice.shape[0], cfg))
+    loss = losses.generator_adversarial(
+        apply_discriminator(nets.discriminator, dparams["D_all"], fake))
+    return loss, jnp.stack([loss])
+
+
+def gan_discriminator_loss(dparams: dict, gparams: dict, real: Crystal, key: jax.Array, *,
+                           nets: Networks, cfg: TrainConfig) -> jax.Array:
+    fake, _ = jax.vmap(lambda z: nets.noise_generator.apply({"params": gparams["G_noise"]}, z))(
+        sample_noise(key, real.lattice.shape[0], cfg))
+    fake = jax.lax.stop_gradient(fake)
+    disc = nets.discriminator
+    return losses.discriminator(apply_discriminator(disc, dparams["D_all"], real),
+                                apply_discriminator(disc, dparams["D_all"], fake))
+
+
+# --- steps, epochs, chunks ----------------------------------------------------------------
+
+def _stage_losses(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Array):
+    """(generator loss, discriminator loss), both as f(gp, dp, batch, key)."""
+    if stage.name == "gan":
+        def g_loss(gp, dp, batch, key):
+            return gan_generator_loss(gp, dp, batch[0], key, nets=nets, cfg=cfg)
+
+        def d_loss(dp, gp, batch, key):
+            return gan_discriminator_loss(dp, gp, batch[0], key, nets=nets, cfg=cfg)
+        return g_loss, d_loss
+
+    def g_loss(gp, dp, batch, key):
+        del key
+        return cross_domain_generator_loss(gp, dp, *batch, stage=stage, nets=nets, cfg=cfg,
+                                           shifts=shifts)
+
+    def d_loss(dp, gp, batch, key):
+        del key
+        return cross_domain_discriminator_loss(dp, gp, *batch, stage=stage, nets=nets)
+    return g_loss, d_loss
+
+
+def make_train_step(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Array):
+    """``step(state, batch, key) -> (state, metrics)``: one D update, then k G updates.
+
+    ``batch`` is a tuple of crystal minibatches (x, y) for a cross-domain stage or
+    (real,) for the GAN baseline; ``metrics`` is ``[L_D, L_G, terms...]`` after the
+    last generator update (the stage's ``metric_names``).
+    """
+    tx = optimizer(cfg)
+    g_loss, d_loss = _stage_losses(stage, nets, cfg, shifts)
+    g_names, d_names = stage.generators, stage.discriminators
+
+    def step(state: TrainState, batch: tuple, key: jax.Array):
+        gp, dp = _subset(state.params, g_names), _subset(state.params, d_names)
+        opt_g, opt_d = state.opt_state[f"{stage.name}/G"], state.opt_state[f"{stage.name}/D"]
+        d_key, g_key = jax.random.split(key)
+        ld, d_grads = jax.value_and_grad(d_loss)(dp, gp, batch, d_key)
+        updates, opt_d = tx.update(d_grads, opt_d, dp)
+        dp = optax.apply_updates(dp, updates)
+
+        def g_update(carry, k):
+            gp, opt_g = carry
+            (_, terms), grads = jax.value_and_grad(g_loss, has_aux=True)(gp, dp, batch, k)
+            updates, opt_g = tx.update(grads, opt_g, gp)
+            return (optax.apply_updates(gp, updates), opt_g), terms
+
+        (gp, opt_g), terms = jax.lax.scan(
+            g_update, (gp, opt_g), jax.random.split(g_key, cfg.generator_steps))
+        params = {**state.params, **gp, **dp}
+        opt_state = {**state.opt_state, f"{stage.name}/G": opt_g, f"{stage.name}/D": opt_d}
+        return state.replace(params=params, opt_state=opt_state), jnp.concatenate([ld[None], terms[-1]])
+
+    return step
+
+
+def steps_per_epoch(sizes: Sequence[int], batch_size: int) -> int:
+    """Minibatches per epoch: enough to visit the larger domain once (at least one)."""
+    return max(1, max(sizes) // batch_size)
+
+
+def sample_minibatches(key: jax.Array, data: tuple, batch_size: int, steps: int) -> tuple:
+    """Per domain, ``steps`` minibatches ``[steps, batch_size]`` from one fresh permutation.
+
+    A domain smaller than ``steps * batch_size`` is cycled through its permutation.
+    """
+    out = []
+    for k, domain in zip(jax.random.split(key, len(data)), data):
+        n = domain.lattice.shape[0]
+        perm = jax.random.permutation(k, n)
+        idx = perm[jnp.arange(steps * batch_size) % n].reshape(steps, batch_size)
+        out.append(jax.tree_util.tree_map(lambda a: a[idx], domain))
+    return tuple(out)
+
+
+def make_epoch(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Array,
+               sizes: Sequence[int]):
+    """``epoch(state, data) -> (state, mean metrics over the epoch's steps)``."""
+    step = make_train_step(stage, nets, cfg, shifts)
+    steps = steps_per_epoch(sizes, cfg.batch_size)
+
+    def epoch(state: TrainState, data: tuple):
+        key, batch_key, step_key = jax.random.split(state.key, 3)
+        batches = sample_minibatches(batch_key, data, cfg.batch_size, steps)
+        state, metrics = jax.lax.scan(lambda s, xs: step(s, *xs), state,
+                                      (batches, jax.random.split(step_key, steps)))
+        return state.replace(key=key, epoch=state.epoch + 1), jnp.mean(metrics, axis=0)
+
+    return epoch
+
+
+def make_chunk_runner(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Array,
+                      sizes: Sequence[int], on_trace: Callable[[str], None] | None = None):
+    """Jitted ``run(state, data, active[chunk]) -> (state, metrics[chunk, n_metrics])``.
+
+    Epoch i of the chunk runs only where ``active[i]``; an inactive epoch leaves the
+    state untouched (its metrics row is meaningless). ``on_trace`` is called each time
+    JAX traces the function, which lets tests check that it compiles once per stage.
+    """
+    epoch = make_epoch(stage, nets, cfg, shifts, sizes)
+
+    def run(state: TrainState, data: tuple, active: jax.Array):
+        if on_trace is not None:
+            on_trace(stage.name)
+
+        def body(s, a):
+            new, metrics = epoch(s, data)
+            s = jax.tree_util.tree_map(lambda n, o: jnp.where(a, n, o), new, s)
+            return s, metrics
+
+        return jax.lax.scan(body, state, active)
+
+    return jax.jit(run)
+
+
+# --- feature transfer and generation -----------------------------------------------------
+
+def _stage1_outputs(params: dict, nets: Networks, x_ah: Crystal, y_bh: Crystal):
+    gen = nets.stage1_generator
+    x1 = from_metal_view(apply_generator(gen, params["G_AHB1"], metal_view(x_ah, A_BLOCK))[0], A_BLOCK)
+    y1 = from_metal_view(apply_generator(gen, params["G_BHA1"], metal_view(y_bh, B_BLOCK))[0], B_BLOCK)
+    return x1, y1
+
+
+def harden(crystal: Crystal) -> Crystal:
+    """Occupancy probabilities -> {0, 1} masks, as decoding reads them (threshold 0.5)."""
+    return crystal.replace(masks=tuple((m > 0.5).astype(jnp.float32) for m in crystal.masks))
+
+
+def feature_transfer(params: dict, nets: Networks, x_ah: Crystal, y_bh: Crystal
+                     ) -> tuple[Crystal, Crystal]:
+    """Step 2 of the spec: the stage-3 domains (x_AHB_g, y_BHA_g), each ``[max(n_x, n_y)]``.
+
+    Sample i of AHB_g pairs x_AHB1[i mod n_x] with y_BHA1[i mod n_y]: x_AHB_g takes the
+    B block of that y_BHA1 sample, y_BHA_g the A block of that x_AHB1 sample. Masks are
+    hardened (:func:`harden`), so both domains hold definite A, B and H atoms.
+    """
+    x1, y1 = _stage1_outputs(params, nets, x_ah, y_bh)
+    n_x, n_y = x_ah.lattice.shape[0], y_bh.lattice.shape[0]
+    n = max(n_x, n_y)
+    x1 = jax.tree_util.tree_map(lambda a: a[jnp.arange(n) % n_x], harden(x1))
+    y1 = jax.tree_util.tree_map(lambda a: a[jnp.arange(n) % n_y], harden(y1))
+    return replace_block(x1, B_BLOCK, y1), replace_block(y1, A_BLOCK, x1)
+
+
+def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
+             y_bh: Crystal, key: jax.Array | None = None) -> dict[str, dict[str, Crystal]]:
+    """The structures a run produces, by kind ("stage1", "final") and direction.
+
+    Directions are "AHB" (from the AH side) and "BHA"; the GAN baseline has one,
+    "GAN", with ``n_x + n_y`` samples drawn with ``key``.
+    """
+    p = state.params
+    if cfg.method == "gan":
+        z = sample_noise(key if key is not None else state.key,
+                         x_ah.lattice.shape[0] + y_bh.lattice.shape[0], cfg)
+        fake, _ = jax.vmap(lambda v: nets.noise_generator.apply({"params": p["G_noise"]}, v))(z)
+        return {"final": {"GAN": fake}}
+    x1, y1 = _stage1_outputs(p, nets, x_ah, y_bh)
+    out = {"stage1": {"AHB": x1, "BHA": y1}}
+    if cfg.method == "discogan":
+        out["final"] = out["stage1"]
+        return out
+    x_g, y_g = feature_transfer(p, nets, x_ah, y_bh)
+    gen = nets.stage3_generator
+    out["final"] = {"AHB": apply_generator(gen, p["G_AHB2"], x_g)[0],
+                    "BHA": apply_generator(gen, p["G_BHA2"], y_g)[0]}
+    return out
+
+
+def stage_data(stage: str, state: TrainState, nets: Networks, x_ah: Crystal,
+               y_bh: Crystal) -> tuple:
+    """The domains a stage trains on: metal views, transferred domains, or their union."""
+    if stage == "stage1":
+        return (metal_view(x_ah, A_BLOCK), metal_view(y_bh, B_BLOCK))
+    if stage == "stage3":
+        return feature_transfer(state.params, nets, x_ah, y_bh)
+    if stage == "gan":
+        return (_concat(x_ah, y_bh),)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def penalty_shifts(lattices: np.ndarray, cfg: TrainConfig) -> jax.Array:
+    """Lattice shifts for the penalty: enough for the training cells' nearest neighbours.
+
+    At least one image each way (so own images are seen), at most ``cfg.max_images``.
+    See :mod:`crystalgan_jax.geometry` for what a generated cell outside this range gets.
+    """
+    n = np.clip(geometry.image_range(lattices), 1, cfg.max_images)
+    return jnp.asarray(geometry.lattice_shifts(n))
+
+
+def length_scale(lattices: np.ndarray) -> float:
+    """Mean lattice-vector length of the training cells (Angstrom): the networks' unit."""
+    return float(np.mean(np.linalg.norm(np.asarray(lattices), axis=-1)))
