@@ -235,23 +235,31 @@ def neighbour_table(lattice: np.ndarray, positions: np.ndarray, symbols: Sequenc
       positions: ``[N, 3]`` Cartesian Angstrom, all rows atoms.
       symbols: ``N`` element symbols.
       cutoff: Angstrom.
-      decimals: equal (species, distance) pairs from several images, after rounding to
-        this many decimals, are listed once, as in the paper.
+      decimals: see :func:`table_from_distances`.
     Returns:
       per atom, ``(symbol, distance)`` sorted by distance.
     """
     lattice = np.asarray(lattice, np.float64)
     shifts = lattice_shifts(image_range(lattice, cutoff))
     with jax.enable_x64(True):  # the table is quoted to 1e-4 A: float64 throughout
-        d = np.asarray(pair_distances(jnp.asarray(lattice), jnp.asarray(positions, jnp.float64),
-                                      jnp.asarray(positions, jnp.float64),
-                                      jnp.asarray(shifts, jnp.float64)))
+        d = np.array(pair_distances(jnp.asarray(lattice), jnp.asarray(positions, jnp.float64),
+                                    jnp.asarray(positions, jnp.float64),
+                                    jnp.asarray(shifts, jnp.float64)))
+    n = len(positions)
+    d[np.arange(n), np.arange(n), 0] = np.inf  # the atom itself; its other images count
+    return table_from_distances(d, symbols, cutoff, decimals)
+
+
+def table_from_distances(d: np.ndarray, symbols: Sequence[str], cutoff: float = 3.0,
+                         decimals: int = 4) -> list[list[tuple[str, float]]]:
+    """The Figure-5 table from precomputed ``[N, N, S]`` distances (self pair set to inf).
+
+    Equal (species, distance) pairs from several images, after rounding to ``decimals``,
+    are listed once, as in the paper; each row is sorted by distance.
+    """
     table = []
-    for i in range(len(positions)):
-        seen = set()
-        for j, k in zip(*np.nonzero(d[i] <= cutoff)):
-            if i == j and k == 0:
-                continue
-            seen.add((symbols[j], round(float(d[i, j, k]), decimals)))
+    for i in range(len(symbols)):
+        seen = {(symbols[j], round(float(d[i, j, k]), decimals))
+                for j, k in zip(*np.nonzero(d[i] <= cutoff))}
         table.append(sorted(seen, key=lambda item: (item[1], item[0])))
     return table

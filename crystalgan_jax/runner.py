@@ -1,0 +1,252 @@
+"""One training run end to end: data -> stages (with checkpoints) -> structure files.
+
+:func:`run` is what ``experiments/train.py`` calls with its parsed flags. It writes into
+``output_dir``:
+
+* ``structures/stage1/{AHB,BHA}/NNN.vasp`` and ``.cif`` (step-1 outputs) and
+  ``structures/final/{AHB,BHA}/NNN.vasp`` and ``.cif`` (the generated ternaries; the GAN
+  baseline writes ``final/GAN``), real element symbols;
+* ``metrics.jsonl``: one line per epoch and stage with every logged loss;
+* ``checkpoints/`` (Orbax; see :mod:`crystalgan_jax.checkpoints`);
+* ``config.json``, and the report of :mod:`crystalgan_jax.report` (``report.json``,
+  ``report.md``, plots).
+
+Nothing is lost on a crash or Ctrl-C: checkpoints are synchronous, and an interrupt saves
+the state of the last finished chunk of epochs before it propagates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crystalgan_jax import encoding, io, training
+from crystalgan_jax.checkpoints import Checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What a run trains on and where it writes.
+
+    Attributes:
+      data_ah, data_bh: folder of POSCAR/CIF files or authors' ``.mat`` file per domain.
+      element_a, element_b: the metals A and B.
+      output_dir: where everything goes.
+      train: hyperparameters.
+      seed: PRNG seed; the only source of randomness.
+      checkpoint_every: epochs between checkpoints (M).
+      resume: continue from the latest checkpoint in ``output_dir``.
+      overwrite: delete an existing ``output_dir`` first.
+      n_h, n_metal: padding rows of the H and of each metal block (None: from the data).
+      evaluate: write the evaluation report after training.
+    """
+
+    data_ah: str
+    data_bh: str
+    element_a: str
+    element_b: str
+    output_dir: str
+    train: training.TrainConfig = training.TrainConfig()
+    seed: int = 0
+    checkpoint_every: int = 100
+    resume: bool = False
+    overwrite: bool = False
+    n_h: int | None = None
+    n_metal: int | None = None
+    evaluate: bool = True
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run` leaves in memory (all of it is also on disk)."""
+
+    output_dir: Path
+    layout: encoding.Layout
+    state: training.TrainState
+    files: dict[str, dict[str, list[Path]]]
+    metrics: list[dict]
+    report: dict | None
+
+
+def load_domains(spec: RunSpec) -> tuple[io.Domain, io.Domain]:
+    """Reads the AH and BH domains (folders or ``.mat`` files)."""
+    ah = io.read_domain(spec.data_ah, spec.element_a, mat_block=encoding.A_BLOCK + 1)
+    bh = io.read_domain(spec.data_bh, spec.element_b, mat_block=encoding.B_BLOCK + 1)
+    return ah, bh
+
+
+def _prepare_output(spec: RunSpec) -> Path:
+    out = Path(spec.output_dir)
+    has_run = (out / "checkpoints").exists() or (out / "metrics.jsonl").exists()
+    if has_run and spec.overwrite:
+        shutil.rmtree(out)
+    elif has_run and not spec.resume:
+        raise FileExistsError(
+            f"{out} already holds a run; pass resume=True (--resume) to continue it or "
+            "overwrite=True (--overwrite) to start again")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
+    """Metrics lines of epochs already covered by the restored checkpoint."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["global_epoch"] <= up_to_epoch]
+
+
+def _format_progress(stage: str, epoch: int, epochs: int, row: dict, rate: float) -> str:
+    losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("L_"))
+    eta = (epochs - epoch) / rate if rate > 0 else float("nan")
+    return f"[{stage}] epoch {epoch}/{epochs}  {losses}  {rate:.1f} epochs/s  eta {eta:.0f}s"
+
+
+def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
+                 nets: training.Networks, state: training.TrainState,
+                 metrics: list[dict], ckpt: Checkpoints,
+                 log: Callable[[str], None], on_trace=None) -> training.TrainState:
+    """Runs every stage of ``spec.train`` from ``state.epoch`` on, checkpointing as it goes."""
+    cfg = spec.train
+    lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
+    shifts = training.penalty_shifts(lattices, cfg)
+    metrics_file = (out / "metrics.jsonl").open("a")
+    try:
+        for s_index, stage_name in enumerate(cfg.stages):
+            start = s_index * cfg.epochs
+            if int(state.epoch) >= start + cfg.epochs:
+                continue
+            stage = training.STAGES[stage_name]
+            data = training.stage_data(stage_name, state, nets, x, y)
+            sizes = [d.lattice.shape[0] for d in data]
+            chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
+            runner = training.make_chunk_runner(stage, nets, cfg, shifts, sizes, on_trace)
+            last_saved = int(state.epoch)
+            while int(state.epoch) < start + cfg.epochs:
+                done = int(state.epoch) - start
+                n = min(chunk, cfg.epochs - done)
+                tic = time.perf_counter()
+                try:
+                    state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
+                    chunk_metrics = np.asarray(chunk_metrics)  # waits for the device
+                except KeyboardInterrupt:
+                    step = ckpt.save(state)
+                    log(f"interrupted: state of epoch {step} saved in {ckpt.directory}; "
+                        "continue with --resume")
+                    raise
+                rate = n / (time.perf_counter() - tic)
+                for i in range(n):
+                    row = {"stage": stage_name, "epoch": done + i + 1,
+                           "global_epoch": start + done + i + 1}
+                    row.update(zip(stage.metric_names, map(float, chunk_metrics[i])))
+                    metrics.append(row)
+                    metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
+                epoch = int(state.epoch)
+                stage_end = epoch == start + cfg.epochs
+                if stage_end or epoch - last_saved >= spec.checkpoint_every:
+                    ckpt.save(state, end_of_stage1=stage_end and stage_name == "stage1")
+                    last_saved = epoch
+    finally:
+        metrics_file.close()
+    return state
+
+
+def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,
+                     out: Path, log: Callable[[str], None]) -> dict[str, dict[str, list[Path]]]:
+    """Decodes and writes every generated crystal as POSCAR (.vasp) and CIF.
+
+    A sample that does not decode (no atoms, or a degenerate cell) is reported and skipped;
+    file numbers keep the sample index, so gaps show which.
+    """
+    files: dict[str, dict[str, list[Path]]] = {}
+    for kind, directions in generated.items():
+        files[kind] = {}
+        for direction, crystals in directions.items():
+            folder = out / "structures" / kind / direction
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = []
+            crystals = jax.tree_util.tree_map(np.asarray, crystals)
+            for i in range(crystals.lattice.shape[0]):
+                one = encoding.index(crystals, i)
+                reason = _undecodable(one)
+                if reason:
+                    log(f"skipped {kind}/{direction}/{i:03d}: {reason}")
+                    continue
+                structure = encoding.decode(one, layout)
+                path = folder / f"{i:03d}.vasp"
+                io.write_poscar(structure, path, comment=f"{kind} {direction} {i:03d}")
+                io.write_cif(structure, path.with_suffix(".cif"))
+                paths.append(path)
+            files[kind][direction] = paths
+    return files
+
+
+def _undecodable(crystal: encoding.Crystal) -> str | None:
+    if not any(np.any(np.asarray(m) > 0.5) for m in crystal.masks):
+        return "no atom has occupancy > 0.5"
+    if abs(np.linalg.det(np.asarray(crystal.lattice, np.float64))) < io.MIN_CELL_VOLUME:
+        return "degenerate cell (zero volume)"
+    return None
+
+
+def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None) -> RunResult:
+    """Trains ``spec.train.method`` on the two domains and writes every output."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    cfg = spec.train
+    ah, bh = load_domains(spec)
+    layout = encoding.Layout.fit(spec.element_a, spec.element_b, ah.structures + bh.structures,
+                                 n_h=spec.n_h, n_a=spec.n_metal, n_b=spec.n_metal)
+
+    def encode(domain: io.Domain) -> encoding.Crystal:
+        batch = encoding.encode_batch(domain.structures, layout, sources=domain.sources,
+                                      dtype=np.float32)
+        return jax.tree_util.tree_map(jnp.asarray, batch)
+
+    x, y = encode(ah), encode(bh)
+    out = _prepare_output(spec)
+    lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
+    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
+    state = training.init_state(jax.random.PRNGKey(spec.seed), nets, cfg)
+    ckpt = Checkpoints(out / "checkpoints")
+    metrics: list[dict] = []
+    if spec.resume and ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        metrics = _read_metrics(out / "metrics.jsonl", int(state.epoch))
+        log(f"resumed from epoch {int(state.epoch)} in {ckpt.directory}")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    (out / "config.json").write_text(json.dumps(_config_json(spec, layout, ah, bh), indent=2))
+    log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "
+        f"rows H/A/B = {layout.rows}; method {cfg.method}, {cfg.epochs} epochs per stage")
+    try:
+        state = train_stages(spec, out, x, y, nets, state, metrics, ckpt, log, on_trace)
+    finally:
+        ckpt.close()
+    generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
+    files = write_structures(generated, layout, out, log)
+    report = None
+    if spec.evaluate:
+        from crystalgan_jax import report as report_lib
+
+        symbols = layout.symbols
+        classes = tuple(tuple(symbols[b] for b in blocks) for blocks in cfg.classes)
+        report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
+                                             spec.element_a, spec.element_b, metrics,
+                                             d1=cfg.d1, d2=cfg.d2, classes=classes)
+    return RunResult(out, layout, state, files, metrics, report)
+
+
+def _config_json(spec: RunSpec, layout: encoding.Layout, ah: io.Domain, bh: io.Domain) -> dict:
+    return {"spec": dataclasses.asdict(spec), "layout": dataclasses.asdict(layout),
+            "sources_ah": list(ah.sources), "sources_bh": list(bh.sources),
+            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
