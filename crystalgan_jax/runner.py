@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crystalgan_jax import encoding, io, training
+from crystalgan_jax import encoding, geometry, io, training
 from crystalgan_jax.checkpoints import Checkpoints
 
 
@@ -192,11 +192,20 @@ def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: 
     return files
 
 
+# Below this spacing of lattice planes (Angstrom) a generated cell is no crystal, and
+# pymatgen's CIF reader refuses it; such samples are logged and not written.
+MIN_PLANE_SPACING = 0.1
+
+
 def _undecodable(crystal: encoding.Crystal) -> str | None:
     if not any(np.any(np.asarray(m) > 0.5) for m in crystal.masks):
         return "no atom has occupancy > 0.5"
-    if abs(np.linalg.det(np.asarray(crystal.lattice, np.float64))) < io.MIN_CELL_VOLUME:
+    lattice = np.asarray(crystal.lattice, np.float64)
+    if abs(np.linalg.det(lattice)) < io.MIN_CELL_VOLUME:
         return "degenerate cell (zero volume)"
+    spacing = float(geometry.plane_spacings(lattice).min())
+    if spacing < MIN_PLANE_SPACING:
+        return f"degenerate cell (lattice planes {spacing:.3g} A apart)"
     return None
 
 
