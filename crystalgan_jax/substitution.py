@@ -10,18 +10,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pymatgen.core import Element, Structure
-from scipy.constants import Avogadro
+from pymatgen.core import Structure
 
-CM3_TO_A3 = 1e24  # Angstrom^3 per cm^3
+from crystalgan_jax.datasets import host_of
 
 
 def atomic_volume(symbol: str) -> float:
-    """Volume per atom (Angstrom^3) of the elemental solid, from pymatgen's molar volume."""
-    molar = Element(symbol).molar_volume  # cm^3 / mol
-    if molar is None:
-        raise ValueError(f"pymatgen has no molar volume for {symbol}")
-    return float(molar) * CM3_TO_A3 / Avogadro
+    """Volume per atom (Angstrom^3) of the elemental metal, as the data-set builder uses it."""
+    return host_of(symbol).atomic_volume
 
 
 def vegard_volume_ratio(parent: str, dopant: str, fraction: float) -> float:

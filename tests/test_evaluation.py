@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from crystalgan_jax import evaluation, geometry, io, report, substitution
+from crystalgan_jax import datasets, evaluation, geometry, io, report, substitution
 
 A, B = "Pd", "Ni"
 
@@ -131,7 +131,8 @@ def test_substitution_is_ternary_and_follows_vegard(reference_domains):
     assert len(out) == expected and expected > 0
     assert not any(s.properties["source"] in ("AH[2]", "BH[1]") for s in out)  # one metal
 
-    volume = {el: float(Element(el).molar_volume) for el in (A, B)}  # cm^3/mol
+    # the metals' atomic volumes, as the data-set builder takes them (A^3 per atom)
+    volume = {el: datasets.host_of(el).atomic_volume for el in (A, B)}
     parents = {f"AH[{i}]": (s, A, B) for i, s in enumerate(ah)}
     parents.update({f"BH[{i}]": (s, B, A) for i, s in enumerate(bh)})
     for s, ev in zip(out, evaluation.evaluate_structures(out, A, B)):
