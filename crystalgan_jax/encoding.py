@@ -75,6 +75,12 @@ class Layout:
                    n_b if n_b is not None else metal)
 
 
+def class_symbols(classes, element_a: str, element_b: str) -> tuple[tuple[str, ...], ...]:
+    """Constrained classes as block indices, e.g. ((1, 2), (0,)) -> (("Pd", "Ni"), ("H",))."""
+    symbols = ("H", element_a, element_b)
+    return tuple(tuple(symbols[b] for b in blocks) for blocks in classes)
+
+
 @struct.dataclass
 class Crystal:
     """One structure, or a batch of them with leading axes ``[...]``.

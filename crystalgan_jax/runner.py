@@ -247,8 +247,7 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None) 
     if spec.evaluate:
         from crystalgan_jax import report as report_lib
 
-        symbols = layout.symbols
-        classes = tuple(tuple(symbols[b] for b in blocks) for blocks in cfg.classes)
+        classes = encoding.class_symbols(cfg.classes, spec.element_a, spec.element_b)
         report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
                                              spec.element_a, spec.element_b, metrics,
                                              d1=cfg.d1, d2=cfg.d2, classes=classes)

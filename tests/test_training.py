@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -13,27 +12,16 @@ from ase.io import read as ase_read
 
 from crystalgan_jax import encoding, io, losses, training
 from crystalgan_jax.runner import RunSpec, run
+from tests.conftest import small_domain
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = training.TrainConfig(epochs=4, batch_size=4, depth=2, width=32, chunk_epochs=2,
                              generator_steps=2)
-
-
-def _small_domain(tmp: Path, name: str, count: int = 6) -> Path:
-    """The first ``count`` files of the embedded data/<name> folder."""
-    src = REPO / "data" / name
-    files = sorted(p for p in src.iterdir() if io.is_structure_file(p))[:count]
-    dst = tmp / name
-    dst.mkdir(parents=True)
-    for f in files:
-        shutil.copy(f, dst / f.name)
-    return dst
 
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
-    return _small_domain(tmp, "PdH"), _small_domain(tmp, "NiH")
+    return small_domain(tmp, "PdH"), small_domain(tmp, "NiH")
 
 
 def _spec(small_data, out, **kw):
