@@ -117,7 +117,7 @@ def _is_number(value: Any) -> bool:
 
 
 def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | None:
-    """Loss curves: one panel per ``"stage"``, one line per numeric key other than ``"epoch"``.
+    """Loss curves: one panel per ``"stage"``, one line per numeric key (epoch counters aside).
 
     Args:
       metrics: dicts like ``{"stage": "step1", "epoch": 3, "L_G1": 1.2, "L_D1": 0.7}``; a
@@ -125,7 +125,9 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
       path: where the PNG goes.
     Returns:
       ``path``, or ``None`` (nothing written) when there is no numeric value to plot.
-    The y axis of a panel is logarithmic when all its values are positive.
+    The y axis of a panel is logarithmic when all its values are positive, and symmetric
+    logarithmic (linear within 1e-3 of zero) otherwise, so that a loss that reaches 0
+    (a satisfied hinge) or goes negative (the paper's L_geo2) still shows.
     """
     stages: dict[str, list[Mapping[str, Any]]] = {}
     for row in metrics:
@@ -135,7 +137,8 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
         for k, row in enumerate(rows):
             x = float(row["epoch"]) if _is_number(row.get("epoch")) else float(k)
             for name, value in row.items():
-                if name in ("stage", "epoch") or not _is_number(value) or not math.isfinite(value):
+                if (name == "stage" or "epoch" in name or not _is_number(value)
+                        or not math.isfinite(value)):
                     continue
                 xs, ys = curves.setdefault(stage, {}).setdefault(name, ([], []))
                 xs.append(x)
@@ -148,6 +151,8 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
             ax.plot(xs, ys, label=name, linewidth=1.2, marker="." if len(xs) < 30 else None)
         if all(y > 0 for _, ys in lines.values() for y in ys):
             ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(stage if stage.lower().startswith("stage") else
                      f"stage {stage}" if stage else "losses")
         ax.set_xlabel("epoch")
