@@ -104,12 +104,7 @@ def plot_distance_histograms(generated: Sequence[StructureEvaluation],
         ax.set_ylabel("fraction of atoms")
         ax.legend(fontsize=8)
     fig.suptitle("Nearest-neighbour distances: generated vs training")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _is_number(value: Any) -> bool:
@@ -159,6 +154,10 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
         ax.set_ylabel("loss")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, ncol=2 if len(lines) > 5 else 1)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
