@@ -1,0 +1,39 @@
+"""experiments/train.py as a user meets it: flagfile lookup and errors on bad input."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, small_domain
+
+TRAIN = REPO / "experiments" / "train.py"
+
+
+def _train(args, cwd):
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_bad_poscar_reports_file_and_line(tmp_path):
+    ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
+    broken = sorted(ah.iterdir())[0]
+    lines = broken.read_text().splitlines()
+    lines[6] = lines[6] + " 7"  # one more count than there are symbols
+    broken.write_text("\n".join(lines) + "\n")
+    proc = _train(["--flagfile=pdni.flags", f"--data_ah={ah}", f"--data_bh={bh}",
+                   f"--output_dir={tmp_path / 'out'}"], cwd=REPO)
+    assert proc.returncode == 2
+    assert f"{broken}, line 7: 2 element symbols but 3 atom counts" in proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_wrong_metal_and_unknown_flagfile_from_experiments_dir(tmp_path):
+    ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
+    # run from experiments/: the flagfile is found there, the folders hold the wrong metal
+    proc = _train(["--flagfile=pdni.flags", f"--data_ah={bh}", f"--data_bh={ah}",
+                   f"--output_dir={tmp_path / 'out'}"], cwd=REPO / "experiments")
+    assert proc.returncode == 2
+    assert "holds Ni; this domain takes only Pd and H" in proc.stderr
+    assert str(sorted(bh.iterdir())[0]) in proc.stderr
+    proc = _train(["--constrained=AX"], cwd=tmp_path)
+    assert proc.returncode != 0 and "'X' is not one of" in proc.stderr
