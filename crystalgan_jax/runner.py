@@ -209,8 +209,17 @@ def _undecodable(crystal: encoding.Crystal) -> str | None:
     return None
 
 
-def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None) -> RunResult:
-    """Trains ``spec.train.method`` on the two domains and writes every output."""
+def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
+        extra_files: dict[str, str] | None = None) -> RunResult:
+    """Trains ``spec.train.method`` on the two domains and writes every output.
+
+    Args:
+      spec: what to train on and where to write.
+      log: receives progress lines (default: stderr).
+      on_trace: called with the stage name whenever a stage's epochs are traced.
+      extra_files: file name -> text, written into the output directory before training
+        (train.py records its flags this way, so a crashed run still has them).
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg = spec.train
     ah, bh = load_domains(spec)
@@ -235,6 +244,8 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None) 
         log(f"resumed from epoch {int(state.epoch)} in {ckpt.directory}")
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     (out / "config.json").write_text(json.dumps(_config_json(spec, layout, ah, bh), indent=2))
+    for name, text in (extra_files or {}).items():
+        (out / name).write_text(text)
     log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "
         f"rows H/A/B = {layout.rows}; method {cfg.method}, {cfg.epochs} epochs per stage")
     try:

@@ -119,13 +119,12 @@ def main(argv: list[str]) -> int:
     spec = spec_from_flags()
     out = Path(spec.output_dir)
     try:
-        result = run(spec)
+        result = run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    (out / "flags.txt").write_text(FLAGS.flags_into_string())
     counts = (result.report or {}).get("counts")
     print(f"outputs in {out}" + (f"; counts {counts}" if counts else ""))
     return 0

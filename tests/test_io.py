@@ -78,6 +78,13 @@ def test_wrong_elements_name_the_file(tmp_path, text, pattern):
     assert str(path) in str(err.value)
 
 
+def test_unreadable_file_names_the_file(tmp_path):
+    path = tmp_path / "POSCAR"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(io.StructureFileError, match=r"POSCAR: cannot read file"):
+        io.read_folder(tmp_path, "Pd")
+
+
 def test_bad_cif_and_empty_folder(tmp_path):
     with pytest.raises(io.StructureFileError, match="holds no structure files"):
         io.read_folder(tmp_path, "Pd")
