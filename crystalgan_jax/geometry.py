@@ -224,6 +224,37 @@ def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float = 1.8, d2: 
     return penalty_terms(s, valid, d1, d2, form)
 
 
+def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
+                  factor: float = 0.8) -> jax.Array:
+    """Sum over atom pairs of relu(factor * (r_i + r_j) - d_ij)^2 (Angstrom^2).
+
+    A repulsion between ALL atoms, whatever their species, where they come closer than
+    ``factor`` times the sum of their covalent radii: the metal-H pairs that the
+    spec's constrained classes leave free, and metal pairs closer than d1 allows for
+    large atoms. Pairs run over periodic images (an atom's own images included) and each
+    unordered pair counts once; padding rows (mask <= 0.5) count nothing.
+
+    Args:
+      crystal: one structure, Cartesian.
+      shifts: ``[S, 3]`` lattice shifts, zero shift first.
+      radii: covalent radius (Angstrom) of the H, A and B blocks.
+      factor: fraction of the radius sum below which a pair is penalised.
+    """
+    if crystal.fractional:
+        raise ValueError("clash_penalty needs Cartesian positions; use to_cartesian")
+    positions = jnp.concatenate(crystal.positions, axis=0)
+    present = jnp.concatenate(crystal.masks, axis=0) > 0.5
+    r = jnp.concatenate([jnp.full((p.shape[0],), rad, positions.dtype)
+                         for p, rad in zip(crystal.positions, radii)])
+    d = pair_distances(crystal.lattice, positions, positions, shifts)  # [N, N, S]
+    n = positions.shape[0]
+    counted = (present[:, None] & present[None, :])[:, :, None] & ~(
+        jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(shifts.shape[0]) == 0)[None, None, :])
+    limit = factor * (r[:, None] + r[None, :])[:, :, None]
+    # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
+    return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))
+
+
 def neighbour_table(lattice: np.ndarray, positions: np.ndarray, symbols: Sequence[str],
                     cutoff: float = 3.0, decimals: int = 4) -> list[list[tuple[str, float]]]:
     """Every atom's neighbours within ``cutoff`` (the layout of the paper's Figure 5).

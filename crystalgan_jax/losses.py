@@ -23,7 +23,9 @@ from crystalgan_jax.encoding import Crystal
 @dataclasses.dataclass(frozen=True)
 class Weights:
     """l1..l6 of the spec: L = l1 L_GAN(fwd) + l2 L_R(x) + l3 L_GAN(bwd) + l4 L_R(y)
-    + l5 L_geo1 + l6 L_geo2. ``occupancy`` weighs the occupancy term inside each L_R."""
+    + l5 L_geo1 + l6 L_geo2, and l7 L_clash, this project's addition (off by default, so
+    the paper's objective is unchanged). ``occupancy`` weighs the occupancy term inside
+    each L_R."""
 
     l1: float = 1.0
     l2: float = 1.0
@@ -31,6 +33,7 @@ class Weights:
     l4: float = 1.0
     l5: float = 1.0
     l6: float = 1.0
+    l7: float = 0.0
     occupancy: float = 1.0
 
 
@@ -115,17 +118,29 @@ def geometric(crystals: Crystal, shifts: jax.Array, d1: float = 1.8, d2: float =
     return jnp.mean(geo1), jnp.mean(geo2)
 
 
+def clash(crystals: Crystal, shifts: jax.Array, radii: Sequence[float],
+          factor: float = 0.8) -> jax.Array:
+    """L_clash: :func:`crystalgan_jax.geometry.clash_penalty` averaged over a batch ``[B]``.
+
+    mean_b sum_{pairs i<j, images} relu(factor (r_i + r_j) - d_ij)^2, with r the covalent
+    radius of each block's element (Angstrom).
+    """
+    per = jax.vmap(lambda c: geometry.clash_penalty(c, shifts, radii, factor))
+    return jnp.mean(per(crystals))
+
+
 def generator_objective(gan_fwd: jax.Array, rec_x: jax.Array, gan_bwd: jax.Array,
                         rec_y: jax.Array, geo1: jax.Array = 0.0, geo2: jax.Array = 0.0,
-                        weights: Weights = Weights()) -> jax.Array:
-    """L_G = l1 L_GAN_fwd + l2 L_R(x) + l3 L_GAN_bwd + l4 L_R(y) + l5 L_geo1 + l6 L_geo2.
+                        weights: Weights = Weights(), clash: jax.Array = 0.0) -> jax.Array:
+    """L_G = l1 L_GAN_fwd + l2 L_R(x) + l3 L_GAN_bwd + l4 L_R(y) + l5 L_geo1 + l6 L_geo2
+    + l7 L_clash.
 
     Stage 1 (L_G1): fwd = AH->BH judged by D_BH, x = AH, bwd = BH->AH judged by D_AH,
     y = BH, no geometric terms. Stage 3 (L_G2): the same on AHB_g and BHA_g, with them.
     """
     w = weights
     return (w.l1 * gan_fwd + w.l2 * rec_x + w.l3 * gan_bwd + w.l4 * rec_y
-            + w.l5 * geo1 + w.l6 * geo2)
+            + w.l5 * geo1 + w.l6 * geo2 + w.l7 * clash)
 
 
 def discriminator_objective(real_x: jax.Array, fake_x: jax.Array, real_y: jax.Array,

@@ -77,6 +77,14 @@ class RunResult:
     report: dict | None
 
 
+def covalent_radii(element_a: str, element_b: str) -> tuple[float, float, float]:
+    """Covalent radii (Angstrom; Cordero et al. 2008, as ASE tabulates them) of H, A, B."""
+    from ase.data import atomic_numbers
+    from ase.data import covalent_radii as radii
+
+    return tuple(float(radii[atomic_numbers[s]]) for s in ("H", element_a, element_b))
+
+
 def load_domains(spec: RunSpec) -> tuple[io.Domain, io.Domain]:
     """Reads the AH and BH domains (folders or ``.mat`` files)."""
     ah = io.read_domain(spec.data_ah, spec.element_a, mat_block=encoding.A_BLOCK + 1)
@@ -147,7 +155,8 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 for i in range(n):
                     row = {"stage": stage_name, "epoch": done + i + 1,
                            "global_epoch": start + done + i + 1}
-                    row.update(zip(stage.metric_names, map(float, chunk_metrics[i])))
+                    row.update(zip(training.metric_names(stage, cfg),
+                                   map(float, chunk_metrics[i])))
                     metrics.append(row)
                     metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -221,6 +230,9 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
         (train.py records its flags this way, so a crashed run still has them).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if spec.train.weights.l7 > 0 and not any(spec.train.clash_radii):
+        spec = dataclasses.replace(spec, train=dataclasses.replace(
+            spec.train, clash_radii=covalent_radii(spec.element_a, spec.element_b)))
     cfg = spec.train
     ah, bh = load_domains(spec)
     layout = encoding.Layout.fit(spec.element_a, spec.element_b, ah.structures + bh.structures,

@@ -32,16 +32,28 @@ from crystalgan_jax.runner import load_domains, run  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
-flags.DEFINE_list("methods", ["gan", "discogan", "nocons", "crystalgan"], "Methods to train.")
+flags.DEFINE_list("methods", ["gan", "discogan", "nocons", "crystalgan"],
+                  "Methods to train: train.py's --method values, and crystalgan+clash "
+                  "(CrystalGAN with the clash term, weight --clash_weight).")
+flags.DEFINE_float("clash_weight", 1.0, "l7 of the crystalgan+clash row.")
 flags.DEFINE_bool("with_substitution", True, "Add the substitution baseline.")
 
 LABELS = {"gan": "GAN (noise input)", "discogan": "DiscoGAN (step 1 only)",
           "nocons": "CrystalGAN, no constraints", "crystalgan": "CrystalGAN, constraints",
+          "crystalgan+clash": "CrystalGAN, constraints + clash (this project)",
           "substitution": "Substitution + Vegard (not learned)"}
 # The paper's Table 2: good-quality ternary compositions per method.
 PAPER = {("Pd", "Ni"): {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9},
          ("Mg", "Ti"): {"gan": 0, "discogan": 0, "nocons": 2, "crystalgan": 8}}
 COLUMNS = ("ternary", "good_paper", "good_strict", "unique")
+
+
+def method_config(base, method: str):
+    """train.py's configuration for one row: its method, and l7 for crystalgan+clash."""
+    if method == "crystalgan+clash":
+        weights = dataclasses.replace(base.weights, l7=FLAGS.clash_weight)
+        return dataclasses.replace(base, method="crystalgan", weights=weights)
+    return dataclasses.replace(base, method=method)
 
 
 def summarize(per_seed: list[dict[str, int]]) -> dict[str, dict[str, float]]:
@@ -87,7 +99,7 @@ def main(argv: list[str]) -> int:
         for seed in seeds:
             spec = dataclasses.replace(
                 base, seed=seed, output_dir=str(out / method / f"seed{seed}"),
-                train=dataclasses.replace(base.train, method=method))
+                train=method_config(base.train, method))
             print(f"== {method}, seed {seed}", file=sys.stderr, flush=True)
             result = run(spec)
             runs.append({"seed": seed, "output_dir": spec.output_dir,

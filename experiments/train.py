@@ -55,6 +55,9 @@ flags.DEFINE_integer("width", 100, "Units per hidden layer.")
 for i, what in enumerate(["L_GAN (A->B direction)", "L_R (AH cycle)", "L_GAN (B->A direction)",
                           "L_R (BH cycle)", "L_geo1", "L_geo2"], start=1):
     flags.DEFINE_float(f"l{i}", 1.0, f"Weight l{i} of {what}.")
+flags.DEFINE_float("l7", 0.0, "Weight l7 of L_clash, a repulsion between all atoms closer than "
+                   "--clash_factor x the sum of their covalent radii (not in the paper; 0 = off).")
+flags.DEFINE_float("clash_factor", 0.8, "Fraction of the covalent radius sum used by L_clash.")
 flags.DEFINE_float("occupancy_weight", 1.0, "Weight of the occupancy term inside each L_R.")
 flags.DEFINE_float("d1", 1.8, "Shortest allowed constrained nearest-neighbour distance (A).")
 flags.DEFINE_float("d2", 3.0, "Longest allowed constrained nearest-neighbour distance (A).")
@@ -97,14 +100,15 @@ def parse_classes(items: list[str]) -> tuple[tuple[int, ...], ...]:
 
 
 def spec_from_flags() -> RunSpec:
-    weights = Weights(*(getattr(FLAGS, f"l{i}") for i in range(1, 7)),
+    weights = Weights(*(getattr(FLAGS, f"l{i}") for i in range(1, 8)),
                       occupancy=FLAGS.occupancy_weight)
     cfg = TrainConfig(method=FLAGS.method, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                       learning_rate=FLAGS.learning_rate, beta1=FLAGS.beta1, beta2=FLAGS.beta2,
                       generator_steps=FLAGS.generator_steps, depth=FLAGS.depth,
                       width=FLAGS.width, weights=weights, d1=FLAGS.d1, d2=FLAGS.d2,
                       classes=parse_classes(FLAGS.constrained),
-                      geometry_form=FLAGS.geometry_form, chunk_epochs=FLAGS.chunk_epochs)
+                      geometry_form=FLAGS.geometry_form, chunk_epochs=FLAGS.chunk_epochs,
+                      clash_factor=FLAGS.clash_factor)
     return RunSpec(data_ah=data_path(FLAGS.data_ah), data_bh=data_path(FLAGS.data_bh), element_a=FLAGS.element_a,
                    element_b=FLAGS.element_b, output_dir=FLAGS.output_dir, train=cfg,
                    seed=FLAGS.seed, checkpoint_every=FLAGS.checkpoint_every,

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Element, Lattice, Structure
 
 from crystalgan_jax import encoding, geometry, io
 
@@ -90,6 +90,8 @@ def _crystal(lattice, h, metal_a, metal_b=(), n=(4, 3, 3)):
 
 def _penalty(crystal, form="hinge"):
     shifts = jnp.asarray(geometry.lattice_shifts((2, 2, 2)), jnp.float64)
+    if form == "clash":  # covalent radii of H, Pd, Ni; factor large enough to bite
+        return geometry.clash_penalty(crystal, shifts, (0.31, 1.39, 1.24), 1.2)
     return sum(geometry.geometric_penalty(crystal, shifts, 1.8, 3.0, form=form))
 
 
@@ -112,7 +114,7 @@ def test_penalty_gradient_matches_finite_differences():
         crystal, _ = _crystal(np.diag([4.0, 3.5, 5.0]) + 0.3 * rng.random((3, 3)),
                               rng.random((3, 3)) * 3, rng.random((2, 3)) * 3,
                               rng.random((2, 3)) * 3)
-        for form in ("hinge", "paper"):
+        for form in ("hinge", "paper", "clash"):
             def f(lattice, h, a, b):
                 c = crystal.replace(lattice=lattice, positions=(h, a, b))
                 return _penalty(c, form)
@@ -143,7 +145,7 @@ def test_padding_rows_change_nothing():
         # garbage in padding rows must be ignored as long as the mask says "no atom"
         big = big.replace(positions=tuple(
             np.where(m[:, None] > 0.5, p, 0.37) for p, m in zip(big.positions, big.masks)))
-        for form in ("hinge", "paper"):
+        for form in ("hinge", "paper", "clash"):
             np.testing.assert_allclose(float(_penalty(small, form)), float(_penalty(big, form)),
                                        rtol=1e-12)
         g = jax.grad(lambda h: _penalty(big.replace(positions=(h,) + big.positions[1:])))(
@@ -164,3 +166,57 @@ def test_penalty_vmaps_and_jits_over_a_batch(reference_domains):
         one = geometry.geometric_penalty(
             jax.tree_util.tree_map(jnp.asarray, encoding.index(batch, i)), shifts)
         np.testing.assert_allclose([geo1[i], geo2[i]], one, rtol=1e-5)
+
+
+def _pymatgen_clash(structure: Structure, factor: float) -> float:
+    """Independent reference: pymatgen neighbour list, sum of relu(limit - d)^2 / 2."""
+    from ase.data import covalent_radii
+
+    radii = [covalent_radii[site.specie.Z] for site in structure]
+    total = 0.0
+    for i, neighbours in enumerate(structure.get_all_neighbors(2 * factor * max(radii) + 0.1)):
+        for n in neighbours:
+            limit = factor * (radii[i] + radii[n.index])
+            total += max(limit - n.nn_distance, 0.0) ** 2
+    return total / 2
+
+
+def test_clash_penalty_matches_pymatgen_reference():
+    from ase.data import covalent_radii
+
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(True):
+        for trial in range(4):
+            lattice = np.diag([3.2, 3.6, 3.9]) + 0.4 * rng.random((3, 3))
+            crystal, layout = _crystal(lattice, rng.random((3, 3)) * 3, rng.random((2, 3)) * 3,
+                                       rng.random((2, 3)) * 3)
+            radii = [covalent_radii[Element(s).Z] for s in layout.symbols]
+            shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(lattice, 3.0)),
+                                 jnp.float64)
+            value = float(geometry.clash_penalty(crystal, shifts, radii, 0.8))
+            reference = _pymatgen_clash(encoding.decode(crystal, layout), 0.8)
+            np.testing.assert_allclose(value, reference, rtol=1e-9, atol=1e-12)
+            if trial == 0:
+                assert value > 0  # random atoms in a small cell do clash
+
+
+def test_clash_penalty_zero_for_reference_structures_positive_when_h_moved(reference_domains):
+    from ase.data import covalent_radii
+
+    pdh, _ = reference_domains
+    structures = [s for s in pdh.structures if _pymatgen_clash(s, 0.75) == 0]
+    assert len(structures) > 25  # the reference data are (mostly) free of clashes
+    layout = encoding.Layout.fit("Pd", "Ni", structures)
+    batch = jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(structures, layout,
+                                                                     dtype=np.float32))
+    radii = [covalent_radii[Element(s).Z] for s in layout.symbols]
+    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
+    per = jax.vmap(lambda c: geometry.clash_penalty(c, shifts, radii, 0.75))
+    assert float(jnp.max(per(batch))) == 0.0
+    # put the first H of every structure 0.5 A from its first Pd: every structure clashes
+    h = batch.positions[0].at[:, 0].set(batch.positions[1][:, 0] + jnp.array([0.5, 0.0, 0.0]))
+    moved = per(batch.replace(positions=(h,) + batch.positions[1:]))
+    assert float(jnp.min(moved)) > 0
+    grad = jax.grad(lambda h: jnp.sum(per(batch.replace(positions=(h,) + batch.positions[1:]))))(h)
+    assert np.all(np.isfinite(grad))
+    assert float(jnp.min(grad[:, 0, 0])) < 0  # descent moves each H further along +x

@@ -15,13 +15,14 @@ def test_table2_tiny(tmp_path):
     cmd = [sys.executable, str(REPO / "experiments" / "table2.py"), "--flagfile=pdni.flags",
            f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--seeds=0",
            "--epochs=2", "--chunk_epochs=2", "--depth=1", "--width=16", "--batch_size=5",
-           "--generator_steps=1"]
+           "--generator_steps=1", "--methods=gan,discogan,nocons,crystalgan,crystalgan+clash"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads((out / "table2.json").read_text())
     methods = table["methods"]
-    assert list(methods) == ["gan", "discogan", "nocons", "crystalgan", "substitution"]
+    assert list(methods) == ["gan", "discogan", "nocons", "crystalgan", "crystalgan+clash",
+                             "substitution"]
     for method, row in methods.items():
         counts = row["runs"][0]["counts"]
         assert counts["generated"] >= counts["ternary"] >= counts["good_paper"]
@@ -36,3 +37,5 @@ def test_table2_tiny(tmp_path):
     assert table["paper"] == {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9}
     md = (out / "table2.md").read_text()
     assert "CrystalGAN, constraints" in md and md in proc.stdout
+    clash_metrics = Path(methods["crystalgan+clash"]["runs"][0]["output_dir"]) / "metrics.jsonl"
+    assert "L_clash" in clash_metrics.read_text().splitlines()[-1]

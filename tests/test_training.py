@@ -174,3 +174,37 @@ def test_a_run_vmaps_over_seeds(small_data):
         np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
     leaves = jax.tree_util.tree_leaves(batched.params)
     assert not np.allclose(leaves[0][0], leaves[0][1])  # different seeds, different runs
+
+
+def test_clash_term_is_logged_and_reaches_stage3_generators(small_data):
+    from crystalgan_jax.runner import covalent_radii
+
+    layout, x, y = _encoded(small_data)
+    weights = dataclasses.replace(SMALL.weights, l7=1.0)
+    cfg = dataclasses.replace(SMALL, weights=weights, clash_radii=covalent_radii("Pd", "Ni"),
+                              clash_factor=1.5)
+    assert dataclasses.replace(cfg, method="nocons").weights.l7 == 0.0
+    stage = training.STAGES["stage3"]
+    assert training.metric_names(stage, cfg)[-1] == "L_clash"
+    assert "L_clash" not in training.metric_names(stage, SMALL)
+    lat = np.concatenate([x.lattice, y.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
+    state = training.init_state(jax.random.PRNGKey(2), nets, cfg)
+    xg, yg = training.feature_transfer(state.params, nets, x, y)
+    gp = {k: state.params[k] for k in stage.generators}
+    dp = {k: state.params[k] for k in stage.discriminators}
+
+    def clash_part(gparams):
+        _, terms = training.cross_domain_generator_loss(
+            gparams, dp, xg, yg, stage=stage, nets=nets, cfg=cfg,
+            shifts=training.penalty_shifts(lat, cfg))
+        assert terms.shape == (len(training.metric_names(stage, cfg)) - 1,)  # all but L_D
+        return terms[-1]
+
+    value, grads = jax.value_and_grad(clash_part)(gp)
+    assert float(value) > 0
+    for name in stage.generators:
+        assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[name])) > 0
+    with pytest.raises(ValueError, match="clash_radii"):
+        training.make_train_step(stage, nets, dataclasses.replace(cfg, clash_radii=(0, 0, 0)),
+                                 training.penalty_shifts(lat, cfg))
