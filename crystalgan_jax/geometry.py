@@ -119,21 +119,6 @@ def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
     return jnp.sqrt(jnp.maximum(sq, _TINY))
 
 
-def _self_pairs(n: int, n_shifts: int) -> jax.Array:
-    """``[n, n, S]``: True for an atom paired with itself at zero shift (shift 0 is zero)."""
-    return jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(n_shifts) == 0)[None, None, :]
-
-
-def nearest_from_distances(d: jax.Array, mask: jax.Array, target_mask: jax.Array,
-                           same: bool) -> jax.Array:
-    """Row-wise nearest distance from precomputed ``d [N, M, S]`` (see nearest_distances)."""
-    excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], d.shape)
-    if same:
-        excluded = excluded | _self_pairs(d.shape[0], d.shape[2])
-    nearest = jnp.min(jnp.where(excluded, jnp.inf, d), axis=(1, 2))
-    return jnp.where(mask > 0.5, nearest, jnp.inf)
-
-
 def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
                       shifts: jax.Array, target_positions: jax.Array | None = None,
                       target_mask: jax.Array | None = None) -> jax.Array:
@@ -157,28 +142,13 @@ def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
     if same:
         target_positions, target_mask = positions, mask
     d = pair_distances(lattice, positions, target_positions, shifts)  # [N, M, S]
-    return nearest_from_distances(d, mask, target_mask, same)
-
-
-def all_rows(crystal: Crystal) -> tuple[jax.Array, jax.Array]:
-    """Positions ``[sum N_s, 3]`` and mask ``[sum N_s]`` of all blocks, in block order."""
-    return (jnp.concatenate(crystal.positions, axis=0),
-            jnp.concatenate(crystal.masks, axis=0))
-
-
-def all_distances(crystal: Crystal, shifts: jax.Array) -> jax.Array:
-    """``[N, N, S]`` distances between all rows (blocks H, A, B concatenated), Angstrom.
-
-    Pass the result to :func:`constrained_nearest` and :func:`clash_penalty` when both
-    are needed, so the distances are computed once.
-    """
-    positions, _ = all_rows(crystal)
-    return pair_distances(crystal.lattice, positions, positions, shifts)
-
-
-def _class_index(crystal: Crystal, blocks: Sequence[int]) -> np.ndarray:
-    starts = np.cumsum([0] + [p.shape[0] for p in crystal.positions])
-    return np.concatenate([np.arange(starts[b], starts[b + 1]) for b in blocks])
+    excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], d.shape)
+    if same:
+        self_pair = jnp.eye(positions.shape[0], dtype=bool)[:, :, None] & (
+            jnp.arange(shifts.shape[0]) == 0)[None, None, :]
+        excluded = excluded | self_pair
+    nearest = jnp.min(jnp.where(excluded, jnp.inf, d), axis=(1, 2))
+    return jnp.where(mask > 0.5, nearest, jnp.inf)
 
 
 def class_rows(crystal: Crystal, blocks: Sequence[int]) -> tuple[jax.Array, jax.Array]:
@@ -189,8 +159,7 @@ def class_rows(crystal: Crystal, blocks: Sequence[int]) -> tuple[jax.Array, jax.
 
 
 def constrained_nearest(crystal: Crystal, shifts: jax.Array,
-                        classes: Sequence[Sequence[int]] = DEFAULT_CLASSES,
-                        distances: jax.Array | None = None
+                        classes: Sequence[Sequence[int]] = DEFAULT_CLASSES
                         ) -> tuple[jax.Array, jax.Array]:
     """Nearest-neighbour distance of every atom within its constrained class.
 
@@ -202,7 +171,6 @@ def constrained_nearest(crystal: Crystal, shifts: jax.Array,
       shifts: ``[S, 3]`` lattice shifts.
       classes: tuples of block indices (H=0, A=1, B=2); an atom's nearest neighbour is
         sought among the atoms of all blocks of its class.
-      distances: optional :func:`all_distances` of this crystal, to reuse.
     Returns:
       ``s [M]`` distances (Angstrom) and ``valid [M]`` (bool), concatenated over classes.
     """
@@ -211,11 +179,7 @@ def constrained_nearest(crystal: Crystal, shifts: jax.Array,
     s, valid = [], []
     for blocks in classes:
         positions, mask = class_rows(crystal, blocks)
-        if distances is None:
-            s.append(nearest_distances(crystal.lattice, positions, mask, shifts))
-        else:
-            idx = _class_index(crystal, blocks)
-            s.append(nearest_from_distances(distances[idx][:, idx], mask, mask, same=True))
+        s.append(nearest_distances(crystal.lattice, positions, mask, shifts))
         valid.append(mask > 0.5)
     return jnp.concatenate(s), jnp.concatenate(valid)
 
@@ -250,20 +214,18 @@ def penalty_terms(s: jax.Array, valid: jax.Array, d1: float, d2: float,
 
 def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float = 1.8, d2: float = 3.0,
                       classes: Sequence[Sequence[int]] = DEFAULT_CLASSES,
-                      form: str = "hinge", distances: jax.Array | None = None
-                      ) -> tuple[jax.Array, jax.Array]:
+                      form: str = "hinge") -> tuple[jax.Array, jax.Array]:
     """(L_geo1, L_geo2) of one structure: :func:`penalty_terms` of its constrained distances.
 
     Differentiable with respect to the lattice and positions; padding rows (mask <= 0.5)
-    change nothing. vmap it over a batch and average for a loss. ``distances``: optional
-    :func:`all_distances` of the crystal, to reuse.
+    change nothing. vmap it over a batch and average for a loss.
     """
-    s, valid = constrained_nearest(crystal, shifts, classes, distances)
+    s, valid = constrained_nearest(crystal, shifts, classes)
     return penalty_terms(s, valid, d1, d2, form)
 
 
 def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
-                  factor: float = 0.8, distances: jax.Array | None = None) -> jax.Array:
+                  factor: float = 0.8) -> jax.Array:
     """Sum over atom pairs of relu(factor * (r_i + r_j) - d_ij)^2 (Angstrom^2).
 
     A repulsion between ALL atoms, whatever their species, where they come closer than
@@ -277,16 +239,17 @@ def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
       shifts: ``[S, 3]`` lattice shifts, zero shift first.
       radii: covalent radius (Angstrom) of the H, A and B blocks.
       factor: fraction of the radius sum below which a pair is penalised.
-      distances: optional :func:`all_distances` of the crystal, to reuse.
     """
     if crystal.fractional:
         raise ValueError("clash_penalty needs Cartesian positions; use to_cartesian")
-    positions, mask = all_rows(crystal)
-    present = mask > 0.5
+    positions = jnp.concatenate(crystal.positions, axis=0)
+    present = jnp.concatenate(crystal.masks, axis=0) > 0.5
     r = jnp.concatenate([jnp.full((p.shape[0],), rad, positions.dtype)
                          for p, rad in zip(crystal.positions, radii)])
-    d = all_distances(crystal, shifts) if distances is None else distances  # [N, N, S]
-    counted = (present[:, None] & present[None, :])[:, :, None] & ~_self_pairs(*d.shape[1:])
+    d = pair_distances(crystal.lattice, positions, positions, shifts)  # [N, N, S]
+    n = positions.shape[0]
+    counted = (present[:, None] & present[None, :])[:, :, None] & ~(
+        jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(shifts.shape[0]) == 0)[None, None, :])
     limit = factor * (r[:, None] + r[None, :])[:, :, None]
     # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
     return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))

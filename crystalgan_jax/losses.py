@@ -129,24 +129,6 @@ def clash(crystals: Crystal, shifts: jax.Array, radii: Sequence[float],
     return jnp.mean(per(crystals))
 
 
-def constraints(crystals: Crystal, shifts: jax.Array, d1: float = 1.8, d2: float = 3.0,
-                classes: Sequence[Sequence[int]] = geometry.DEFAULT_CLASSES,
-                form: str = "hinge", radii: Sequence[float] = (0.0, 0.0, 0.0),
-                factor: float = 0.8) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(L_geo1, L_geo2, L_clash) of a batch, from one all-pairs distance array each.
-
-    The same values as :func:`geometric` and :func:`clash`, at the cost of one distance
-    computation per structure instead of two.
-    """
-    def one(c):
-        d = geometry.all_distances(c, shifts)
-        geo1, geo2 = geometry.geometric_penalty(c, shifts, d1, d2, classes, form, d)
-        return geo1, geo2, geometry.clash_penalty(c, shifts, radii, factor, d)
-
-    geo1, geo2, clash_ = jax.vmap(one)(crystals)
-    return jnp.mean(geo1), jnp.mean(geo2), jnp.mean(clash_)
-
-
 def generator_objective(gan_fwd: jax.Array, rec_x: jax.Array, gan_bwd: jax.Array,
                         rec_y: jax.Array, geo1: jax.Array = 0.0, geo2: jax.Array = 0.0,
                         weights: Weights = Weights(), clash: jax.Array = 0.0) -> jax.Array:

@@ -259,15 +259,12 @@ def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Cry
     if stage.geometric:
         # The penalty runs on both generated directions: these are the final x_AHB2, y_BHA2.
         generated = _concat(fake_y, fake_x)
+        geo1, geo2 = losses.geometric(generated, shifts, cfg.d1, cfg.d2, cfg.classes,
+                                      cfg.geometry_form)
+        terms += [geo1, geo2]
         if _uses_clash(stage, cfg):
-            geo1, geo2, clash = losses.constraints(
-                generated, shifts, cfg.d1, cfg.d2, cfg.classes, cfg.geometry_form,
-                cfg.clash_radii, cfg.clash_factor)
-            terms += [geo1, geo2, clash]
-        else:  # constrained classes only: far fewer pairs than all of them
-            geo1, geo2 = losses.geometric(generated, shifts, cfg.d1, cfg.d2, cfg.classes,
-                                          cfg.geometry_form)
-            terms += [geo1, geo2]
+            clash = losses.clash(generated, shifts, cfg.clash_radii, cfg.clash_factor)
+            terms += [clash]
     total = losses.generator_objective(gan_fwd, rec_xv, gan_bwd, rec_yv, geo1, geo2, w, clash)
     return total, jnp.stack([total] + terms)
 

@@ -220,23 +220,3 @@ def test_clash_penalty_zero_for_reference_structures_positive_when_h_moved(refer
     grad = jax.grad(lambda h: jnp.sum(per(batch.replace(positions=(h,) + batch.positions[1:]))))(h)
     assert np.all(np.isfinite(grad))
     assert float(jnp.min(grad[:, 0, 0])) < 0  # descent moves each H further along +x
-
-
-def test_shared_distances_give_the_same_terms(reference_domains):
-    from crystalgan_jax import losses
-
-    pdh, nih = reference_domains
-    structures = pdh.structures[:5] + nih.structures[:5]
-    layout = encoding.Layout.fit("Pd", "Ni", structures)
-    batch = jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(structures, layout,
-                                                                     dtype=np.float32))
-    # shrink the cells so that both penalties are non-zero
-    batch = batch.replace(lattice=batch.lattice * 0.7,
-                          positions=tuple(p * 0.7 for p in batch.positions))
-    shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
-    radii = (0.31, 1.39, 1.24)
-    geo1, geo2, clash = losses.constraints(batch, shifts, radii=radii)
-    ref1, ref2 = losses.geometric(batch, shifts)
-    assert float(geo1) > 0 and float(clash) > 0
-    np.testing.assert_allclose([geo1, geo2], [ref1, ref2], rtol=1e-6)
-    np.testing.assert_allclose(clash, losses.clash(batch, shifts, radii), rtol=1e-6)
