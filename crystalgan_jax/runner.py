@@ -254,6 +254,8 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
         state = ckpt.restore(state)
         metrics = _read_metrics(out / "metrics.jsonl", int(state.epoch))
         log(f"resumed from epoch {int(state.epoch)} in {ckpt.directory}")
+    elif spec.resume:
+        log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     (out / "config.json").write_text(json.dumps(_config_json(spec, layout, ah, bh), indent=2))
     for name, text in (extra_files or {}).items():
