@@ -273,10 +273,27 @@ def sorted_by_species(structure: Structure, order: Sequence[str]) -> Structure:
     return Structure.from_sites(sites)
 
 
+def right_handed(structure: Structure) -> Structure:
+    """The same crystal with a right-handed cell (positive triple product a.(b x c)).
+
+    A generated lattice can come out left-handed, which VASP refuses. Negating all three
+    vectors spans the same lattice and keeps every Cartesian position.
+    """
+    matrix = structure.lattice.matrix
+    if np.linalg.det(matrix) >= 0:
+        return structure
+    return Structure(Lattice(-matrix), structure.species, structure.cart_coords,
+                     coords_are_cartesian=True)
+
+
 def write_poscar(structure: Structure, path: str | os.PathLike, comment: str | None = None) -> None:
-    """Writes a VASP 5 POSCAR (Cartesian, real element symbols) that pymatgen and ASE read."""
+    """Writes a VASP 5 POSCAR (Cartesian, real element symbols) that pymatgen and ASE read.
+
+    The cell is made right-handed first (:func:`right_handed`).
+    """
     from pymatgen.io.vasp import Poscar
 
+    structure = right_handed(structure)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     poscar = Poscar(structure, comment=comment or structure.composition.reduced_formula,
                     sort_structure=False)
@@ -284,8 +301,8 @@ def write_poscar(structure: Structure, path: str | os.PathLike, comment: str | N
 
 
 def write_cif(structure: Structure, path: str | os.PathLike) -> None:
-    """Writes a P1 CIF with real element symbols."""
+    """Writes a P1 CIF with real element symbols, right-handed cell."""
     from pymatgen.io.cif import CifWriter
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    CifWriter(structure).write_file(str(path))
+    CifWriter(right_handed(structure)).write_file(str(path))

@@ -106,3 +106,19 @@ def test_written_files_read_back_with_pymatgen_and_ase(tmp_path, reference_domai
         assert sorted(atoms.get_chemical_symbols()) == sorted(x.specie.symbol for x in s)
         np.testing.assert_allclose(atoms.get_volume(), s.volume, rtol=1e-6)
     assert "Pd" in (tmp_path / "s.vasp").read_text().splitlines()[5]
+
+
+def test_left_handed_cell_is_written_right_handed(tmp_path):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    s = Structure(Lattice([[4.0, 0, 0], [0, 0, 3.5], [0, 3.8, 0.3]]), ["Pd", "H", "Ni"],
+                  [[0.1, 0.2, 0.3], [0.5, 0.5, 0.4], [0.7, 0.1, 0.9]])
+    assert np.linalg.det(s.lattice.matrix) < 0
+    io.write_poscar(s, tmp_path / "s.vasp")
+    io.write_cif(s, tmp_path / "s.cif")
+    for path in (tmp_path / "s.vasp", tmp_path / "s.cif"):
+        back = io.read_structure(path)
+        assert np.linalg.det(back.lattice.matrix) > 0
+        assert StructureMatcher().fit(back, s)
+    back = io.read_structure(tmp_path / "s.vasp")
+    np.testing.assert_allclose(back.cart_coords, s.cart_coords, atol=1e-8)
