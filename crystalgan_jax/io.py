@@ -124,7 +124,8 @@ def read_structure(path: str | os.PathLike) -> Structure:
     """Reads one POSCAR/CONTCAR/.vasp or .cif file with pymatgen.
 
     Raises:
-      StructureFileError: unreadable or malformed file, or a zero-volume cell.
+      StructureFileError: unreadable or malformed file, a zero-volume cell, or a
+        disordered (partially occupied) site.
     """
     path = Path(path)
     try:
@@ -145,6 +146,11 @@ def read_structure(path: str | os.PathLike) -> Structure:
         raise StructureFileError(path, f"malformed {'CIF' if is_cif else 'POSCAR'}: {err}") from None
     if abs(structure.lattice.volume) < MIN_CELL_VOLUME:
         raise StructureFileError(path, "cell volume is zero (degenerate lattice vectors)")
+    if not structure.is_ordered:
+        site = next(i for i, x in enumerate(structure) if not x.is_ordered)
+        raise StructureFileError(
+            path, f"site {site + 1} has partial occupancy ({structure[site].species}); "
+            "only ordered structures can be encoded")
     return structure
 
 

@@ -122,3 +122,10 @@ def test_left_handed_cell_is_written_right_handed(tmp_path):
         assert StructureMatcher().fit(back, s)
     back = io.read_structure(tmp_path / "s.vasp")
     np.testing.assert_allclose(back.cart_coords, s.cart_coords, atol=1e-8)
+
+
+def test_disordered_cif_is_refused_with_the_site(tmp_path):
+    s = Structure(Lattice.cubic(4.0), [{"Pd": 0.5, "Ni": 0.5}, "H"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    io.write_cif(s, tmp_path / "mixed.cif")
+    with pytest.raises(io.StructureFileError, match=r"mixed.cif: site \d+ has partial occupancy"):
+        io.read_folder(tmp_path, "Pd")
