@@ -93,6 +93,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in ("epochs", "batch_size", "generator_steps", "width", "chunk_epochs",
+                     "latent_dim", "max_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.d1 < self.d2:
+            raise ValueError(f"need 0 < d1 < d2, got d1={self.d1}, d2={self.d2}")
+        if self.geometry_form not in ("hinge", "paper"):
+            raise ValueError(f"geometry_form must be 'hinge' or 'paper', got {self.geometry_form!r}")
         if self.method == "nocons":
             object.__setattr__(self, "weights",
                                dataclasses.replace(self.weights, l5=0.0, l6=0.0, l7=0.0))

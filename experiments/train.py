@@ -31,6 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from crystalgan_jax import geometry  # noqa: E402
 from crystalgan_jax.encoding import BLOCKS  # noqa: E402
+from crystalgan_jax.io import StructureFileError  # noqa: E402
 from crystalgan_jax.losses import Weights  # noqa: E402
 from crystalgan_jax.runner import RunSpec, run  # noqa: E402
 from crystalgan_jax.training import METHODS, TrainConfig  # noqa: E402
@@ -120,11 +121,15 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    spec = spec_from_flags()
+    try:
+        spec = spec_from_flags()
+    except ValueError as err:  # a hyperparameter out of range
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(spec.output_dir)
     try:
         result = run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
+    except (StructureFileError, FileExistsError) as err:  # bad input, or a run already there
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

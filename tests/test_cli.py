@@ -37,3 +37,9 @@ def test_wrong_metal_and_unknown_flagfile_from_experiments_dir(tmp_path):
     assert str(sorted(bh.iterdir())[0]) in proc.stderr
     proc = _train(["--constrained=AX"], cwd=tmp_path)
     assert proc.returncode != 0 and "'X' is not one of" in proc.stderr
+
+
+def test_bad_hyperparameters_are_refused(tmp_path):
+    for args, message in ((["--d1=3.5"], "need 0 < d1 < d2"), (["--epochs=0"], "epochs must be")):
+        proc = _train(["--flagfile=pdni.flags", f"--output_dir={tmp_path}", *args], cwd=REPO)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
