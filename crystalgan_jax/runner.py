@@ -176,8 +176,10 @@ def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: 
     """Decodes and writes every generated crystal as POSCAR (.vasp) and CIF.
 
     A sample that does not decode (no atoms, or a degenerate cell) is reported and skipped;
-    file numbers keep the sample index, so gaps show which.
+    file numbers keep the sample index, so gaps show which. Files of an earlier pass (a
+    resumed run) are removed first, so none of them can be mistaken for this run's.
     """
+    shutil.rmtree(out / "structures", ignore_errors=True)
     files: dict[str, dict[str, list[Path]]] = {}
     for kind, directions in generated.items():
         files[kind] = {}
