@@ -43,7 +43,8 @@ class RunSpec:
       output_dir: where everything goes.
       train: hyperparameters.
       seed: PRNG seed; the only source of randomness.
-      checkpoint_every: epochs between checkpoints (M).
+      checkpoint_every: epochs between checkpoints (M): one is saved at the first chunk
+        boundary M or more epochs after the last, and at the end of each stage.
       resume: continue from the latest checkpoint in ``output_dir``.
       overwrite: delete an existing ``output_dir`` first.
       n_h, n_metal: padding rows of the H and of each metal block (None: from the data).
@@ -63,6 +64,10 @@ class RunSpec:
     n_h: int | None = None
     n_metal: int | None = None
     evaluate: bool = True
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
 
 
 @dataclasses.dataclass
@@ -105,11 +110,43 @@ def _prepare_output(spec: RunSpec) -> Path:
     return out
 
 
-def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
-    """Metrics lines of epochs already covered by the restored checkpoint."""
+class ResumeMismatchError(ValueError):
+    """``--resume`` with settings that differ from those the checkpoint was made with."""
+
+
+# What must agree between a run and its resumption; the rest (resume, overwrite,
+# evaluate, checkpoint_every, output_dir) may change.
+_RESUME_KEYS = ("train", "seed", "element_a", "element_b", "n_h", "n_metal")
+
+
+def _check_resumable(path: Path, current: dict) -> None:
+    """Raises ResumeMismatchError naming ``path`` (config.json) and the fields that differ."""
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    now = json.loads(json.dumps(current))  # tuples -> lists, as saved
+    differ = [f"spec.{k}" for k in _RESUME_KEYS if saved["spec"].get(k) != now["spec"].get(k)]
+    differ += [k for k in ("layout", "sources_ah", "sources_bh") if saved.get(k) != now.get(k)]
+    if differ:
+        raise ResumeMismatchError(
+            f"{path}: cannot resume, the run was made with other settings "
+            f"({', '.join(differ)} differ); use the same flags, or --overwrite")
+
+
+def _read_metrics(path: Path, up_to_epoch: int, log: Callable[[str], None]) -> list[dict]:
+    """Metrics lines of epochs already covered by the restored checkpoint.
+
+    A line cut short by a hard kill is dropped with a message; its epoch is re-run.
+    """
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.strip():
+                log(f"{path}, line {number}: incomplete metrics line dropped")
     return [r for r in rows if r["global_epoch"] <= up_to_epoch]
 
 
@@ -117,6 +154,16 @@ def _format_progress(stage: str, epoch: int, epochs: int, row: dict, rate: float
     losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("L_"))
     eta = (epochs - epoch) / rate if rate > 0 else float("nan")
     return f"[{stage}] epoch {epoch}/{epochs}  {losses}  {rate:.1f} epochs/s  eta {eta:.0f}s"
+
+
+def _ends_stage1(epoch: int, cfg: training.TrainConfig) -> bool:
+    return cfg.stages[0] == "stage1" and epoch == cfg.epochs
+
+
+def _save_interrupted(ckpt: Checkpoints, state: training.TrainState,
+                      cfg: training.TrainConfig, log: Callable[[str], None]) -> None:
+    step = ckpt.save(state, end_of_stage1=_ends_stage1(int(state.epoch), cfg))
+    log(f"interrupted: state of epoch {step} saved in {ckpt.directory}; continue with --resume")
 
 
 def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
@@ -143,14 +190,12 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 done = int(state.epoch) - start
                 n = min(chunk, cfg.epochs - done)
                 tic = time.perf_counter()
-                try:
-                    state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
-                    chunk_metrics = np.asarray(chunk_metrics)  # waits for the device
-                except KeyboardInterrupt:
-                    step = ckpt.save(state)
-                    log(f"interrupted: state of epoch {step} saved in {ckpt.directory}; "
-                        "continue with --resume")
-                    raise
+                # ``state`` moves on only once this chunk's metrics are on disk, so an
+                # interrupt anywhere (JAX returns before it computes, so usually while we
+                # wait here) saves a state that the metrics file agrees with
+                new_state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
+                chunk_metrics = np.asarray(chunk_metrics)
+                jax.block_until_ready(new_state)
                 rate = n / (time.perf_counter() - tic)
                 for i in range(n):
                     row = {"stage": stage_name, "epoch": done + i + 1,
@@ -160,12 +205,16 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                     metrics.append(row)
                     metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
+                state = new_state
                 log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
                 epoch = int(state.epoch)
                 stage_end = epoch == start + cfg.epochs
                 if stage_end or epoch - last_saved >= spec.checkpoint_every:
-                    ckpt.save(state, end_of_stage1=stage_end and stage_name == "stage1")
+                    ckpt.save(state, end_of_stage1=_ends_stage1(epoch, cfg))
                     last_saved = epoch
+    except KeyboardInterrupt:
+        _save_interrupted(ckpt, state, cfg, log)
+        raise
     finally:
         metrics_file.close()
     return state
@@ -252,14 +301,16 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
     state = training.init_state(jax.random.PRNGKey(spec.seed), nets, cfg)
     ckpt = Checkpoints(out / "checkpoints")
     metrics: list[dict] = []
+    config = _config_json(spec, layout, ah, bh)
     if spec.resume and ckpt.latest_step() is not None:
+        _check_resumable(out / "config.json", config)
         state = ckpt.restore(state)
-        metrics = _read_metrics(out / "metrics.jsonl", int(state.epoch))
+        metrics = _read_metrics(out / "metrics.jsonl", int(state.epoch), log)
         log(f"resumed from epoch {int(state.epoch)} in {ckpt.directory}")
     elif spec.resume:
         log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    (out / "config.json").write_text(json.dumps(_config_json(spec, layout, ah, bh), indent=2))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     for name, text in (extra_files or {}).items():
         (out / name).write_text(text)
     log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train  # noqa: E402  (train.py's flags and their parsing)
 
 from crystalgan_jax import encoding, evaluation, substitution  # noqa: E402
-from crystalgan_jax.runner import load_domains, run  # noqa: E402
+from crystalgan_jax.io import StructureFileError  # noqa: E402
+from crystalgan_jax.runner import ResumeMismatchError, load_domains, run  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
@@ -90,19 +92,46 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    base = train.spec_from_flags()
+    if not FLAGS.evaluate:
+        raise app.UsageError("--noevaluate: the table is made of the runs' evaluations")
+    try:
+        base = train.spec_from_flags()
+    except ValueError as err:  # a hyperparameter out of range
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        table = make_table(base)
+    except (StructureFileError, FileExistsError, ResumeMismatchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(FLAGS.output_dir)
     seeds = [int(s) for s in FLAGS.seeds]
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(table, base.element_a, base.element_b, seeds, base.train.epochs)
+    (out / "table2.md").write_text(text)
+    (out / "table2.json").write_text(json.dumps(
+        {"system": [base.element_a, base.element_b], "seeds": seeds,
+         "epochs": base.train.epochs, "data": [base.data_ah, base.data_bh],
+         "paper": PAPER.get((base.element_a, base.element_b)), "methods": table}, indent=2))
+    print(text)
+    return 0
+
+
+def make_table(base) -> dict[str, dict]:
+    """Every method of --methods for every seed, then substitution: counts and summaries."""
+    out = Path(FLAGS.output_dir)
     table: dict[str, dict] = {}
     for method in FLAGS.methods:
         runs = []
-        for seed in seeds:
+        for seed in (int(s) for s in FLAGS.seeds):
             spec = dataclasses.replace(
                 base, seed=seed, output_dir=str(out / method / f"seed{seed}"),
                 train=method_config(base.train, method))
             print(f"== {method}, seed {seed}", file=sys.stderr, flush=True)
+            tic = time.perf_counter()
             result = run(spec)
             runs.append({"seed": seed, "output_dir": spec.output_dir,
+                         "wall_s": round(time.perf_counter() - tic, 1),
                          "counts": result.report["counts"]})
         table[method] = {"runs": runs, "summary": summarize([r["counts"] for r in runs])}
     if FLAGS.with_substitution:
@@ -116,15 +145,7 @@ def main(argv: list[str]) -> int:
         counts = evaluation.count_verdicts(structures, evals)
         table["substitution"] = {"runs": [{"seed": None, "counts": counts}],
                                  "summary": summarize([counts])}
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown(table, base.element_a, base.element_b, seeds, base.train.epochs)
-    (out / "table2.md").write_text(text)
-    (out / "table2.json").write_text(json.dumps(
-        {"system": [base.element_a, base.element_b], "seeds": seeds,
-         "epochs": base.train.epochs, "data": [base.data_ah, base.data_bh],
-         "paper": PAPER.get((base.element_a, base.element_b)), "methods": table}, indent=2))
-    print(text)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from crystalgan_jax import geometry  # noqa: E402
 from crystalgan_jax.encoding import BLOCKS  # noqa: E402
 from crystalgan_jax.io import StructureFileError  # noqa: E402
 from crystalgan_jax.losses import Weights  # noqa: E402
-from crystalgan_jax.runner import RunSpec, run  # noqa: E402
+from crystalgan_jax.runner import ResumeMismatchError, RunSpec, run  # noqa: E402
 from crystalgan_jax.training import METHODS, TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -129,7 +129,8 @@ def main(argv: list[str]) -> int:
     out = Path(spec.output_dir)
     try:
         result = run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
-    except (StructureFileError, FileExistsError) as err:  # bad input, or a run already there
+    except (StructureFileError, FileExistsError, ResumeMismatchError) as err:  # bad input, or
+        # a run already there that these flags cannot continue
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import pytest
 from ase.io import read as ase_read
 
 from crystalgan_jax import encoding, io, losses, training
-from crystalgan_jax.runner import RunSpec, run
+from crystalgan_jax.runner import ResumeMismatchError, RunSpec, run
 from tests.conftest import small_domain
 
 SMALL = training.TrainConfig(epochs=4, batch_size=4, depth=2, width=32, chunk_epochs=2,
@@ -60,7 +60,7 @@ def test_run_writes_structures_that_pymatgen_and_ase_read(full_run):
     report = json.loads((out / "report.json").read_text())
     assert set(report["counts"]) >= {"generated", "ternary", "good_paper", "good_strict", "unique"}
     assert (out / "losses.png").stat().st_size > 0
-    assert (out / "checkpoints" / "stage1").exists()
+    assert (out / "checkpoints" / "stage1" / str(SMALL.epochs)).is_dir()
 
 
 def test_train_step_compiles_once_per_stage(full_run):
@@ -69,19 +69,36 @@ def test_train_step_compiles_once_per_stage(full_run):
     assert traces == ["stage1", "stage3"]
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(full_run, small_data, tmp_path):
+def test_resume_after_interrupt_equals_uninterrupted_run(full_run, small_data, tmp_path,
+                                                       monkeypatch):
     result, _ = full_run
+    calls = []
+    make_runner = training.make_chunk_runner
+
+    def interrupting(*args, **kwargs):
+        run_chunk = make_runner(*args, **kwargs)
+
+        def wrapped(*a):
+            calls.append(1)
+            out = run_chunk(*a)
+            if len(calls) == 3:  # stage 3's first chunk: Ctrl-C while JAX computes
+                raise KeyboardInterrupt
+            return out
+        return wrapped
+
+    monkeypatch.setattr(training, "make_chunk_runner", interrupting)
     messages = []
-
-    def stop_after_first_checkpoint(msg):
-        messages.append(msg)
-        if len(messages) == 3:  # banner, then stage1 epochs 2 (checkpoint saved) and 4
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run(_spec(small_data, tmp_path), log=stop_after_first_checkpoint)
+        run(_spec(small_data, tmp_path), log=messages.append)
+    monkeypatch.setattr(training, "make_chunk_runner", make_runner)
+    end_of_stage1 = SMALL.epochs
+    assert f"interrupted: state of epoch {end_of_stage1} saved" in messages[-1]
+    assert (tmp_path / "checkpoints" / "stage1" / str(end_of_stage1)).is_dir()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_epoch"] for r in rows] == list(range(1, end_of_stage1 + 1))
+
     resumed = run(_spec(small_data, tmp_path, resume=True), log=messages.append)
-    assert any("resumed from epoch 2" in m for m in messages)
+    assert any(f"resumed from epoch {end_of_stage1}" in m for m in messages)
     for a, b in zip(jax.tree_util.tree_leaves(result.state.params),
                     jax.tree_util.tree_leaves(resumed.state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -91,10 +108,36 @@ def test_resume_after_interrupt_equals_uninterrupted_run(full_run, small_data, t
     assert [r["global_epoch"] for r in rows] == list(range(1, 2 * SMALL.epochs + 1))
 
 
+def test_feature_transfer_mixes_the_blocks(small_data):
+    layout, x, y = _encoded(small_data)
+    x = jax.tree_util.tree_map(lambda a: a[:4], x)  # 4 A-H against 6 B-H: pairs wrap
+    lat = np.concatenate([x.lattice, y.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lat), SMALL)
+    state = training.init_state(jax.random.PRNGKey(4), nets, SMALL)
+    xg, yg = training.feature_transfer(state.params, nets, x, y)
+    x1, y1 = (training.harden(c) for c in training._stage1_outputs(state.params, nets, x, y))
+    assert xg.lattice.shape[0] == yg.lattice.shape[0] == 6
+    for i in range(6):
+        ix, iy = i % 4, i
+        # x_AHB_g: lattice, H and A of x_AHB1; B of y_BHA1. y_BHA_g: A of x_AHB1, rest y_BHA1
+        np.testing.assert_array_equal(xg.lattice[i], x1.lattice[ix])
+        np.testing.assert_array_equal(xg.positions[0][i], x1.positions[0][ix])
+        np.testing.assert_array_equal(xg.positions[1][i], x1.positions[1][ix])
+        np.testing.assert_array_equal(xg.positions[2][i], y1.positions[2][iy])
+        np.testing.assert_array_equal(yg.lattice[i], y1.lattice[iy])
+        np.testing.assert_array_equal(yg.positions[1][i], x1.positions[1][ix])
+        np.testing.assert_array_equal(yg.masks[2][i], y1.masks[2][iy])
+    for masks in (xg.masks, yg.masks):
+        assert set(np.unique(np.concatenate([np.asarray(m).ravel() for m in masks]))) <= {0.0, 1.0}
+
+
 def test_existing_run_is_not_overwritten_without_flag(full_run, small_data):
     result, _ = full_run
     with pytest.raises(FileExistsError, match="--resume"):
         run(_spec(small_data, result.output_dir), log=lambda m: None)
+    other = dataclasses.replace(SMALL, width=16)
+    with pytest.raises(ResumeMismatchError, match=r"config.json: cannot resume.*spec.train"):
+        run(_spec(small_data, result.output_dir, resume=True, train=other), log=lambda m: None)
 
 
 def _encoded(small_data):
