@@ -99,10 +99,6 @@ class Crystal:
     masks: tuple
     fractional: bool = struct.field(pytree_node=False, default=False)
 
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        return tuple(self.lattice.shape[:-2])
-
 
 def _block_positions(structure: Structure, symbol: str, fractional: bool) -> np.ndarray:
     rows = [i for i, site in enumerate(structure) if site.specie.symbol == symbol]

@@ -267,8 +267,8 @@ def _spacegroup(structure: Structure, symprec: float) -> tuple[str | None, int |
         return None, None
 
 
-def _covalent_radius(symbol: str) -> float:
-    # ase is needed only here; the radii are Cordero et al. 2008, as the spec asks.
+def covalent_radius(symbol: str) -> float:
+    """Covalent radius (Angstrom; Cordero et al. 2008, as ``ase.data.covalent_radii``)."""
     from ase.data import atomic_numbers, covalent_radii
 
     return float(covalent_radii[atomic_numbers[symbol]])
@@ -363,7 +363,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
     strict_failures = [] if good_paper else ["fails good (paper)"]
     for key, dist in min_distances.items():
         x, y = key.split("-")
-        rx, ry = _covalent_radius(x), _covalent_radius(y)
+        rx, ry = covalent_radius(x), covalent_radius(y)
         limit = covalent_factor * (rx + ry)
         if dist < limit:
             first, second = chemical_pair(x, y).split("-")

@@ -79,44 +79,41 @@ def lattice_shifts(n: Sequence[int]) -> np.ndarray:
     return np.asarray(shifts, np.float32)
 
 
-def pair_vectors(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
-                 shifts: jax.Array) -> jax.Array:
-    """Vectors from each atom i to every periodic image of each atom j.
+def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
+                   shifts: jax.Array) -> jax.Array:
+    """``[Ni, Nj, S]`` distances (Angstrom) from atom i to each image of atom j.
+
+    The pair vector ``v`` is wrapped to the minimum image in fractional coordinates,
+    then each shift ``t = k @ L`` is added. Computed as ``|v + t|^2 = |v|^2 + 2 v.t +
+    |t|^2``: one ``[Ni Nj, 3] x [3, S]`` matmul instead of materialising ``[Ni, Nj, S, 3]``
+    vectors, several times faster on CPU. The cancellation this invites is harmless at
+    the sizes involved (float32 error ~1e-6 A for 5 A cells).
 
     Args:
       lattice: ``[3, 3]`` rows a, b, c (Angstrom).
       pos_i: ``[Ni, 3]`` Cartesian Angstrom.
       pos_j: ``[Nj, 3]`` Cartesian Angstrom.
-      shifts: ``[S, 3]`` integer lattice translations (as floats).
-    Returns:
-      ``[Ni, Nj, S, 3]`` Cartesian Angstrom. Shift 0 is the minimum-image-wrapped pair.
-    """
-    inv = jnp.linalg.inv(lattice)
-    frac = (pos_j[None, :, :] - pos_i[:, None, :]) @ inv  # [Ni, Nj, 3]
-    # Wrapping with round() makes the needed image range independent of where atoms sit
-    # (generated atoms can lie outside the cell); round() has zero gradient, as it should.
-    frac = frac - jax.lax.stop_gradient(jnp.round(frac))
-    return (frac[:, :, None, :] + shifts[None, None, :, :]) @ lattice
-
-
-def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
-                   shifts: jax.Array) -> jax.Array:
-    """``[Ni, Nj, S]`` distances (Angstrom) from atom i to each image of atom j.
-
-    Same geometry as :func:`pair_vectors`, but computed as
-    ``|v + t|^2 = |v|^2 + 2 v.t + |t|^2`` with v the wrapped pair vector and t the
-    shift in Angstrom: one ``[Ni Nj, 3] x [3, S]`` matmul instead of materialising
-    ``[Ni, Nj, S, 3]`` vectors, several times faster on CPU. The cancellation this
-    invites is harmless at the sizes involved (float32 error ~1e-6 A for 5 A cells).
+      shifts: ``[S, 3]`` integer lattice translations (as floats); shift 0 is the
+        minimum-image pair.
     """
     inv = jnp.linalg.inv(lattice)
     frac = (pos_j[None, :, :] - pos_i[:, None, :]) @ inv
+    # Wrapping with round() makes the needed image range independent of where atoms sit
+    # (generated atoms can lie outside the cell); round() has zero gradient, as it should.
     frac = frac - jax.lax.stop_gradient(jnp.round(frac))
     v = frac @ lattice  # [Ni, Nj, 3]
     t = shifts @ lattice  # [S, 3]
     sq = (jnp.sum(v * v, axis=-1)[:, :, None] + 2.0 * (v @ t.T)
           + jnp.sum(t * t, axis=-1)[None, None, :])
     return jnp.sqrt(jnp.maximum(sq, _TINY))
+
+
+def self_pairs(n: int, n_shifts: int) -> jax.Array:
+    """``[n, n, S]``: True where an atom meets itself at zero shift (shift 0 first).
+
+    The only pair excluded from neighbour searches: an atom's other images count.
+    """
+    return jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(n_shifts) == 0)[None, None, :]
 
 
 def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
@@ -144,9 +141,7 @@ def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
     d = pair_distances(lattice, positions, target_positions, shifts)  # [N, M, S]
     excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], d.shape)
     if same:
-        self_pair = jnp.eye(positions.shape[0], dtype=bool)[:, :, None] & (
-            jnp.arange(shifts.shape[0]) == 0)[None, None, :]
-        excluded = excluded | self_pair
+        excluded = excluded | self_pairs(positions.shape[0], shifts.shape[0])
     nearest = jnp.min(jnp.where(excluded, jnp.inf, d), axis=(1, 2))
     return jnp.where(mask > 0.5, nearest, jnp.inf)
 
@@ -248,8 +243,7 @@ def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
                          for p, rad in zip(crystal.positions, radii)])
     d = pair_distances(crystal.lattice, positions, positions, shifts)  # [N, N, S]
     n = positions.shape[0]
-    counted = (present[:, None] & present[None, :])[:, :, None] & ~(
-        jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(shifts.shape[0]) == 0)[None, None, :])
+    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, shifts.shape[0])
     limit = factor * (r[:, None] + r[None, :])[:, :, None]
     # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
     return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))

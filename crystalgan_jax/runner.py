@@ -83,11 +83,10 @@ class RunResult:
 
 
 def covalent_radii(element_a: str, element_b: str) -> tuple[float, float, float]:
-    """Covalent radii (Angstrom; Cordero et al. 2008, as ASE tabulates them) of H, A, B."""
-    from ase.data import atomic_numbers
-    from ase.data import covalent_radii as radii
+    """Covalent radii (Angstrom) of H, A and B, as the strict criterion takes them."""
+    from crystalgan_jax.evaluation import covalent_radius
 
-    return tuple(float(radii[atomic_numbers[s]]) for s in ("H", element_a, element_b))
+    return tuple(covalent_radius(s) for s in ("H", element_a, element_b))
 
 
 def load_domains(spec: RunSpec) -> tuple[io.Domain, io.Domain]:

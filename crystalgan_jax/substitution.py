@@ -61,7 +61,7 @@ def substitution(ah_structures: Sequence[Structure], bh_structures: Sequence[Str
     For each A-H structure with n_A A atoms and each count k = 1..n_A-1, the first k A
     sites (in site order; a fixed rule, so the result is deterministic) become B; B-H
     structures likewise give A on their first k B sites. The cell is scaled by Vegard's
-    law (:func:`vegard_volume_ratio`, atomic volumes from pymatgen's molar volumes).
+    law (:func:`vegard_volume_ratio`, the atomic volumes of :func:`atomic_volume`).
 
     A structure with only one metal atom cannot become ternary by substitution (putting
     the other metal on its only site leaves a binary hydride again), so it contributes

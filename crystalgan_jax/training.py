@@ -16,8 +16,8 @@ The three steps of the method (spec, "The three steps"):
 * stage 3, the same cross-domain GAN on AHB_g and BHA_g, plus the geometric terms.
 
 A train step is one discriminator update then ``generator_steps`` generator updates on
-the same minibatch (the authors' schedule). An epoch visits ``max(n_x, n_y) // batch``
-minibatches (at least one) drawn from fresh permutations of each domain. Epochs run
+the same minibatch (the authors' schedule). An epoch takes ``max(n_x, n_y) // batch``
+full minibatches (at least one) from fresh permutations of each domain. Epochs run
 inside XLA: :func:`make_chunk_runner` compiles ``lax.scan`` over a fixed number of
 epochs, with a per-epoch ``active`` flag so that a shorter final chunk reuses the same
 compiled program.
@@ -296,11 +296,17 @@ def sample_noise(key: jax.Array, count: int, cfg: TrainConfig) -> jax.Array:
     return jax.random.normal(key, (count, cfg.latent_dim), jnp.float32)
 
 
+def sample_crystals(params: dict, nets: Networks, key: jax.Array, count: int,
+                    cfg: TrainConfig) -> Crystal:
+    """``count`` crystals from the GAN baseline's noise generator (params["G_noise"])."""
+    z = sample_noise(key, count, cfg)
+    return jax.vmap(lambda v: nets.noise_generator.apply({"params": params["G_noise"]}, v))(z)[0]
+
+
 def gan_generator_loss(gparams: dict, dparams: dict, real: Crystal, key: jax.Array, *,
                        nets: Networks, cfg: TrainConfig) -> tuple[jax.Array, jax.Array]:
     """Plain GAN: -E[log D(G(z))] with z Gaussian; returns (loss, logged terms)."""
-    fake, _ = jax.vmap(lambda z: nets.noise_generator.apply({"params": gparams["G_noise"]}, z))(
-        sample_noise(key, real.lattice.shape[0], cfg))
+    fake = sample_crystals(gparams, nets, key, real.lattice.shape[0], cfg)
     loss = losses.generator_adversarial(
         apply_discriminator(nets.discriminator, dparams["D_all"], fake))
     return loss, jnp.stack([loss])
@@ -308,9 +314,8 @@ def gan_generator_loss(gparams: dict, dparams: dict, real: Crystal, key: jax.Arr
 
 def gan_discriminator_loss(dparams: dict, gparams: dict, real: Crystal, key: jax.Array, *,
                            nets: Networks, cfg: TrainConfig) -> jax.Array:
-    fake, _ = jax.vmap(lambda z: nets.noise_generator.apply({"params": gparams["G_noise"]}, z))(
-        sample_noise(key, real.lattice.shape[0], cfg))
-    fake = jax.lax.stop_gradient(fake)
+    """Plain GAN: -E[log D(y)] - E[log(1 - D(G(z)))] over the union of both domains."""
+    fake = jax.lax.stop_gradient(sample_crystals(gparams, nets, key, real.lattice.shape[0], cfg))
     disc = nets.discriminator
     return losses.discriminator(apply_discriminator(disc, dparams["D_all"], real),
                                 apply_discriminator(disc, dparams["D_all"], fake))
@@ -376,7 +381,11 @@ def make_train_step(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.
 
 
 def steps_per_epoch(sizes: Sequence[int], batch_size: int) -> int:
-    """Minibatches per epoch: enough to visit the larger domain once (at least one)."""
+    """Minibatches per epoch: ``max(sizes) // batch_size``, at least one.
+
+    Full minibatches only (like a loader's drop_last): with 54 structures and batch 35 an
+    epoch sees 35 of them, a different 35 each epoch.
+    """
     return max(1, max(sizes) // batch_size)
 
 
@@ -414,20 +423,23 @@ def make_chunk_runner(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: ja
                       sizes: Sequence[int], on_trace: Callable[[str], None] | None = None):
     """Jitted ``run(state, data, active[chunk]) -> (state, metrics[chunk, n_metrics])``.
 
-    Epoch i of the chunk runs only where ``active[i]``; an inactive epoch leaves the
-    state untouched (its metrics row is meaningless). ``on_trace`` is called each time
-    JAX traces the function, which lets tests check that it compiles once per stage.
+    Epoch i of the chunk runs only where ``active[i]``; an inactive epoch is skipped by
+    ``lax.cond`` and leaves the state untouched (its metrics row is zeros). ``on_trace``
+    is called each time JAX traces the function, which lets tests check that it
+    compiles once per stage.
     """
     epoch = make_epoch(stage, nets, cfg, shifts, sizes)
+    n_metrics = len(metric_names(stage, cfg))
 
     def run(state: TrainState, data: tuple, active: jax.Array):
         if on_trace is not None:
             on_trace(stage.name)
 
+        def skip(s):
+            return s, jnp.zeros((n_metrics,), jnp.float32)
+
         def body(s, a):
-            new, metrics = epoch(s, data)
-            s = jax.tree_util.tree_map(lambda n, o: jnp.where(a, n, o), new, s)
-            return s, metrics
+            return jax.lax.cond(a, lambda s: epoch(s, data), skip, s)
 
         return jax.lax.scan(body, state, active)
 
@@ -473,10 +485,9 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
     """
     p = state.params
     if cfg.method == "gan":
-        z = sample_noise(key if key is not None else state.key,
-                         x_ah.lattice.shape[0] + y_bh.lattice.shape[0], cfg)
-        fake, _ = jax.vmap(lambda v: nets.noise_generator.apply({"params": p["G_noise"]}, v))(z)
-        return {"final": {"GAN": fake}}
+        count = x_ah.lattice.shape[0] + y_bh.lattice.shape[0]
+        key = key if key is not None else state.key
+        return {"final": {"GAN": sample_crystals(p, nets, key, count, cfg)}}
     x1, y1 = _stage1_outputs(p, nets, x_ah, y_bh)
     out = {"stage1": {"AHB": x1, "BHA": y1}}
     if cfg.method == "discogan":

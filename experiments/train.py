@@ -66,6 +66,10 @@ flags.DEFINE_enum("geometry_form", "hinge", ["hinge", "paper"], "Geometric penal
 flags.DEFINE_list("constrained", ["AB", "H"],
                   "Constrained classes: each item a set of blocks among H, A, B whose atoms are "
                   "constrained to their nearest atom of the same set (AB = metal-metal).")
+flags.DEFINE_integer("latent_dim", 32, "Noise size of the GAN baseline (--method=gan).")
+flags.DEFINE_integer("max_images", 3, "Most lattice images per axis in the geometric penalty.")
+flags.DEFINE_bool("residual", False, "Generators predict a correction to their input "
+                  "coordinates (not in the paper).")
 flags.DEFINE_integer("checkpoint_every", 100, "Epochs between checkpoints.")
 flags.DEFINE_integer("chunk_epochs", 50, "Epochs per compiled call (progress granularity).")
 flags.DEFINE_integer("n_h", None, "Rows of the H block (default: the most H in the data).")
@@ -109,7 +113,8 @@ def spec_from_flags() -> RunSpec:
                       width=FLAGS.width, weights=weights, d1=FLAGS.d1, d2=FLAGS.d2,
                       classes=parse_classes(FLAGS.constrained),
                       geometry_form=FLAGS.geometry_form, chunk_epochs=FLAGS.chunk_epochs,
-                      clash_factor=FLAGS.clash_factor)
+                      clash_factor=FLAGS.clash_factor, latent_dim=FLAGS.latent_dim,
+                      max_images=FLAGS.max_images, residual=FLAGS.residual)
     return RunSpec(data_ah=data_path(FLAGS.data_ah), data_bh=data_path(FLAGS.data_bh), element_a=FLAGS.element_a,
                    element_b=FLAGS.element_b, output_dir=FLAGS.output_dir, train=cfg,
                    seed=FLAGS.seed, checkpoint_every=FLAGS.checkpoint_every,

@@ -81,3 +81,17 @@ def test_foreign_element_names_the_source():
     s = Structure(Lattice.cubic(4.0), ["H", "Cu"], [[0, 0, 0], [0.5, 0, 0]])
     with pytest.raises(StructureFileError, match=r"x.vasp: holds Cu"):
         encoding.encode(s, layout, source="x.vasp")
+
+
+def test_fractional_cartesian_conversions_agree_with_encoding(reference_domains):
+    structures = reference_domains[1].structures[:8]
+    layout = encoding.Layout.fit("Pd", "Ni", structures)
+    cart = encoding.encode_batch(structures, layout)
+    frac = encoding.encode_batch(structures, layout, fractional=True)
+    converted = encoding.to_fractional(cart)
+    assert converted.fractional
+    for a, b, m in zip(converted.positions, frac.positions, frac.masks):
+        np.testing.assert_allclose(a[m > 0], b[m > 0], atol=1e-12)
+    back = encoding.to_cartesian(converted)
+    for a, b in zip(back.positions, cart.positions):
+        np.testing.assert_allclose(a, b, atol=1e-12)
