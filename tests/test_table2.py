@@ -34,7 +34,6 @@ def test_table2_tiny(tmp_path):
     # step 1 alone keeps one metal per structure: never ternary
     assert methods["discogan"]["runs"][0]["counts"]["ternary"] == 0
     assert methods["substitution"]["runs"][0]["counts"]["ternary"] > 0
-    assert table["paper"] == {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9}
     md = (out / "table2.md").read_text()
     assert "CrystalGAN, constraints" in md and md in proc.stdout
     clash_metrics = Path(methods["crystalgan+clash"]["runs"][0]["output_dir"]) / "metrics.jsonl"
