@@ -178,6 +178,29 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _candidates(structures: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: one row per StructureMatcher group of the strictly good structures."""
+    groups: dict[int, list[Mapping[str, Any]]] = {}
+    for s in structures:
+        if s["good_strict"]:
+            groups.setdefault(s["unique_group"], []).append(s)
+    if not groups:
+        return ["No structure passes the strict criterion; see the reasons below."]
+    lines = ["Strictly good structures, one per StructureMatcher group (the first file of the "
+             "group; the others are the same structure).", "",
+             "| file | formula | space group | V/atom (A^3) | min distances (A) | same as |",
+             "| --- | --- | --- | ---: | --- | --- |"]
+    for members in groups.values():
+        s = members[0]
+        group = s["spacegroup_symbol"]
+        sg = "-" if group is None else f"{group} ({s['spacegroup_number']})"
+        dists = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in s["min_distances_A"].items())
+        same = ", ".join(m["file"] for m in members[1:]) or "-"
+        lines.append(f"| {s['file']} | {s['formula']} | {sg} | "
+                     f"{_fmt(s['volume_per_atom_A3'], 2)} | {dists} | {same} |")
+    return lines
+
+
 def _markdown(report: Mapping[str, Any], figures: Mapping[str, str | None]) -> str:
     c = report["criteria"]
     lines = [f"# CrystalGAN evaluation: {report['system']}", "",
@@ -193,6 +216,7 @@ def _markdown(report: Mapping[str, Any], figures: Mapping[str, str | None]) -> s
     rows = [("**all**", report["counts"])] + list(report["counts_by_group"].items())
     for name, counts in rows:
         lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in keys) + " |")
+    lines += ["", "## Candidates for DFT", ""] + _candidates(report["structures"])
     lines += ["", "## Structures", "",
               "| file | set | formula | space group | V/atom (A^3) | min distances (A) | "
               "ternary | good (paper) | good (strict) | why not |",

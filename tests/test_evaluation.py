@@ -179,6 +179,10 @@ def test_write_report(tmp_path, figure5_dir, reference_domains):
     md = (out / "report.md").read_text()
     assert "](distances.png)" in md and "](losses.png)" in md
     assert "| AHB/POSCAR_1 |" in md
+    candidates = md.split("## Candidates for DFT")[1].split("## Structures")[0]
+    rows = [l for l in candidates.splitlines() if l.startswith("| ") and "POSCAR" in l]
+    assert len(rows) == 1  # the rocksalt, listed once, with its twin named
+    assert rows[0].startswith("| AHB/POSCAR_1 |") and rows[0].endswith("| BHA/POSCAR_0 |")
 
 
 def test_write_run_report_reads_the_final_files(tmp_path, figure5_dir):
@@ -193,7 +197,8 @@ def test_write_run_report_reads_the_final_files(tmp_path, figure5_dir):
     assert result["counts"] == {"generated": 3, "ternary": 3, "good_paper": 2,
                                 "good_strict": 1, "unique": 1}
     assert result["structures"][0]["file"] == "structures/final/AHB/000.vasp"
-    assert (tmp_path / "report.md").read_text().count("structures/final/") == 3
+    # three structure rows, plus the one strictly good structure among the candidates
+    assert (tmp_path / "report.md").read_text().count("structures/final/") == 4
 
 
 def test_plot_losses_without_numbers_writes_nothing(tmp_path):
