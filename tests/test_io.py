@@ -49,30 +49,23 @@ def test_mat_with_wrong_metal_names_the_file(reference_dir):
         io.read_domain(reference_dir / "PdH_dataset.mat", "Ni", mat_block=3)
 
 
-@pytest.mark.parametrize("text, pattern", [
-    (GOOD.replace("4.0 0.0 0.0", "4.0 zero 0.0"), r"line 3: expected 3 numbers"),
-    (GOOD.replace("1 1\n", "1 x\n"), r"line 7: atom counts must be integers"),
-    (GOOD.replace("H Pd\n1 1", "H Pd\n1 1 1"), r"line 7: 2 element symbols but 3 atom counts"),
-    (GOOD.replace("H Pd\n1", "H Qq\n1"), r"line 6: 'Qq' is not an element symbol"),
-    (GOOD.replace("0.0 0.0 0.0\n", "0.0 0.0\n"), r"line 10: expected 3 numbers"),
-    (GOOD.replace("Direct", "Fractional"), r"line 8: expected 'Direct' or 'Cartesian'"),
-    ("", r"file is empty"),
-    (GOOD.replace("0.0 0.0 4.0", "0.0 0.0 0.0"), r"cell volume is zero"),
+@pytest.mark.parametrize("name, text, pattern", [
+    ("POSCAR", GOOD.replace("4.0 0.0 0.0", "4.0 zero 0.0"), r"line 3: expected 3 numbers"),
+    ("POSCAR", GOOD.replace("1 1\n", "1 x\n"), r"line 7: atom counts must be integers"),
+    ("POSCAR", GOOD.replace("H Pd\n1 1", "H Pd\n1 1 1"),
+     r"line 7: 2 element symbols but 3 atom counts"),
+    ("POSCAR", GOOD.replace("H Pd\n1", "H Qq\n1"), r"line 6: 'Qq' is not an element symbol"),
+    ("POSCAR", GOOD.replace("0.0 0.0 0.0\n", "0.0 0.0\n"), r"line 10: expected 3 numbers"),
+    ("POSCAR", GOOD.replace("Direct", "Fractional"), r"line 8: expected 'Direct' or 'Cartesian'"),
+    ("POSCAR", "", r"file is empty"),
+    ("POSCAR", GOOD.replace("0.0 0.0 4.0", "0.0 0.0 0.0"), r"cell volume is zero"),
+    # well-formed files with the wrong elements for the domain
+    ("x.vasp", GOOD.replace("H Pd", "H Cu"), r"holds Cu; this domain takes only Pd and H"),
+    ("x.vasp", GOOD.replace("H Pd\n1 1", "Pd Pd\n1 1"), r"holds no H atom"),
+    ("x.vasp", GOOD.replace("H Pd\n1 1", "H H\n1 1"), r"holds no Pd atom"),
 ])
-def test_malformed_poscar_errors_name_file_and_line(tmp_path, text, pattern):
-    path = _write(tmp_path, "POSCAR", text)
-    with pytest.raises(io.StructureFileError, match=pattern) as err:
-        io.read_folder(tmp_path, "Pd")
-    assert str(path) in str(err.value)
-
-
-@pytest.mark.parametrize("text, pattern", [
-    (GOOD.replace("H Pd", "H Cu"), r"holds Cu; this domain takes only Pd and H"),
-    (GOOD.replace("H Pd\n1 1", "Pd Pd\n1 1"), r"holds no H atom"),
-    (GOOD.replace("H Pd\n1 1", "H H\n1 1"), r"holds no Pd atom"),
-])
-def test_wrong_elements_name_the_file(tmp_path, text, pattern):
-    path = _write(tmp_path, "x.vasp", text)
+def test_bad_files_name_the_file_and_line(tmp_path, name, text, pattern):
+    path = _write(tmp_path, name, text)
     with pytest.raises(io.StructureFileError, match=pattern) as err:
         io.read_folder(tmp_path, "Pd")
     assert str(path) in str(err.value)
