@@ -166,13 +166,14 @@ def _save_interrupted(ckpt: Checkpoints, state: training.TrainState,
 
 
 def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
-                 nets: training.Networks, state: training.TrainState,
+                 nets: training.Networks, state: training.TrainState, shifts: jax.Array,
                  metrics: list[dict], ckpt: Checkpoints,
                  log: Callable[[str], None], on_trace=None) -> training.TrainState:
-    """Runs every stage of ``spec.train`` from ``state.epoch`` on, checkpointing as it goes."""
+    """Runs every stage of ``spec.train`` from ``state.epoch`` on, checkpointing as it goes.
+
+    ``shifts``: the geometric penalty's lattice shifts (:func:`training.penalty_shifts`).
+    """
     cfg = spec.train
-    lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    shifts = training.penalty_shifts(lattices, cfg)
     metrics_file = (out / "metrics.jsonl").open("a")
     try:
         for s_index, stage_name in enumerate(cfg.stages):
@@ -315,7 +316,9 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
     log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "
         f"rows H/A/B = {layout.rows}; method {cfg.method}, {cfg.epochs} epochs per stage")
     try:
-        state = train_stages(spec, out, x, y, nets, state, metrics, ckpt, log, on_trace)
+        state = train_stages(spec, out, x, y, nets, state,
+                             training.penalty_shifts(lattices, cfg), metrics, ckpt, log,
+                             on_trace)
     finally:
         ckpt.close()
     generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
