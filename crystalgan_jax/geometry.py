@@ -317,15 +317,37 @@ def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float = 1.8, d2: 
     return penalty_terms(s, valid, d1, d2, form)
 
 
+def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radii: jax.Array,
+                 shifts: jax.Array, factor: float = 0.8) -> jax.Array:
+    """Sum over atom pairs of relu(factor * (r_i + r_j) - d_ij)^2 (Angstrom^2), one structure.
+
+    The array-level form of :func:`clash_penalty`. Pairs run over periodic images (an
+    atom's own images included) and each unordered pair counts once; padding rows
+    (mask <= 0.5) count nothing.
+
+    Args:
+      lattice: ``[3, 3]``; positions ``[N, 3]`` (Cartesian Angstrom); mask ``[N]``.
+      radii: ``[N]`` radius of each row's atom (Angstrom).
+      shifts: ``[S, 3]`` lattice shifts, zero shift first.
+      factor: fraction of the radius sum below which a pair is penalised.
+    """
+    present = mask > 0.5
+    d = pair_distances(lattice, positions, positions, shifts)  # [N, N, S]
+    n = positions.shape[0]
+    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, shifts.shape[0])
+    limit = factor * (radii[:, None] + radii[None, :])[:, :, None]
+    # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
+    return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))
+
+
 def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
                   factor: float = 0.8) -> jax.Array:
-    """Sum over atom pairs of relu(factor * (r_i + r_j) - d_ij)^2 (Angstrom^2).
+    """:func:`clash_energy` of a :class:`Crystal`, with one radius per block.
 
     A repulsion between ALL atoms, whatever their species, where they come closer than
     ``factor`` times the sum of their covalent radii: the metal-H pairs that the
     spec's constrained classes leave free, and metal pairs closer than d1 allows for
-    large atoms. Pairs run over periodic images (an atom's own images included) and each
-    unordered pair counts once; padding rows (mask <= 0.5) count nothing.
+    large atoms.
 
     Args:
       crystal: one structure, Cartesian.
@@ -336,15 +358,10 @@ def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
     if crystal.fractional:
         raise ValueError("clash_penalty needs Cartesian positions; use to_cartesian")
     positions = jnp.concatenate(crystal.positions, axis=0)
-    present = jnp.concatenate(crystal.masks, axis=0) > 0.5
+    mask = jnp.concatenate(crystal.masks, axis=0)
     r = jnp.concatenate([jnp.full((p.shape[0],), rad, positions.dtype)
                          for p, rad in zip(crystal.positions, radii)])
-    d = pair_distances(crystal.lattice, positions, positions, shifts)  # [N, N, S]
-    n = positions.shape[0]
-    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, shifts.shape[0])
-    limit = factor * (r[:, None] + r[None, :])[:, :, None]
-    # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
-    return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))
+    return clash_energy(crystal.lattice, positions, mask, r, shifts, factor)
 
 
 def host_pair_distances(lattice: np.ndarray, pos_i: np.ndarray, pos_j: np.ndarray,
