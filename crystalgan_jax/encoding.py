@@ -19,13 +19,13 @@ exact); the array functions also accept JAX arrays.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+import jax
 import numpy as np
-from flax import struct
-from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax.io import StructureFileError
+if TYPE_CHECKING:  # pymatgen is needed only to encode and decode, and imported there
+    from pymatgen.core import Structure
 
 BLOCKS = ("H", "A", "B")  # block order, as in the paper's tensor after the lattice
 H_BLOCK, A_BLOCK, B_BLOCK = 0, 1, 2
@@ -81,7 +81,7 @@ def class_symbols(classes, element_a: str, element_b: str) -> tuple[tuple[str, .
     return tuple(tuple(symbols[b] for b in blocks) for blocks in classes)
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class Crystal:
     """One structure, or a batch of them with leading axes ``[...]``.
 
@@ -92,12 +92,24 @@ class Crystal:
       masks: blocks H, A, B of shape ``[..., N_s]``; 1 where a row is an atom, 0 for
         padding (generators produce occupancy probabilities in between).
       fractional: whether ``positions`` are fractional coordinates (static).
+
+    A JAX pytree (registered below; ``fractional`` is static metadata) defined without
+    Flax or pymatgen, so that :mod:`crystalgan_jax.geometry` and
+    :mod:`crystalgan_jax.losses` import neither.
     """
 
     lattice: np.ndarray
     positions: tuple
     masks: tuple
-    fractional: bool = struct.field(pytree_node=False, default=False)
+    fractional: bool = False
+
+    def replace(self, **changes) -> "Crystal":
+        """A copy with ``changes`` applied (like ``flax.struct`` dataclasses)."""
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(Crystal, data_fields=["lattice", "positions", "masks"],
+                                 meta_fields=["fractional"])
 
 
 def _block_positions(structure: Structure, symbol: str, fractional: bool) -> np.ndarray:
@@ -114,6 +126,7 @@ def encode(structure: Structure, layout: Layout, *, fractional: bool = False,
       StructureFileError: an element outside the layout, or more atoms of a species
         than its block has rows (naming ``source``).
     """
+    from crystalgan_jax.io import StructureFileError
     source = source or structure.composition.formula
     allowed = set(layout.symbols)
     others = sorted({site.specie.symbol for site in structure} - allowed)
@@ -141,8 +154,6 @@ def stack(crystals: Sequence[Crystal]) -> Crystal:
     """Stacks crystals of one layout along a new leading batch axis."""
     if not crystals:
         raise ValueError("nothing to stack")
-    import jax
-
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *crystals)
 
 
@@ -156,8 +167,6 @@ def encode_batch(structures: Sequence[Structure], layout: Layout, *, fractional:
 
 def index(crystal: Crystal, i) -> Crystal:
     """Element (or slice) ``i`` of a batched crystal."""
-    import jax
-
     return jax.tree_util.tree_map(lambda x: x[i], crystal)
 
 
@@ -166,6 +175,7 @@ def decode(crystal: Crystal, layout: Layout, threshold: float = 0.5) -> Structur
 
     Sites come out grouped H, A, B in block order.
     """
+    from pymatgen.core import Lattice, Structure
     species, coords = [], []
     for symbol, pos, mask in zip(layout.symbols, crystal.positions, crystal.masks):
         keep = np.asarray(mask) > threshold

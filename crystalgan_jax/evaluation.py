@@ -28,10 +28,7 @@ import math
 import warnings
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax import geometry
@@ -43,10 +40,14 @@ CUTOFF = 3.0  # Angstrom, neighbour table radius (the paper's Figure 5)
 SYMPREC = 0.1  # Angstrom, SpacegroupAnalyzer tolerance
 COVALENT_FACTOR = 0.75  # strict: no pair closer than this x (r_cov_i + r_cov_j)
 VOLUME_PER_ATOM_RANGE = (2.0, 40.0)  # Angstrom^3, strict
-# Largest N*N*S distance array computed for one structure, after padding (float64
-# vectors: 24 bytes per entry, so about 120 MB). Only a nearly degenerate generated
+# Largest N*N*S distance array computed for one structure (float64: 8 bytes per entry
+# and as much again for a temporary, so about 80 MB). Only a nearly degenerate generated
 # cell needs more; its verdicts then fail with a reason instead of exhausting memory.
 MAX_DISTANCE_ENTRIES = 5_000_000
+# Entries per atom kept in the Figure-5 neighbour table of a report (the nearest shells):
+# a degenerate generated cell can hold thousands of images within the cutoff, which made
+# report.json hundreds of MB. geometry.neighbour_table gives the full list of one structure.
+MAX_NEIGHBOURS = 12
 # Failure messages listed per verdict before the rest are only counted.
 MAX_LISTED_FAILURES = 4
 
@@ -105,7 +106,8 @@ class StructureEvaluation:
       site_nearest: per site, ``{symbol: distance}`` to the nearest atom of each species
         present (Angstrom, periodic, own images included).
       nearest: one entry per atom of a constrained class, in site order.
-      neighbours: Figure-5 table, per site ``((symbol, distance), ...)`` within the cutoff.
+      neighbours: Figure-5 table, per site ``((symbol, distance), ...)`` within the cutoff
+        (the first ``max_neighbours`` entries of each row).
       ternary, good_paper, good_strict: the verdicts.
       ternary_reason, good_paper_reason, good_strict_reason: why each verdict failed
         (``None`` where it holds).
@@ -180,38 +182,11 @@ def _distance_lattice(lattice: Lattice) -> np.ndarray:
     return np.asarray(lattice.matrix, np.float64)
 
 
-# One compiled kernel per (atoms, shifts) bucket instead of one eager compile per op and
-# per shape: generated cells vary in both, and compiling dominated the run time.
-_pair_distances_jit = jax.jit(geometry.pair_distances)
-
-
-def _bucket(n: int) -> int:
-    return max(8, 1 << (n - 1).bit_length())  # next power of two, at least 8
-
-
-def _pair_distances(matrix: np.ndarray, cart: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """``[N, N, S]`` periodic distances (Angstrom) via :func:`geometry.pair_distances`.
-
-    Atoms and shifts are padded to power-of-two buckets so that the jitted kernel is
-    reused: padding atoms copy atom 0 and padding shifts copy the last shift (duplicate
-    images change no minimum); both are cut off again before returning.
-    """
-    n, s = len(cart), len(shifts)
-    cart_padded = np.concatenate([cart, np.repeat(cart[:1], _bucket(n) - n, axis=0)])
-    shifts_padded = np.concatenate([shifts, np.repeat(shifts[-1:], _bucket(s) - s, axis=0)])
-    with jax.enable_x64(True):  # verdicts are quoted to 1e-3 A: float64 throughout
-        d = _pair_distances_jit(jnp.asarray(matrix, jnp.float64),
-                                jnp.asarray(cart_padded, jnp.float64),
-                                jnp.asarray(cart_padded, jnp.float64),
-                                jnp.asarray(shifts_padded, jnp.float64))
-    return np.array(d[:n, :n, :s])
-
-
 def _shifts_for(matrix: np.ndarray, radius: float, n_atoms: int) -> np.ndarray | None:
     """Lattice shifts that see every image within ``radius``; None if too many."""
     n = geometry.image_range(matrix, radius)
     n_shifts = int(np.prod([2 * m + 1 for m in n]))
-    if _bucket(n_atoms) ** 2 * _bucket(n_shifts) > MAX_DISTANCE_ENTRIES:  # padded size
+    if n_atoms ** 2 * n_shifts > MAX_DISTANCE_ENTRIES:
         return None
     return geometry.lattice_shifts(n)
 
@@ -222,7 +197,8 @@ def periodic_distances(structure: Structure, cutoff: float = CUTOFF) -> np.ndarr
     The shifts cover every image within ``cutoff`` and every image that can be a
     nearest neighbour, so minima over the last axis are exact. The site itself at zero
     shift is set to ``inf``; its other images count. Computed with
-    :func:`geometry.pair_distances` on an LLL-reduced basis of the cell.
+    :func:`geometry.host_pair_distances` (NumPy, float64) on an LLL-reduced basis of the
+    cell.
 
     Returns:
       The array, or ``None`` where the cell is so thin that it would need more than
@@ -233,12 +209,12 @@ def periodic_distances(structure: Structure, cutoff: float = CUTOFF) -> np.ndarr
     # The wrapped (zero-shift) distance bounds the nearest image of another atom, and the
     # shortest lattice vector bounds the nearest own image: together they say how many
     # images guarantee the exact minimum.
-    zero = _pair_distances(matrix, cart, np.zeros((1, 3)))[:, :, 0]
+    zero = geometry.host_pair_distances(matrix, cart, cart, np.zeros((1, 3)))[:, :, 0]
     radius = max(float(zero.max()), float(np.linalg.norm(matrix, axis=1).min()), cutoff)
     shifts = _shifts_for(matrix, radius, len(cart))
     if shifts is None:
         return None
-    d = _pair_distances(matrix, cart, shifts)
+    d = geometry.host_pair_distances(matrix, cart, cart, shifts)
     d[np.arange(len(cart)), np.arange(len(cart)), 0] = np.inf  # the atom itself
     return d
 
@@ -246,13 +222,10 @@ def periodic_distances(structure: Structure, cutoff: float = CUTOFF) -> np.ndarr
 def _site_nearest(d: np.ndarray, symbols: Sequence[str]) -> list[dict[str, float]]:
     """Per site, ``{symbol: distance}`` to its nearest atom of each species."""
     per_pair = d.min(axis=2)  # [N, N]
-    out = []
-    for i in range(len(symbols)):
-        row: dict[str, float] = {}
-        for j, symbol in enumerate(symbols):
-            row[symbol] = min(row.get(symbol, math.inf), float(per_pair[i, j]))
-        out.append(row)
-    return out
+    symbols = np.asarray(symbols)
+    species = list(dict.fromkeys(symbols.tolist()))  # in order of first appearance
+    per_species = np.stack([per_pair[:, symbols == sp].min(axis=1) for sp in species], axis=1)
+    return [dict(zip(species, map(float, row))) for row in per_species]
 
 
 def _spacegroup(structure: Structure, symprec: float) -> tuple[str | None, int | None]:
@@ -290,8 +263,8 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
                        d1: float = D1, d2: float = D2, cutoff: float = CUTOFF,
                        classes: Classes | None = None, symprec: float = SYMPREC,
                        covalent_factor: float = COVALENT_FACTOR,
-                       volume_per_atom_range: tuple[float, float] = VOLUME_PER_ATOM_RANGE
-                       ) -> StructureEvaluation:
+                       volume_per_atom_range: tuple[float, float] = VOLUME_PER_ATOM_RANGE,
+                       max_neighbours: int | None = MAX_NEIGHBOURS) -> StructureEvaluation:
     """Measures one structure and gives its verdicts (see the module docstring).
 
     Args:
@@ -304,6 +277,8 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
       symprec: SpacegroupAnalyzer tolerance (Angstrom).
       covalent_factor: strict: pairs closer than this x sum of covalent radii fail.
       volume_per_atom_range: strict: allowed volume per atom (Angstrom^3).
+      max_neighbours: entries per atom kept in the neighbour table (nearest first);
+        ``None`` keeps every neighbour within the cutoff. Verdicts do not depend on it.
     """
     classes = default_classes(element_a, element_b) if classes is None else classes
     symbols = [site.specie.symbol for site in structure]
@@ -376,7 +351,8 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
             f"volume per atom {volume_per_atom:.2f} A^3 outside {low:g}..{high:g} A^3")
     good_strict = not strict_failures
 
-    table = tuple(map(tuple, geometry.table_from_distances(d, symbols, cutoff)))
+    table = tuple(map(tuple, geometry.table_from_distances(d, symbols, cutoff,
+                                                           max_neighbours=max_neighbours)))
     return StructureEvaluation(
         formula=formula, n_atoms=n_atoms, volume_per_atom=volume_per_atom,
         spacegroup_symbol=spacegroup[0], spacegroup_number=spacegroup[1],
@@ -393,14 +369,16 @@ def evaluate_structures(structures: Sequence[Structure], element_a: str, element
     return [evaluate_structure(s, element_a, element_b, **options) for s in structures]
 
 
-def unique_groups(structures: Sequence[Structure],
-                  matcher: StructureMatcher | None = None) -> list[int]:
+def unique_groups(structures: Sequence[Structure], matcher=None) -> list[int]:
     """Group label per structure: structures that StructureMatcher matches share one.
 
     Greedy, like ``StructureMatcher.group_structures``: each structure joins the first
     group whose first member matches it. Default tolerances unless ``matcher`` is given.
     """
-    matcher = matcher or StructureMatcher()
+    if matcher is None:
+        from pymatgen.analysis.structure_matcher import StructureMatcher  # heavy: load late
+
+        matcher = StructureMatcher()
     representatives: list[Structure] = []
     labels = []
     for structure in structures:
@@ -418,7 +396,7 @@ def unique_groups(structures: Sequence[Structure],
 
 
 def count_verdicts(structures: Sequence[Structure], evaluations: Sequence[StructureEvaluation],
-                   matcher: StructureMatcher | None = None) -> dict[str, int]:
+                   matcher=None) -> dict[str, int]:
     """The spec's counts over one set of final structures.
 
     Returns:

@@ -116,6 +116,57 @@ def self_pairs(n: int, n_shifts: int) -> jax.Array:
     return jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(n_shifts) == 0)[None, None, :]
 
 
+def inverse3(lattice: jax.Array) -> jax.Array:
+    """Inverse of ``[..., 3, 3]`` matrices by the adjugate (rows a, b, c -> columns
+    b x c, c x a, a x b over the determinant).
+
+    Elementwise, so XLA fuses it; a batched LAPACK inverse of many 3 x 3 matrices costs
+    far more on CPU than the arithmetic.
+    """
+    a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+    bc, ca, ab = jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b)
+    det = jnp.sum(a * bc, axis=-1)
+    return jnp.stack([bc, ca, ab], axis=-1) / det[..., None, None]
+
+
+def _nearest_image(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
+                   excluded: jax.Array, shifts: jax.Array) -> jax.Array:
+    """``[Ni]`` distance from each atom i to its nearest allowed image of an atom j.
+
+    The search over all ``Ni x Nj x S`` images runs without gradient (the minimum is
+    piecewise one pair's distance, so its gradient is that pair's); only the selected
+    pair (j*, k*) per atom is then recomputed differentiably. Value and gradient equal
+    those of ``min`` over :func:`pair_distances` (away from ties, where the minimum is not
+    differentiable), at O(Ni) backward cost instead of O(Ni Nj S). The search uses
+    broadcast differences ``|v + t|^2`` that XLA fuses into one loop with the reduction.
+
+    Args:
+      lattice: ``[3, 3]``; pos_i ``[Ni, 3]``; pos_j ``[Nj, 3]`` (Cartesian Angstrom).
+      excluded: ``[Ni, Nj, S]`` pairs not to consider (padding, the atom itself).
+      shifts: ``[S, 3]`` integer lattice translations.
+    Returns:
+      ``inf`` where every pair is excluded.
+    """
+    lat0, pi0, pj0 = (jax.lax.stop_gradient(x) for x in (lattice, pos_i, pos_j))
+    frac = (pj0[None, :, :] - pi0[:, None, :]) @ inverse3(lat0)
+    v = (frac - jnp.round(frac)) @ lat0  # [Ni, Nj, 3] minimum-image vectors
+    t = shifts @ lat0  # [S, 3]
+    # per component, so that XLA emits one fused loop (no [Ni, Nj, S, 3] temporary)
+    sq = sum(jnp.square(v[:, :, None, m] + t[None, None, :, m]) for m in range(3))
+    sq = jnp.where(excluded, jnp.inf, sq).reshape(pos_i.shape[0], -1)
+    # min, then the first index attaining it: several times faster on CPU than argmin,
+    # whose variadic reduction XLA does not vectorise
+    smallest = jnp.min(sq, axis=1)
+    flat = jnp.argmax(sq == smallest[:, None], axis=1)
+    found = jnp.isfinite(smallest)
+    j, k = flat // shifts.shape[0], flat % shifts.shape[0]
+    # the same wrap as above (round() of the same numbers), now with gradients
+    f = (pos_j[j] - pos_i) @ inverse3(lattice)
+    vec = (f - jax.lax.stop_gradient(jnp.round(f)) + shifts[k]) @ lattice
+    d = jnp.sqrt(jnp.maximum(jnp.sum(vec * vec, axis=-1), _TINY))
+    return jnp.where(found, d, jnp.inf)
+
+
 def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
                       shifts: jax.Array, target_positions: jax.Array | None = None,
                       target_mask: jax.Array | None = None) -> jax.Array:
@@ -123,7 +174,8 @@ def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
 
     Without a target the set is ``positions`` itself, and only an atom at zero shift
     from itself is excluded (its own periodic images count, as in the spec). The
-    function is differentiable with respect to ``lattice`` and positions.
+    function is differentiable with respect to ``lattice`` and positions (the gradient
+    flows through each atom's nearest pair only; see :func:`_nearest_image`).
 
     Args:
       lattice: ``[3, 3]`` Angstrom.
@@ -138,12 +190,58 @@ def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
     same = target_positions is None
     if same:
         target_positions, target_mask = positions, mask
-    d = pair_distances(lattice, positions, target_positions, shifts)  # [N, M, S]
-    excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], d.shape)
+    shape = (positions.shape[0], target_positions.shape[0], shifts.shape[0])
+    excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], shape)
     if same:
         excluded = excluded | self_pairs(positions.shape[0], shifts.shape[0])
-    nearest = jnp.min(jnp.where(excluded, jnp.inf, d), axis=(1, 2))
+    nearest = _nearest_image(lattice, positions, target_positions, excluded, shifts)
     return jnp.where(mask > 0.5, nearest, jnp.inf)
+
+
+def class_nearest(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
+                  class_ids: jax.Array, shifts: jax.Array) -> jax.Array:
+    """Each atom's distance to its nearest atom of the same class (array-level API).
+
+    Args:
+      lattice: ``[3, 3]`` Angstrom.
+      positions: ``[N, 3]`` Cartesian Angstrom.
+      mask: ``[N]`` rows that are atoms (> 0.5).
+      class_ids: ``[N]`` integer class of each row; a negative id leaves the atom
+        unconstrained (e.g. metal-H pairs are free in the spec: give the metals id 0,
+        H id 1).
+      shifts: ``[S, 3]`` from :func:`lattice_shifts`, zero shift first.
+    Returns:
+      ``[N]`` distances (Angstrom); ``inf`` for padding, unconstrained rows and atoms
+      alone in their class with no own image in ``shifts``.
+    """
+    class_ids = jnp.asarray(class_ids)
+    n, n_shifts = positions.shape[0], shifts.shape[0]
+    other = (class_ids[:, None] != class_ids[None, :]) | ~(mask > 0.5)[None, :]
+    excluded = other[:, :, None] | self_pairs(n, n_shifts)
+    nearest = _nearest_image(lattice, positions, positions, excluded, shifts)
+    return jnp.where((mask > 0.5) & (class_ids >= 0), nearest, jnp.inf)
+
+
+def penalty(lattice: jax.Array, positions: jax.Array, mask: jax.Array, class_ids: jax.Array,
+            shifts: jax.Array, d1: float, d2: float, form: str = "hinge"
+            ) -> tuple[jax.Array, jax.Array]:
+    """(L_geo1, L_geo2) of ONE structure from plain arrays (no :class:`Crystal` needed).
+
+    :func:`penalty_terms` of :func:`class_nearest`; vmap it over a batch and reduce
+    (e.g. mean) as the caller's loss needs. Differentiable in lattice and positions.
+
+    Args:
+      lattice: ``[3, 3]``; positions ``[N, 3]`` (Cartesian Angstrom); mask ``[N]``.
+      class_ids: ``[N]`` integer class per row (negative: unconstrained).
+      shifts: ``[S, 3]`` lattice shifts, zero shift first.
+      d1, d2: shortest and longest allowed nearest same-class distance (Angstrom).
+      form: "hinge" or "paper" (see :func:`penalty_terms`).
+    Returns:
+      two scalars.
+    """
+    s = class_nearest(lattice, positions, mask, class_ids, shifts)
+    valid = (mask > 0.5) & (jnp.asarray(class_ids) >= 0)
+    return penalty_terms(s, valid, d1, d2, form)
 
 
 def class_rows(crystal: Crystal, blocks: Sequence[int]) -> tuple[jax.Array, jax.Array]:
@@ -219,15 +317,37 @@ def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float = 1.8, d2: 
     return penalty_terms(s, valid, d1, d2, form)
 
 
+def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radii: jax.Array,
+                 shifts: jax.Array, factor: float = 0.8) -> jax.Array:
+    """Sum over atom pairs of relu(factor * (r_i + r_j) - d_ij)^2 (Angstrom^2), one structure.
+
+    The array-level form of :func:`clash_penalty`. Pairs run over periodic images (an
+    atom's own images included) and each unordered pair counts once; padding rows
+    (mask <= 0.5) count nothing.
+
+    Args:
+      lattice: ``[3, 3]``; positions ``[N, 3]`` (Cartesian Angstrom); mask ``[N]``.
+      radii: ``[N]`` radius of each row's atom (Angstrom).
+      shifts: ``[S, 3]`` lattice shifts, zero shift first.
+      factor: fraction of the radius sum below which a pair is penalised.
+    """
+    present = mask > 0.5
+    d = pair_distances(lattice, positions, positions, shifts)  # [N, N, S]
+    n = positions.shape[0]
+    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, shifts.shape[0])
+    limit = factor * (radii[:, None] + radii[None, :])[:, :, None]
+    # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
+    return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))
+
+
 def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
                   factor: float = 0.8) -> jax.Array:
-    """Sum over atom pairs of relu(factor * (r_i + r_j) - d_ij)^2 (Angstrom^2).
+    """:func:`clash_energy` of a :class:`Crystal`, with one radius per block.
 
     A repulsion between ALL atoms, whatever their species, where they come closer than
     ``factor`` times the sum of their covalent radii: the metal-H pairs that the
     spec's constrained classes leave free, and metal pairs closer than d1 allows for
-    large atoms. Pairs run over periodic images (an atom's own images included) and each
-    unordered pair counts once; padding rows (mask <= 0.5) count nothing.
+    large atoms.
 
     Args:
       crystal: one structure, Cartesian.
@@ -238,53 +358,80 @@ def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
     if crystal.fractional:
         raise ValueError("clash_penalty needs Cartesian positions; use to_cartesian")
     positions = jnp.concatenate(crystal.positions, axis=0)
-    present = jnp.concatenate(crystal.masks, axis=0) > 0.5
+    mask = jnp.concatenate(crystal.masks, axis=0)
     r = jnp.concatenate([jnp.full((p.shape[0],), rad, positions.dtype)
                          for p, rad in zip(crystal.positions, radii)])
-    d = pair_distances(crystal.lattice, positions, positions, shifts)  # [N, N, S]
-    n = positions.shape[0]
-    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, shifts.shape[0])
-    limit = factor * (r[:, None] + r[None, :])[:, :, None]
-    # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
-    return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))
+    return clash_energy(crystal.lattice, positions, mask, r, shifts, factor)
+
+
+def host_pair_distances(lattice: np.ndarray, pos_i: np.ndarray, pos_j: np.ndarray,
+                        shifts: np.ndarray) -> np.ndarray:
+    """:func:`pair_distances` in NumPy float64 on the host, for evaluation and tables.
+
+    The same image set and wrap as the penalty; no compilation, so a report of many
+    differently shaped generated cells costs only the arithmetic.
+
+    Args:
+      lattice: ``[3, 3]``; pos_i ``[Ni, 3]``; pos_j ``[Nj, 3]`` (Cartesian Angstrom).
+      shifts: ``[S, 3]`` integer lattice translations.
+    Returns:
+      ``[Ni, Nj, S]`` distances (Angstrom).
+    """
+    lattice = np.asarray(lattice, np.float64)
+    frac = (np.asarray(pos_j, np.float64)[None, :, :]
+            - np.asarray(pos_i, np.float64)[:, None, :]) @ np.linalg.inv(lattice)
+    v = (frac - np.round(frac)) @ lattice
+    t = np.asarray(shifts, np.float64) @ lattice
+    # |v + t|^2 = |v|^2 + 2 v.t + |t|^2: one matmul; float64 keeps the cancellation
+    # ~1e-12 A for cells of tens of Angstrom
+    sq = (np.einsum("ijk,ijk->ij", v, v)[:, :, None] + 2.0 * (v @ t.T)
+          + np.einsum("sk,sk->s", t, t)[None, None, :])
+    return np.sqrt(np.maximum(sq, 0.0))
 
 
 def neighbour_table(lattice: np.ndarray, positions: np.ndarray, symbols: Sequence[str],
-                    cutoff: float = 3.0, decimals: int = 4) -> list[list[tuple[str, float]]]:
+                    cutoff: float = 3.0, decimals: int = 4, max_neighbours: int | None = None
+                    ) -> list[list[tuple[str, float]]]:
     """Every atom's neighbours within ``cutoff`` (the layout of the paper's Figure 5).
 
-    Uses :func:`pair_distances`, so it agrees with the penalty by construction.
+    Uses :func:`host_pair_distances` (the penalty's image set and wrap, float64).
 
     Args:
       lattice: ``[3, 3]`` Angstrom.
       positions: ``[N, 3]`` Cartesian Angstrom, all rows atoms.
       symbols: ``N`` element symbols.
       cutoff: Angstrom.
-      decimals: see :func:`table_from_distances`.
+      decimals, max_neighbours: see :func:`table_from_distances` (default: all).
     Returns:
       per atom, ``(symbol, distance)`` sorted by distance.
     """
     lattice = np.asarray(lattice, np.float64)
     shifts = lattice_shifts(image_range(lattice, cutoff))
-    with jax.enable_x64(True):  # the table is quoted to 1e-4 A: float64 throughout
-        d = np.array(pair_distances(jnp.asarray(lattice), jnp.asarray(positions, jnp.float64),
-                                    jnp.asarray(positions, jnp.float64),
-                                    jnp.asarray(shifts, jnp.float64)))
+    d = host_pair_distances(lattice, positions, positions, shifts)
     n = len(positions)
     d[np.arange(n), np.arange(n), 0] = np.inf  # the atom itself; its other images count
-    return table_from_distances(d, symbols, cutoff, decimals)
+    return table_from_distances(d, symbols, cutoff, decimals, max_neighbours)
 
 
 def table_from_distances(d: np.ndarray, symbols: Sequence[str], cutoff: float = 3.0,
-                         decimals: int = 4) -> list[list[tuple[str, float]]]:
+                         decimals: int = 4, max_neighbours: int | None = None
+                         ) -> list[list[tuple[str, float]]]:
     """The Figure-5 table from precomputed ``[N, N, S]`` distances (self pair set to inf).
 
     Equal (species, distance) pairs from several images, after rounding to ``decimals``,
-    are listed once, as in the paper; each row is sorted by distance.
+    are listed once, as in the paper; each row is sorted by distance, then symbol.
+    ``max_neighbours`` keeps only the first entries of each row (the nearest shells),
+    which bounds the table of a degenerate cell whose cutoff sphere holds thousands of
+    images; ``None`` keeps all.
     """
+    names, species = np.unique(np.asarray(symbols), return_inverse=True)  # sorted names
     table = []
     for i in range(len(symbols)):
-        seen = {(symbols[j], round(float(d[i, j, k]), decimals))
-                for j, k in zip(*np.nonzero(d[i] <= cutoff))}
-        table.append(sorted(seen, key=lambda item: (item[1], item[0])))
+        j, _ = np.nonzero(d[i] <= cutoff)
+        r = np.round(d[i][d[i] <= cutoff], decimals)
+        # unique rows sort by distance, then species id (ids follow the sorted names)
+        pairs = np.unique(np.stack([r, species[j].astype(np.float64)], axis=1), axis=0)
+        if max_neighbours is not None:
+            pairs = pairs[:max_neighbours]
+        table.append([(str(names[int(k)]), float(dist)) for dist, k in pairs])
     return table

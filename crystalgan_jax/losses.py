@@ -1,8 +1,18 @@
 """CrystalGAN's losses as pure functions of arrays, reusable from any JAX model.
 
-Nothing here knows about Flax modules or parameters: adversarial losses take
-discriminator *logits*, reconstruction losses take :class:`Crystal` pytrees (any
-leading batch axes), and the combined objectives take the individual terms.
+Two levels, in the style of optax losses:
+
+* per-structure functions of plain arrays (:func:`reconstruction_error`,
+  :func:`occupancy_bce`, and in :mod:`crystalgan_jax.geometry` the penalty
+  :func:`~crystalgan_jax.geometry.penalty` and :func:`~crystalgan_jax.geometry.clash_energy`): lattice ``[3, 3]``, positions ``[N, 3]``,
+  mask ``[N]``, per-atom class ids or radii ``[N]``, shifts ``[S, 3]``. Each returns one
+  structure's value; ``jax.vmap`` them and reduce as the caller's loss needs. Logit
+  losses (:func:`adversarial_bce`) return per-sample values the same way.
+* the CrystalGAN objective on batches of :class:`Crystal` pytrees (H, A, B blocks),
+  which call the functions above and average over the batch.
+
+Nothing here knows about Flax modules or parameters, and importing this module loads
+neither Flax, pymatgen nor ASE.
 Notation follows ``shared/spec/CRYSTALGAN.md``: sigma is the logistic sigmoid, so
 ``D(x) = sigma(logit)`` and ``log D = log_sigmoid(logit)``, ``log(1 - D) = log_sigmoid(-logit)``,
 which stays finite where the probabilities would round to 0 or 1.
@@ -15,6 +25,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from crystalgan_jax import geometry
 from crystalgan_jax.encoding import Crystal
@@ -37,13 +48,29 @@ class Weights:
     occupancy: float = 1.0
 
 
+def adversarial_bce(logits: jax.Array, label: float | jax.Array) -> jax.Array:
+    """Per-sample binary cross-entropy of discriminator logits against ``label``.
+
+    ``-label log sigma(z) - (1 - label) log sigma(-z)``, computed from logits by
+    ``optax.losses.sigmoid_binary_cross_entropy`` (finite where sigma rounds to 0 or 1).
+
+    Args:
+      logits: ``[B]`` discriminator logits.
+      label: 1 for "real", 0 for "generated" (scalar or ``[B]``).
+    Returns:
+      ``[B]``.
+    """
+    return optax.losses.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(
+        jnp.asarray(label, logits.dtype), logits.shape))
+
+
 def generator_adversarial(fake_logits: jax.Array) -> jax.Array:
-    """L_GAN = -E[log D(G(x))] = -mean(log_sigmoid(fake_logits)).
+    """L_GAN = -E[log D(G(x))] = mean of :func:`adversarial_bce` (fake_logits, 1).
 
     Args:
       fake_logits: ``[B]`` discriminator logits of generated samples.
     """
-    return -jnp.mean(jax.nn.log_sigmoid(fake_logits))
+    return jnp.mean(adversarial_bce(fake_logits, 1.0))
 
 
 def discriminator(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -53,47 +80,71 @@ def discriminator(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
       real_logits: ``[B]`` logits of data samples.
       fake_logits: ``[B']`` logits of generated samples.
     """
-    return (-jnp.mean(jax.nn.log_sigmoid(real_logits))
-            - jnp.mean(jax.nn.log_sigmoid(-fake_logits)))
+    return jnp.mean(adversarial_bce(real_logits, 1.0)) + jnp.mean(adversarial_bce(fake_logits, 0.0))
+
+
+def reconstruction_error(lattice: jax.Array, positions: jax.Array, target_lattice: jax.Array,
+                         target_positions: jax.Array, target_mask: jax.Array) -> jax.Array:
+    """One structure's squared reconstruction error (Angstrom^2), padding rows ignored.
+
+    ``sum_ij (L'_ij - L_ij)^2 / 9 + sum_r m_r |p'_r - p_r|^2 / (3 sum_r m_r)`` with m the
+    TARGET occupancy mask: where an absent atom's coordinates go does not matter.
+
+    Args:
+      lattice, target_lattice: ``[3, 3]``.
+      positions, target_positions: ``[N, 3]`` Cartesian Angstrom.
+      target_mask: ``[N]`` in [0, 1].
+    Returns:
+      scalar.
+    """
+    lattice_err = jnp.mean((lattice - target_lattice) ** 2)
+    sq = jnp.sum(target_mask[:, None] * (positions - target_positions) ** 2)
+    return lattice_err + sq / jnp.maximum(3.0 * jnp.sum(target_mask), 1.0)
+
+
+def occupancy_bce(logits: jax.Array, target_mask: jax.Array) -> jax.Array:
+    """One structure's occupancy loss: mean over its rows of the BCE of logits vs mask.
+
+    Args:
+      logits: ``[N]`` occupancy logits; target_mask: ``[N]`` in {0, 1}.
+    Returns:
+      scalar.
+    """
+    return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(logits, target_mask))
+
+
+def _rows(crystal: Crystal) -> tuple[jax.Array, jax.Array]:
+    """All blocks of a (batched) crystal as one ``[..., N, 3]`` array and ``[..., N]`` mask."""
+    return (jnp.concatenate(crystal.positions, axis=-2), jnp.concatenate(crystal.masks, axis=-1))
 
 
 def masked_reconstruction(reconstructed: Crystal, original: Crystal,
                           length_scale: float = 1.0) -> jax.Array:
-    """Mean squared error of lattice and occupied positions, in units of ``length_scale``.
-
-    d = mean_b [ sum_ij (L'_ij - L_ij)^2 / 9
-                 + sum_s sum_r m_r |p'_r - p_r|^2 / (3 sum_s sum_r m_r) ] / length_scale^2
-    where m is the ORIGINAL occupancy mask, so padding rows carry no error: where an
-    absent atom's generated coordinates go does not matter (occupancy decides).
+    """Batch mean of :func:`reconstruction_error`, in units of ``length_scale``.
 
     Args:
       reconstructed, original: crystals with the same batch shape ``[B]``, Cartesian.
       length_scale: Angstrom; errors are measured in this unit.
     """
-    lattice_err = jnp.mean((reconstructed.lattice - original.lattice) ** 2, axis=(-2, -1))
-    sq, count = 0.0, 0.0
-    for p_rec, p, m in zip(reconstructed.positions, original.positions, original.masks):
-        sq = sq + jnp.sum(m[..., None] * (p_rec - p) ** 2, axis=(-2, -1))
-        count = count + 3.0 * jnp.sum(m, axis=-1)
-    position_err = sq / jnp.maximum(count, 1.0)
-    return jnp.mean(lattice_err + position_err) / length_scale**2
+    rec_pos, _ = _rows(reconstructed)
+    pos, mask = _rows(original)
+    per = jax.vmap(reconstruction_error)(reconstructed.lattice, rec_pos, original.lattice,
+                                         pos, mask)
+    return jnp.mean(per) / length_scale**2
 
 
 def occupancy(logits: Sequence[jax.Array], target_masks: Sequence[jax.Array]) -> jax.Array:
-    """Binary cross-entropy between predicted occupancy logits and target masks.
+    """Batch mean of :func:`occupancy_bce` over all blocks' rows.
 
     BCE = -mean over all rows of [m log sigma(z) + (1 - m) log sigma(-z)].
 
     Args:
-      logits: per block ``[..., N_s]``.
-      target_masks: per block ``[..., N_s]`` in {0, 1}.
+      logits: per block ``[B, N_s]``.
+      target_masks: per block ``[B, N_s]`` in {0, 1}.
     """
-    total, rows = 0.0, 0
-    for z, m in zip(logits, target_masks):
-        bce = -(m * jax.nn.log_sigmoid(z) + (1.0 - m) * jax.nn.log_sigmoid(-z))
-        total = total + jnp.sum(bce)
-        rows += bce.size
-    return total / rows
+    z = jnp.concatenate(logits, axis=-1)
+    m = jnp.concatenate(target_masks, axis=-1)
+    return jnp.mean(jax.vmap(occupancy_bce)(z.reshape(-1, z.shape[-1]), m.reshape(-1, m.shape[-1])))
 
 
 def cycle(reconstructed: Crystal, reconstructed_logits: Sequence[jax.Array], original: Crystal,

@@ -209,3 +209,23 @@ def test_write_run_report_reads_the_final_files(tmp_path, figure5_dir):
 def test_plot_losses_without_numbers_writes_nothing(tmp_path):
     assert report.plot_losses([{"stage": "step1", "epoch": 0}], tmp_path / "l.png") is None
     assert not (tmp_path / "l.png").exists()
+
+
+def test_neighbour_table_is_bounded_and_a_prefix_of_the_full_table():
+    # a flat generated-like cell: thousands of images within the 3 A cutoff
+    thin = Structure(Lattice([[2.2, 0, 0], [0.3, 2.1, 0], [0.2, 0.1, 0.6]]),
+                     ["Pd", "Ni", "H", "H"], [[0, 0, 0], [0.5, 0.5, 0.1], [0.2, 0.7, 0.5],
+                                              [0.6, 0.1, 0.3]])
+    bounded = evaluation.evaluate_structure(thin, A, B)
+    full = evaluation.evaluate_structure(thin, A, B, max_neighbours=None)
+    assert all(len(row) <= evaluation.MAX_NEIGHBOURS for row in bounded.neighbours)
+    assert max(len(row) for row in full.neighbours) > evaluation.MAX_NEIGHBOURS
+    for short, long in zip(bounded.neighbours, full.neighbours):
+        assert short == long[:len(short)]
+    assert (bounded.good_paper, bounded.good_strict) == (full.good_paper, full.good_strict)
+    # the full table lists each (species, distance) of pymatgen's neighbour list once
+    for site, row, neighbours in zip(thin, full.neighbours, thin.get_all_neighbors(3.0)):
+        expected = sorted({(n.specie.symbol, round(n.nn_distance, 4)) for n in neighbours},
+                          key=lambda item: (item[1], item[0]))
+        assert [s for s, _ in row] == [s for s, _ in expected]
+        np.testing.assert_allclose([d for _, d in row], [d for _, d in expected], atol=2e-4)

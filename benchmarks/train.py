@@ -1,0 +1,251 @@
+"""Benchmark: the paper configuration on the embedded Pd-Ni data, phase by phase.
+
+What is measured (CPU, whatever JAX finds; wall clock, so other load on the machine
+shows: the JSON records the load average before and after):
+
+* ``import_s``: a fresh ``python -c "import crystalgan_jax.runner"`` (what
+  ``experiments/train.py`` needs before training), and which heavy modules that import
+  pulled in (matplotlib, pymatgen.analysis);
+* ``data_load_s``: reading and encoding ``data/PdH`` and ``data/NiH``;
+* per stage: ``compile_s`` (``jit(...).lower(...).compile()`` of the chunk runner) and
+  the steady rate ``epochs_per_s`` (median over chunks of ``chunk_epochs`` epochs each,
+  compile excluded), over ``--epochs`` epochs per stage (default 1000, the paper's);
+* ``generate_write_s`` (generation and POSCAR/CIF files) and ``report_s``
+  (:func:`crystalgan_jax.report.write_run_report`: evaluation, report.json/md, plots),
+  and the size of report.json;
+* the matmul FLOPs of one epoch of each stage (every ``dot_general`` in the traced epoch,
+  scan bodies times their length) and the achieved GFLOP/s, next to this machine's
+  float32 matmul rate measured in the same run (median of jitted 1024 x 1024 products);
+* ``paper_config_wall_s``: ``python experiments/train.py --flagfile=experiments/pdni.flags``
+  end to end in a subprocess (``--epochs`` passed through), writing to a temporary folder.
+
+Run from the repository root:  ``python benchmarks/train.py [--epochs 1000]``. The last
+line printed is ``paper_config_wall_s: X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "train.json"
+FLAGFILE = REPO / "experiments" / "pdni.flags"
+MATMUL_N = 1024
+MATMUL_REPEATS = 20
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=1000, help="epochs per stage (paper: 1000)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output")
+    parser.add_argument("--skip_wall", action="store_true",
+                        help="do not run experiments/train.py end to end")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    return args
+
+
+def timed_subprocess(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return wall, done.stdout
+
+
+def measure_import() -> dict:
+    code = ("import time, sys, json; t = time.perf_counter(); import crystalgan_jax.runner; "
+            "dt = time.perf_counter() - t; "
+            "print(json.dumps({'import_s': dt, 'heavy_modules_loaded': sorted(m for m in "
+            "('matplotlib', 'pymatgen.analysis.structure_matcher', 'pymatgen.symmetry.analyzer',"
+            " 'ase', 'flax', 'optax', 'orbax.checkpoint') if m in sys.modules)}))")
+    _, out = timed_subprocess([sys.executable, "-c", code], REPO)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def matmul_rate() -> dict:
+    """float32 GFLOP/s of a jitted ``[n, n] @ [n, n]`` (median of repeats)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (MATMUL_N, MATMUL_N), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (MATMUL_N, MATMUL_N), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    jax.block_until_ready(f(a, b))
+    times = []
+    for _ in range(MATMUL_REPEATS):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"n": MATMUL_N, "median_ms": 1e3 * med, "gflops": 2 * MATMUL_N**3 / med / 1e9}
+
+
+def jaxpr_matmul_flops(jaxpr) -> float:
+    """2 * M * N * K summed over every dot_general, scan bodies times their length."""
+    import numpy as np
+
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, _), (lb, _) = eqn.params["dimension_numbers"]
+            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            out = eqn.outvars[0].aval.shape
+            contracted = float(np.prod([lhs[d] for d in lc])) if lc else 1.0
+            total += 2.0 * float(np.prod(out)) * contracted
+            continue
+        subs = []
+        for value in eqn.params.values():
+            for v in (value if isinstance(value, (tuple, list)) else (value,)):
+                if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):  # ClosedJaxpr
+                    subs.append(v.jaxpr)
+                elif hasattr(v, "eqns"):
+                    subs.append(v)
+        if name == "cond":  # an epoch's branches: the work is the largest one
+            total += max((jaxpr_matmul_flops(s) for s in subs), default=0.0)
+            continue
+        inner = sum(jaxpr_matmul_flops(s) for s in subs)
+        total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+def bench_in_process(epochs: int, work: Path) -> dict:
+    """Every phase of one run, timed in this process (no checkpoints)."""
+    t0 = time.perf_counter()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from crystalgan_jax import encoding, runner, training
+
+    result: dict = {"import_in_process_s": time.perf_counter() - t0}
+    cfg = training.TrainConfig(epochs=epochs)
+    spec = runner.RunSpec(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"),
+                          element_a="Pd", element_b="Ni", output_dir=str(work), train=cfg,
+                          overwrite=True)
+    t = time.perf_counter()
+    ah, bh = runner.load_domains(spec)
+    layout = encoding.Layout.fit("Pd", "Ni", ah.structures + bh.structures)
+
+    def encode(domain):
+        batch = encoding.encode_batch(domain.structures, layout, sources=domain.sources,
+                                      dtype=np.float32)
+        return jax.tree_util.tree_map(jnp.asarray, batch)
+
+    x, y = encode(ah), encode(bh)
+    jax.block_until_ready((x, y))
+    result["data_load_s"] = time.perf_counter() - t
+    result["layout_rows"] = list(layout.rows)
+    result["structures"] = [len(ah), len(bh)]
+
+    lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
+    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
+    state = training.init_state(jax.random.PRNGKey(0), nets, cfg)
+    shifts = training.penalty_shifts(lattices, cfg)
+    result["penalty_shifts"] = int(shifts.shape[0])
+    chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
+    stages = {}
+    for stage_name in cfg.stages:
+        stage = training.STAGES[stage_name]
+        data = training.stage_data(stage_name, state, nets, x, y)
+        sizes = [d.lattice.shape[0] for d in data]
+        epoch_fn = training.make_epoch(stage, nets, cfg, shifts, sizes)
+        flops = jaxpr_matmul_flops(jax.make_jaxpr(epoch_fn)(state, data).jaxpr)
+        run_chunk = training.make_chunk_runner(stage, nets, cfg, shifts, sizes)
+        active = jnp.arange(chunk) < chunk
+        t = time.perf_counter()
+        compiled = run_chunk.lower(state, data, active).compile()
+        compile_s = time.perf_counter() - t
+        times, done = [], 0
+        while done < cfg.epochs:
+            n = min(chunk, cfg.epochs - done)
+            t = time.perf_counter()
+            out = compiled(state, data, jnp.arange(chunk) < n)
+            jax.block_until_ready(out)
+            times.append((n, time.perf_counter() - t))
+            state = out[0]
+            done += n
+        rates = [n / dt for n, dt in times]
+        total = sum(dt for _, dt in times)
+        stages[stage_name] = {
+            "compile_s": compile_s, "epochs": cfg.epochs, "chunk_epochs": chunk,
+            "train_s": total, "epochs_per_s": statistics.median(rates),
+            "chunk_rates": rates, "matmul_flops_per_epoch": flops,
+            "achieved_matmul_gflops": flops * statistics.median(rates) / 1e9}
+    result["stages"] = stages
+
+    t = time.perf_counter()
+    generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
+    files = runner.write_structures(generated, layout, work, lambda msg: None)
+    result["generate_write_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    from crystalgan_jax import report as report_lib
+
+    report = report_lib.write_run_report(work, files, ah.structures + bh.structures, "Pd", "Ni",
+                                         [], d1=cfg.d1, d2=cfg.d2)
+    result["report_s"] = time.perf_counter() - t
+    result["report_json_bytes"] = (work / "report.json").stat().st_size
+    result["counts"] = report["counts"]
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    load_before = list(os.getloadavg())
+    start = time.perf_counter()
+    imported = measure_import()
+    with tempfile.TemporaryDirectory() as tmp:
+        phases = bench_in_process(args.epochs, Path(tmp) / "inprocess")
+        rate = matmul_rate()
+        wall = None
+        if not args.skip_wall:
+            wall, _ = timed_subprocess(
+                [sys.executable, "experiments/train.py", f"--flagfile={FLAGFILE}",
+                 f"--output_dir={Path(tmp) / 'run'}", f"--epochs={args.epochs}", "--overwrite"],
+                REPO)
+    import jax
+
+    report = {"command": f"python experiments/train.py --flagfile=experiments/pdni.flags "
+                         f"--epochs={args.epochs}",
+              "environment": {"jax": jax.__version__, "device": str(jax.devices()[0]),
+                              "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                              "load_average_before": load_before,
+                              "load_average_after": list(os.getloadavg())},
+              **imported, **phases, "matmul_1024": rate, "paper_config_wall_s": wall,
+              "benchmark_s": time.perf_counter() - start}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"device {report['environment']['device']}, {os.cpu_count()} CPUs, load "
+          f"{load_before[0]:.2f}; {args.epochs} epochs per stage; JSON: {args.out}")
+    print(f"{'import_s':<34}{imported['import_s']:>10.2f}   heavy: "
+          f"{', '.join(imported['heavy_modules_loaded']) or '-'}")
+    print(f"{'data_load_s':<34}{phases['data_load_s']:>10.2f}")
+    for name, st in phases["stages"].items():
+        print(f"{name + ' compile_s':<34}{st['compile_s']:>10.2f}")
+        print(f"{name + ' epochs_per_s (steady)':<34}{st['epochs_per_s']:>10.1f}")
+        print(f"{name + ' train_s':<34}{st['train_s']:>10.2f}")
+        print(f"{name + ' matmul GFLOP/epoch':<34}{st['matmul_flops_per_epoch'] / 1e9:>10.4f}"
+              f"   achieved {st['achieved_matmul_gflops']:.2f} GFLOP/s")
+    print(f"{'generate_write_s':<34}{phases['generate_write_s']:>10.2f}")
+    print(f"{'report_s':<34}{phases['report_s']:>10.2f}   report.json "
+          f"{phases['report_json_bytes'] / 1e6:.2f} MB")
+    print(f"{'matmul 1024 float32 GFLOP/s':<34}{rate['gflops']:>10.1f}")
+    print(f"paper_config_wall_s: {wall:.2f}" if wall is not None else "paper_config_wall_s: nan")
+
+
+if __name__ == "__main__":
+    main()

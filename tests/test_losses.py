@@ -1,0 +1,113 @@
+"""The array-level API: losses and the penalty as pure functions of plain arrays."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crystalgan_jax import encoding, geometry, losses
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_losses_and_geometry_import_without_pymatgen_ase_or_flax():
+    code = ("import sys, crystalgan_jax.losses, crystalgan_jax.geometry; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pymatgen', 'ase', 'flax'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_bce_losses_equal_the_log_sigmoid_formulas():
+    z = jnp.array([-30.0, -2.0, -0.1, 0.0, 0.7, 3.0, 40.0])
+    m = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    log_p, log_not_p = jax.nn.log_sigmoid(z), jax.nn.log_sigmoid(-z)
+    np.testing.assert_allclose(losses.generator_adversarial(z), -jnp.mean(log_p), rtol=1e-6)
+    np.testing.assert_allclose(losses.discriminator(z, z[::-1]),
+                               -jnp.mean(log_p) - jnp.mean(jax.nn.log_sigmoid(-z[::-1])),
+                               rtol=1e-6)
+    np.testing.assert_allclose(losses.occupancy_bce(z, m),
+                               -jnp.mean(m * log_p + (1 - m) * log_not_p), rtol=1e-6)
+    assert np.all(np.isfinite(losses.adversarial_bce(z, 1.0)))
+
+
+def _batch(rng, b=4, rows=(5, 3, 2)):
+    lattice = np.eye(3) * 4.0 + 0.3 * rng.random((b, 3, 3))
+    positions = tuple(rng.random((b, n, 3)) * 4.0 for n in rows)
+    masks = tuple((rng.random((b, n)) > 0.3).astype(np.float64) for n in rows)
+    return encoding.Crystal(lattice, positions, masks)
+
+
+def test_crystal_wrappers_equal_the_per_structure_functions_reduced_by_hand():
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        a, b = _batch(rng), _batch(rng)
+        logits = tuple(rng.normal(size=m.shape) for m in b.masks)
+        # hand-written reference: the former block-wise formulas
+        sq = sum(np.sum(m[..., None] * (p - q) ** 2, axis=(-2, -1))
+                 for p, q, m in zip(a.positions, b.positions, b.masks))
+        count = sum(3 * np.sum(m, axis=-1) for m in b.masks)
+        expected = np.mean(np.mean((a.lattice - b.lattice) ** 2, axis=(-2, -1))
+                           + sq / np.maximum(count, 1)) / 2.5**2
+        np.testing.assert_allclose(losses.masked_reconstruction(a, b, 2.5), expected, rtol=1e-12)
+        bce = [-(m * np.log(1 / (1 + np.exp(-z))) + (1 - m) * np.log(1 / (1 + np.exp(z))))
+               for z, m in zip(logits, b.masks)]
+        np.testing.assert_allclose(losses.occupancy(logits, b.masks),
+                                   sum(x.sum() for x in bce) / sum(x.size for x in bce),
+                                   rtol=1e-10)
+
+
+@pytest.mark.parametrize("form", ["hinge", "paper"])
+def test_array_penalty_with_class_ids_equals_crystal_penalty(reference_domains, form):
+    pdh, nih = reference_domains
+    structures = pdh.structures[:5] + nih.structures[:5]
+    layout = encoding.Layout.fit("Pd", "Ni", structures)
+    batch = jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(structures, layout,
+                                                                     dtype=np.float32))
+    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
+    # one array of rows H, A, B; metals (A and B) are class 0, H class 1
+    positions = jnp.concatenate(batch.positions, axis=1)
+    mask = jnp.concatenate(batch.masks, axis=1)
+    ids = jnp.array([1] * layout.n_h + [0] * (layout.n_a + layout.n_b))
+
+    def array_level(lattice, positions):
+        geo = jax.vmap(lambda l, p, m: geometry.penalty(l, p, m, ids, shifts, 1.8, 3.0, form))
+        return sum(jnp.mean(g) for g in geo(lattice, positions, mask))
+
+    def crystal_level(lattice, positions):
+        blocks = tuple(jnp.split(positions, np.cumsum(layout.rows)[:-1], axis=1))
+        return sum(losses.geometric(batch.replace(lattice=lattice, positions=blocks), shifts,
+                                    1.8, 3.0, form=form))
+
+    v1, g1 = jax.value_and_grad(array_level, argnums=(0, 1))(batch.lattice, positions)
+    v2, g2 = jax.value_and_grad(crystal_level, argnums=(0, 1))(batch.lattice, positions)
+    assert float(v1) > 0  # the reference structures do not all satisfy [1.8, 3.0]
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    for x, y in zip(g1, g2):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_negative_class_id_is_unconstrained():
+    lattice = jnp.eye(3) * 6.0
+    positions = jnp.array([[0.0, 0, 0], [1.0, 0, 0], [3.0, 3, 3]])
+    shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
+    s = geometry.class_nearest(lattice, positions, jnp.ones(3), jnp.array([0, 0, -1]), shifts)
+    np.testing.assert_allclose(s[:2], [1.0, 1.0], rtol=1e-6)
+    assert np.isinf(s[2])
+    geo1, _ = geometry.penalty(lattice, positions, jnp.ones(3), jnp.array([0, 0, -1]), shifts,
+                               1.8, 3.0)
+    np.testing.assert_allclose(geo1, 2 * 0.8**2, rtol=1e-5)
+
+
+def test_example_trains_a_denoiser_with_the_penalty():
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "denoise_with_penalty.py"),
+                          "--steps", "150"], capture_output=True, text=True, check=True,
+                         cwd=REPO)
+    values = dict(line.split(": ") for line in out.stdout.strip().splitlines())
+    values = {k: float(v) for k, v in values.items()}
+    assert values["noisy_penalty"] > 0
+    assert values["denoised_penalty"] < 0.5 * values["noisy_penalty"]
+    assert values["denoised_mse"] < values["noisy_mse"]
