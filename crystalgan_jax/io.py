@@ -162,19 +162,25 @@ def _is_coordinate_line(line: str) -> bool:
     return True
 
 
-def check_structure(structure: Structure, source: str) -> None:
-    """Checks that a parsed structure is physical: finite numbers, no overlapping atoms.
+def check_finite(structure: Structure, source: str) -> None:
+    """Raises StructureFileError for NaN or inf in the cell or the positions."""
+    if not np.all(np.isfinite(structure.lattice.matrix)):
+        raise StructureFileError(source, "the lattice holds a non-finite number (NaN or inf)")
+    bad = np.flatnonzero(~np.all(np.isfinite(structure.frac_coords), axis=1))
+    if bad.size:
+        raise StructureFileError(source, f"atom {bad[0] + 1} has a non-finite coordinate")
+
+
+def check_training_structure(structure: Structure, source: str) -> None:
+    """Checks that an input structure is physical: finite, no overlapping atoms.
+
+    Only for inputs: generated structures may overlap, and the evaluation says so.
 
     Raises:
       StructureFileError: NaN/inf in the cell or the positions, or two atoms (or an atom
-        and a periodic image of another) closer than :data:`MIN_SEPARATION`.
+        and a periodic image of another, or of itself) closer than :data:`MIN_SEPARATION`.
     """
-    if not np.all(np.isfinite(structure.lattice.matrix)):
-        raise StructureFileError(source, "the lattice holds a non-finite number (NaN or inf)")
-    coords = structure.frac_coords
-    bad = np.flatnonzero(~np.all(np.isfinite(coords), axis=1))
-    if bad.size:
-        raise StructureFileError(source, f"atom {bad[0] + 1} has a non-finite coordinate")
+    check_finite(structure, source)
     if len(structure) > 1:
         distances = structure.distance_matrix
         np.fill_diagonal(distances, np.inf)
@@ -184,9 +190,9 @@ def check_structure(structure: Structure, source: str) -> None:
                 source, f"atoms {min(i, j) + 1} ({structure[int(i)].specie}) and "
                 f"{max(i, j) + 1} ({structure[int(j)].specie}) are {distances[i, j]:.3g} A "
                 f"apart (closer than {MIN_SEPARATION} A: one atom given twice?)")
+    matrix = structure.lattice.matrix
     spacing = structure.lattice.volume / np.max(
-        np.linalg.norm(np.cross(structure.lattice.matrix[[1, 2, 0]],
-                                structure.lattice.matrix[[2, 0, 1]]), axis=1))
+        np.linalg.norm(np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]]), axis=1))
     if spacing < MIN_SEPARATION:
         raise StructureFileError(
             source, f"lattice planes {spacing:.3g} A apart: every atom overlaps its own "
@@ -224,7 +230,7 @@ def read_structure(path: str | os.PathLike) -> Structure:
         raise StructureFileError(
             path, f"site {site + 1} has partial occupancy ({structure[site].species}); "
             "only ordered structures can be encoded")
-    check_structure(structure, str(path))
+    check_finite(structure, str(path))
     return structure
 
 
@@ -262,6 +268,7 @@ def read_folder(folder: str | os.PathLike, metal: str) -> Domain:
     for path in files:
         structure = read_structure(path)
         check_binary(structure, metal, str(path))
+        check_training_structure(structure, str(path))
         structures.append(structure)
     sources = tuple(str(p) for p in files)
     warn_duplicates(structures, sources)
@@ -453,7 +460,7 @@ def read_mat(path: str | os.PathLike, metal: str, block: int) -> Domain:
         species = [HYDROGEN] * len(h) + [metal] * len(m)
         structure = Structure(Lattice(lattice), species, np.concatenate([h, m]),
                               coords_are_cartesian=True)
-        check_structure(structure, source)
+        check_training_structure(structure, source)
         structures.append(structure)
         sources.append(source)
     warn_duplicates(structures, sources)
