@@ -338,6 +338,17 @@ def load_mat(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            header = f.read(128)
+    except OSError as err:
+        raise StructureFileError(path, f"cannot read file: {err}") from None
+    # Cell arrays (the authors' layout) exist only in MAT-file version 5 (and 7), whose
+    # 128-byte header starts with this text and ends with the endian mark 'IM' or 'MI'.
+    if not header.startswith(b"MATLAB 5.0 MAT-file") or header[126:128] not in (b"IM", b"MI"):
+        raise StructureFileError(
+            path, "not a MATLAB 5 .mat file (no 'MATLAB 5.0 MAT-file' header); the authors' "
+            "format is a version 5/7 cell array")
+    try:
         proc = subprocess.run([sys.executable, "-I", "-c", _MAT_CHILD, str(path)],
                               capture_output=True, timeout=MAT_READ_TIMEOUT)
     except subprocess.TimeoutExpired:

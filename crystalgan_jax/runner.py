@@ -295,6 +295,21 @@ def _check_output_path(out: Path) -> None:
                              "longer than 255 bytes")
 
 
+def check_output(spec: RunSpec) -> None:
+    """Everything about ``spec.output_dir`` that can be checked before reading any data.
+
+    Raises:
+      OutputDirError: see :func:`_check_output_path`.
+      FileExistsError: it holds a run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    out = Path(spec.output_dir)
+    _check_output_path(out)
+    if _is_run(out) and not (spec.resume or spec.overwrite):
+        raise FileExistsError(
+            f"{out} already holds a run; pass resume=True (--resume) to continue it or "
+            "overwrite=True (--overwrite) to start again")
+
+
 def _prepare_output(spec: RunSpec, log: Callable[[str], None]) -> Path:
     """Under the lock: clears a run for ``overwrite``, refuses one without ``resume``."""
     out = Path(spec.output_dir)
@@ -567,7 +582,7 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
         spec = dataclasses.replace(spec, train=dataclasses.replace(
             spec.train, clash_radii=covalent_radii(spec.element_a, spec.element_b)))
     out = Path(spec.output_dir)
-    _check_output_path(out)
+    check_output(spec)
     ah, bh = load_domains(spec, log)
     with _signals_interrupt(), lock_output(out, log):
         return _run_locked(spec, ah, bh, log, on_trace, extra_files)
