@@ -282,17 +282,17 @@ def _check_output_path(out: Path) -> None:
         named), or a path that cannot be created (a parent is a file, no permission, a
         name too long).
     """
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"{out}: cannot use this output folder: it is a file")
-    foreign = _foreign_contents(out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputDirError(f"{out}: cannot use this output folder: it is a file")
+        foreign = _foreign_contents(out)
+    except OSError as err:  # a name too long, a parent that cannot be read
+        raise _output_error(out, err) from None
     if foreign:
         listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputDirError(
             f"{out} is not empty and holds no run of ours ({listed}); nothing was written. "
             "Choose an empty or new --output_dir (--overwrite only replaces a run)")
-    if any(len(part.encode()) > 255 for part in out.parts):
-        raise OutputDirError(f"{out}: cannot use this output folder: a name in the path is "
-                             "longer than 255 bytes")
 
 
 def check_output(spec: RunSpec) -> None:
