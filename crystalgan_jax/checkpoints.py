@@ -87,8 +87,10 @@ class Checkpoints:
         self._log = log or (lambda msg: None)
         # Synchronous saves: a checkpoint is complete on disk when save() returns, so a
         # crash or Ctrl-C right after loses nothing.
+        # cleanup_tmp_directories: a save cut short by a signal leaves a temporary folder,
+        # which would otherwise be in the way of the next save of that step.
         options = ocp.CheckpointManagerOptions(
-            create=True, enable_async_checkpointing=False,
+            create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True,
             save_decision_policy=save_decision_policy.AnySavePolicy([
                 save_decision_policy.FixedIntervalPolicy(every),
                 save_decision_policy.SpecificStepsPolicy(tuple(stage_ends))]),
