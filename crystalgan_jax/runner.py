@@ -432,7 +432,7 @@ def _diverged(stage_name: str, stage: training.Stage, cfg: training.TrainConfig,
     else:
         what = "the parameters or optimizer state"
     ckpt.save(state, force=True)
-    saved = ckpt.latest_step()
+    saved = int(state.epoch)
     epoch = done + last + 1
     return DivergenceError(
         f"training diverged: {what} became NaN or inf in {stage_name} at epoch {epoch} "
@@ -440,6 +440,12 @@ def _diverged(stage_name: str, stage: training.Stage, cfg: training.TrainConfig,
         f"checkpoint in {ckpt.directory} that --resume continues from; metrics.jsonl marks "
         "the non-finite values as null. Try a lower --learning_rate or other loss weights "
         "(with --overwrite).", stage_name, epoch, start + epoch, saved)
+
+
+def chunk_length(epoch: int, stage_end: int, chunk: int, every: int) -> int:
+    """Epochs of the next chunk from global ``epoch``: at most ``chunk``, ending at the
+    stage end or the next multiple of ``every``, where the checkpoint policy saves."""
+    return min(chunk, stage_end - epoch, every - epoch % every)
 
 
 def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
@@ -473,7 +479,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             while int(state.epoch) < start + cfg.epochs:
                 epoch = int(state.epoch)
                 done = epoch - start
-                n = min(chunk, cfg.epochs - done, every - epoch % every)
+                n = chunk_length(epoch, start + cfg.epochs, chunk, every)
                 tic = time.perf_counter()
                 # ``state`` moves on only once this chunk's metrics are on disk and it is
                 # finite, so an interrupt anywhere (JAX returns before it computes, so

@@ -21,7 +21,7 @@ import pytest
 from crystalgan_jax import checkpoints, training
 from crystalgan_jax.checkpoints import CheckpointError, Checkpoints
 from crystalgan_jax.runner import (DivergenceError, OutputDirError, RunSpec, check_output,
-                                   run)
+                                   chunk_length, run)
 from tests.conftest import REPO, small_domain
 
 TRAIN = REPO / "experiments" / "train.py"
@@ -313,3 +313,26 @@ def test_check_output_refuses_a_run_without_resume_or_overwrite(data, tmp_path):
     with pytest.raises(FileExistsError, match="already holds a run"):
         check_output(_spec(data, tmp_path))
     check_output(_spec(data, tmp_path, resume=True))
+
+
+@pytest.mark.parametrize("chunk, every", [(2, 2), (3, 4), (4, 4), (1, 3)])
+def test_orbax_policies_save_and_keep_what_the_schedule_says(tmp_path, chunk, every):
+    # Two stages of 7 epochs: saves at multiples of ``every`` and at the stage ends 7, 14;
+    # kept: the newest two and the end of stage 1 (epoch 7)
+    epochs, stage_ends = 7, (7, 14)
+    template = _states()[0]
+    ckpt = Checkpoints(tmp_path, every=every, stage_ends=stage_ends, keep=(7,))
+    epoch, saved, ends = 0, [], []
+    for end in stage_ends:
+        while epoch < end:
+            n = chunk_length(epoch, end, chunk, every)
+            assert 1 <= n <= chunk
+            epoch += n
+            ends.append(epoch)
+            if ckpt.save(template.replace(epoch=jnp.asarray(epoch, jnp.int32))):
+                saved.append(epoch)
+    expected_saves = sorted({e for e in range(1, 2 * epochs + 1) if e % every == 0} | {7, 14})
+    assert set(expected_saves) <= set(ends)  # chunks end where a save is due
+    assert saved == expected_saves
+    assert ckpt.steps() == sorted({7} | set(expected_saves[-2:]))
+    ckpt.close()
