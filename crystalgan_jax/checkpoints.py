@@ -18,8 +18,10 @@ silently.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -69,6 +71,20 @@ class _QuietOrbax:
             logger.setLevel(level)
 
 
+def _drop_closed_loop_noise(previous):
+    """An ``sys.unraisablehook`` that drops 'Event loop is closed' and forwards the rest.
+
+    After a failed restore, TensorStore finishes the read's callbacks on an event loop
+    that Orbax has already closed; each is printed as an unraisable traceback (dozens for
+    one damaged step) though nothing is wrong beyond the damage already reported.
+    """
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    return hook
+
+
 class Checkpoints:
     """Saves and restores train states under ``directory``.
 
@@ -98,6 +114,7 @@ class Checkpoints:
                 preservation_policy.LatestN(max_to_keep),
                 preservation_policy.CustomSteps(tuple(keep))]))
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unraisablehook = None  # the hook to put back in close(), once replaced
 
     def save(self, state, force: bool = False) -> bool:
         """Saves ``state`` at step ``state.epoch`` where the policies say so (or ``force``).
@@ -152,6 +169,9 @@ class Checkpoints:
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
             raise CheckpointError(f"no checkpoint under {self.directory}")
+        if self._unraisablehook is None:  # until close(): the noise can come late
+            self._unraisablehook = sys.unraisablehook
+            sys.unraisablehook = _drop_closed_loop_noise(self._unraisablehook)
         problems = []
         for i, candidate in enumerate(candidates):
             try:
@@ -177,3 +197,6 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+        if self._unraisablehook is not None:
+            gc.collect()  # the callbacks of failed reads are collected now, while filtered
+            sys.unraisablehook, self._unraisablehook = self._unraisablehook, None
