@@ -172,7 +172,7 @@ class Checkpoints:
         if self._unraisablehook is None:  # until close(): the noise can come late
             self._unraisablehook = sys.unraisablehook
             sys.unraisablehook = _drop_closed_loop_noise(self._unraisablehook)
-        problems = []
+        problems = 0
         for i, candidate in enumerate(candidates):
             try:
                 return self._read(candidate, abstract)
@@ -181,10 +181,11 @@ class Checkpoints:
                 then = f"falling back to step {older}" if older is not None else "none older"
                 self._log(f"checkpoint {self.directory / str(candidate)} is damaged: {err}; "
                           f"{then}")
-                problems.append(f"step {candidate}: {err}")
+                problems += 1
                 self._set_aside(candidate)
-        raise CheckpointError(f"no intact checkpoint under {self.directory} "
-                              f"({'; '.join(problems)}); start again with --overwrite")
+        raise CheckpointError(f"no intact checkpoint under {self.directory} (all "
+                              f"{problems} damaged, see above); start again with "
+                              "--overwrite")
 
     def _set_aside(self, step: int) -> None:
         path = self.directory / str(step)
