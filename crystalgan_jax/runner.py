@@ -102,11 +102,13 @@ class RunSpec:
       output_dir: where everything goes.
       train: hyperparameters.
       seed: PRNG seed; the only source of randomness.
-      checkpoint_every: epochs between checkpoints (M): one is saved at the first chunk
-        boundary M or more epochs after the last, and at the end of each stage.
-      resume: continue from the latest checkpoint in ``output_dir``.
-      overwrite: delete an existing ``output_dir`` first.
-      n_h, n_metal: padding rows of the H and of each metal block (None: from the data).
+      checkpoint_every: epochs between checkpoints (M): one is saved at every multiple of
+        M (global epochs; chunks are cut to end there) and at the end of each stage.
+      resume: continue from the newest intact checkpoint in ``output_dir``.
+      overwrite: delete the run in ``output_dir`` first (a folder that is not a run of
+        ours is never deleted); excludes ``resume``.
+      n_h, n_metal: padding rows of the H and of each metal block (None: from the data,
+        refusing a structure with more than :data:`MAX_BLOCK_ROWS` atoms in a block).
       evaluate: write the evaluation report after training.
     """
 
