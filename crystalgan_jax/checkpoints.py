@@ -1,56 +1,203 @@
-"""Orbax checkpoints of a :class:`~crystalgan_jax.training.TrainState`.
+"""Orbax checkpoints of a :class:`~crystalgan_jax.training.TrainState`, verified on restore.
 
-Two folders under the run's ``checkpoints/``: ``rolling/`` keeps the latest few
-checkpoints (saved every M epochs, at the end of each stage and on Ctrl-C), and
-``stage1/`` keeps the state at the end of stage 1 for good, so that stage 3 can be
-re-run or varied from it. Checkpoint steps are global epoch counts.
+One Orbax ``CheckpointManager`` under the run's ``checkpoints/``, one folder per step
+(steps are global epoch counts). Orbax's policies decide what is written and kept:
+
+* save decision: every ``every`` epochs (``FixedIntervalPolicy``) and at the end of
+  each stage (``SpecificStepsPolicy``); an interrupt or a divergence saves with
+  ``force``;
+* preservation: the newest ``max_to_keep`` steps (``LatestN``) and, for good, the end
+  of stage 1 (``CustomSteps``), so that stage 3 can be re-run or varied from it.
+
+Each step holds the state and a small JSON item with the SHA-256 of the state's arrays.
+:meth:`Checkpoints.restore` recomputes it and checks that every value is finite; a step
+that fails (or that Orbax cannot read) is reported in one line, moved aside to
+``<step>.damaged`` and the next older step is tried, so damaged state is never restored
+silently.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import logging
+import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
+
+
+class CheckpointError(RuntimeError):
+    """No intact checkpoint to restore; names the folder and what was wrong."""
+
+
+def state_digest(state) -> str:
+    """SHA-256 over every array of ``state`` (tree order, dtype, shape and bytes)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(state):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def all_finite(state) -> bool:
+    """True when no floating-point array of ``state`` holds NaN or inf."""
+    return all(np.isfinite(np.asarray(leaf)).all()
+               for leaf in jax.tree_util.tree_leaves(state)
+               if np.issubdtype(np.asarray(leaf).dtype, np.floating))
+
+
+class _QuietOrbax:
+    """Silences Orbax's and asyncio's own error logging while a damaged step is read.
+
+    A failed restore is reported by :meth:`Checkpoints.restore` in one line; without this
+    Orbax logs thousands of traceback lines for a single truncated file.
+    """
+
+    _NAMES = ("absl", "orbax", "asyncio", "jax", "tensorstore")
+
+    def __enter__(self):
+        self._levels = [(logging.getLogger(n), logging.getLogger(n).level) for n in self._NAMES]
+        for logger, _ in self._levels:
+            logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        for logger, level in self._levels:
+            logger.setLevel(level)
+
+
+def _drop_closed_loop_noise(previous):
+    """An ``sys.unraisablehook`` that drops 'Event loop is closed' and forwards the rest.
+
+    After a failed restore, TensorStore finishes the read's callbacks on an event loop
+    that Orbax has already closed; each is printed as an unraisable traceback (dozens for
+    one damaged step) though nothing is wrong beyond the damage already reported.
+    """
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    return hook
 
 
 class Checkpoints:
-    """Saves and restores train states under ``directory``."""
+    """Saves and restores train states under ``directory``.
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 2):
+    Args:
+      directory: the run's ``checkpoints/`` folder.
+      every: epochs between saves (saves happen at multiples of it).
+      stage_ends: global epochs at which a stage ends (always saved).
+      keep: global epochs kept for good besides the newest ``max_to_keep``.
+      log: receives the one-line messages about damaged steps.
+    """
+
+    def __init__(self, directory: str | Path, every: int = 100,
+                 stage_ends: Sequence[int] = (), keep: Sequence[int] = (),
+                 max_to_keep: int = 2, log: Callable[[str], None] | None = None):
         self.directory = Path(directory).resolve()
+        self._log = log or (lambda msg: None)
         # Synchronous saves: a checkpoint is complete on disk when save() returns, so a
         # crash or Ctrl-C right after loses nothing.
-        options = dict(create=True, enable_async_checkpointing=False)
-        self._rolling = ocp.CheckpointManager(
-            self.directory / "rolling",
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **options))
-        self._stage1 = ocp.CheckpointManager(
-            self.directory / "stage1", options=ocp.CheckpointManagerOptions(**options))
+        # cleanup_tmp_directories: a save cut short by a signal leaves a temporary folder,
+        # which would otherwise be in the way of the next save of that step.
+        options = ocp.CheckpointManagerOptions(
+            create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True,
+            save_decision_policy=save_decision_policy.AnySavePolicy([
+                save_decision_policy.FixedIntervalPolicy(every),
+                save_decision_policy.SpecificStepsPolicy(tuple(stage_ends))]),
+            preservation_policy=preservation_policy.AnyPreservationPolicy([
+                preservation_policy.LatestN(max_to_keep),
+                preservation_policy.CustomSteps(tuple(keep))]))
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unraisablehook = None  # the hook to put back in close(), once replaced
 
-    def save(self, state, end_of_stage1: bool = False) -> int:
-        """Saves ``state`` at step ``state.epoch``; returns the step."""
+    def save(self, state, force: bool = False) -> bool:
+        """Saves ``state`` at step ``state.epoch`` where the policies say so (or ``force``).
+
+        Returns whether a checkpoint of this step is now on disk.
+        """
         step = int(state.epoch)
-        managers = [self._rolling] + ([self._stage1] if end_of_stage1 else [])
-        for manager in managers:
-            if step not in manager.all_steps():
-                manager.save(step, args=ocp.args.StandardSave(state), force=True)
-        return step
+        if step in self._manager.all_steps():
+            return True
+        meta = {"sha256": state_digest(state), "epoch": step}
+        return bool(self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta)), force=force))
+
+    def steps(self) -> list[int]:
+        """Saved steps, oldest first."""
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
-        """The newest saved step in either folder, or None."""
-        steps = [s for m in (self._rolling, self._stage1) for s in m.all_steps()]
-        return max(steps) if steps else None
+        """The newest saved step, or None."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def _read(self, step: int, abstract):
+        """The verified state of ``step``; raises ValueError saying what is wrong."""
+        try:
+            with _QuietOrbax():
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as err:  # Orbax raises many types for damaged files
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            raise ValueError(f"unreadable ({type(err).__name__}: {first})") from None
+        state, meta = restored["state"], restored["meta"]
+        if not isinstance(meta, dict) or "sha256" not in meta:
+            raise ValueError("no checksum saved with it")
+        if state_digest(state) != meta["sha256"]:
+            raise ValueError("checksum mismatch: its arrays changed after saving")
+        if not all_finite(state):
+            raise ValueError("it holds NaN or inf")
+        return state
 
     def restore(self, template, step: int | None = None):
-        """The state saved at ``step`` (default: the latest), shaped like ``template``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {self.directory}")
-        manager = self._rolling if step in self._rolling.all_steps() else self._stage1
+        """The newest intact state (or that of ``step``), shaped like ``template``.
+
+        A damaged step is reported in one line, moved aside to ``<step>.damaged`` (so a
+        later save of that epoch can be written) and the next older step is tried.
+
+        Raises:
+          CheckpointError: no step left, or ``step`` damaged.
+        """
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        candidates = [step] if step is not None else self.steps()[::-1]
+        if not candidates:
+            raise CheckpointError(f"no checkpoint under {self.directory}")
+        if self._unraisablehook is None:  # until close(): the noise can come late
+            self._unraisablehook = sys.unraisablehook
+            sys.unraisablehook = _drop_closed_loop_noise(self._unraisablehook)
+        problems = 0
+        for i, candidate in enumerate(candidates):
+            try:
+                return self._read(candidate, abstract)
+            except ValueError as err:
+                older = candidates[i + 1] if i + 1 < len(candidates) else None
+                then = f"falling back to step {older}" if older is not None else "none older"
+                self._log(f"checkpoint {self.directory / str(candidate)} is damaged: {err}; "
+                          f"{then}")
+                problems += 1
+                self._set_aside(candidate)
+        raise CheckpointError(f"no intact checkpoint under {self.directory} (all "
+                              f"{problems} damaged, see above); start again with "
+                              "--overwrite")
+
+    def _set_aside(self, step: int) -> None:
+        path = self.directory / str(step)
+        if path.exists():
+            target, n = path.with_name(f"{step}.damaged"), 1
+            while target.exists():
+                target, n = path.with_name(f"{step}.damaged{n}"), n + 1
+            path.rename(target)
+        self._manager.reload()
 
     def close(self) -> None:
-        self._rolling.close()
-        self._stage1.close()
+        self._manager.close()
+        if self._unraisablehook is not None:
+            gc.collect()  # the callbacks of failed reads are collected now, while filtered
+            sys.unraisablehook, self._unraisablehook = self._unraisablehook, None

@@ -13,8 +13,13 @@ file (and the line, where one is to blame) and says what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import pickle
 import re
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +32,16 @@ STRUCTURE_SUFFIXES = (".vasp", ".poscar", ".cif")
 STRUCTURE_STEMS = ("POSCAR", "CONTCAR")
 # Below this a cell is treated as degenerate (collinear or coplanar lattice vectors).
 MIN_CELL_VOLUME = 1e-3  # Angstrom^3
+# Two atoms closer than this (Angstrom, periodic images included) are one atom typed twice:
+# the shortest bond of any hydride (H-H in H2) is 0.74 A.
+MIN_SEPARATION = 0.5
+# A .mat file is read in a child process (scipy's reader can crash on damaged files); it
+# gets this long (seconds) before it counts as hung.
+MAT_READ_TIMEOUT = 120
+
+
+class DuplicateStructureWarning(UserWarning):
+    """Two inputs of one domain hold the same structure (same cell, same atoms)."""
 
 
 class StructureFileError(ValueError):
@@ -85,6 +100,9 @@ def _check_poscar_text(path: Path, text: str) -> None:
         if len(values) < count:
             raise StructureFileError(
                 path, f"expected {count} numbers ({what}), got {lines[lineno - 1]!r}", lineno)
+        if not all(math.isfinite(v) for v in values):
+            raise StructureFileError(
+                path, f"non-finite number in the {what}: {lines[lineno - 1]!r}", lineno)
         return values
 
     if not text.strip():
@@ -109,6 +127,9 @@ def _check_poscar_text(path: Path, text: str) -> None:
     if len(counts) != len(species):
         raise StructureFileError(
             path, f"{len(species)} element symbols but {len(counts)} atom counts", 7)
+    if any(c < 0 for c in counts) or sum(counts) == 0:
+        raise StructureFileError(path, f"atom counts must be >= 0 with at least one atom: "
+                                 f"{lines[6]!r}", 7)
     mode_line = 8
     if mode_line <= len(lines) and lines[mode_line - 1].strip()[:1].lower() == "s":
         mode_line += 1  # 'Selective dynamics'
@@ -119,6 +140,64 @@ def _check_poscar_text(path: Path, text: str) -> None:
             path, f"expected 'Direct' or 'Cartesian', got {lines[mode_line - 1]!r}", mode_line)
     for k in range(sum(counts)):
         floats(mode_line + 1 + k, 3, f"coordinates of atom {k + 1}")
+    # One more coordinate line right after the last counted atom means the counts line
+    # undercounts (a blank line ends the positions; velocities may follow it).
+    extra = mode_line + sum(counts) + 1
+    if extra <= len(lines) and _is_coordinate_line(lines[extra - 1]):
+        more = 0
+        while extra + more <= len(lines) and _is_coordinate_line(lines[extra + more - 1]):
+            more += 1
+        raise StructureFileError(
+            path, f"the counts line says {sum(counts)} atoms but {sum(counts) + more} "
+            f"coordinate lines follow line {mode_line}", extra)
+
+
+def _is_coordinate_line(line: str) -> bool:
+    parts = line.split()
+    if len(parts) < 3:
+        return False
+    try:
+        [float(p) for p in parts[:3]]
+    except ValueError:
+        return False
+    return True
+
+
+def check_finite(structure: Structure, source: str) -> None:
+    """Raises StructureFileError for NaN or inf in the cell or the positions."""
+    if not np.all(np.isfinite(structure.lattice.matrix)):
+        raise StructureFileError(source, "the lattice holds a non-finite number (NaN or inf)")
+    bad = np.flatnonzero(~np.all(np.isfinite(structure.frac_coords), axis=1))
+    if bad.size:
+        raise StructureFileError(source, f"atom {bad[0] + 1} has a non-finite coordinate")
+
+
+def check_training_structure(structure: Structure, source: str) -> None:
+    """Checks that an input structure is physical: finite, no overlapping atoms.
+
+    Only for inputs: generated structures may overlap, and the evaluation says so.
+
+    Raises:
+      StructureFileError: NaN/inf in the cell or the positions, or two atoms (or an atom
+        and a periodic image of another, or of itself) closer than :data:`MIN_SEPARATION`.
+    """
+    check_finite(structure, source)
+    if len(structure) > 1:
+        distances = structure.distance_matrix
+        np.fill_diagonal(distances, np.inf)
+        i, j = np.unravel_index(np.argmin(distances), distances.shape)
+        if distances[i, j] < MIN_SEPARATION:
+            raise StructureFileError(
+                source, f"atoms {min(i, j) + 1} ({structure[int(i)].specie}) and "
+                f"{max(i, j) + 1} ({structure[int(j)].specie}) are {distances[i, j]:.3g} A "
+                f"apart (closer than {MIN_SEPARATION} A: one atom given twice?)")
+    matrix = structure.lattice.matrix
+    spacing = structure.lattice.volume / np.max(
+        np.linalg.norm(np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]]), axis=1))
+    if spacing < MIN_SEPARATION:
+        raise StructureFileError(
+            source, f"lattice planes {spacing:.3g} A apart: every atom overlaps its own "
+            f"periodic image (closer than {MIN_SEPARATION} A)")
 
 
 def read_structure(path: str | os.PathLike) -> Structure:
@@ -152,6 +231,7 @@ def read_structure(path: str | os.PathLike) -> Structure:
         raise StructureFileError(
             path, f"site {site + 1} has partial occupancy ({structure[site].species}); "
             "only ordered structures can be encoded")
+    check_finite(structure, str(path))
     return structure
 
 
@@ -189,25 +269,155 @@ def read_folder(folder: str | os.PathLike, metal: str) -> Domain:
     for path in files:
         structure = read_structure(path)
         check_binary(structure, metal, str(path))
+        check_training_structure(structure, str(path))
         structures.append(structure)
-    return Domain(metal, tuple(structures), tuple(str(p) for p in files))
+    sources = tuple(str(p) for p in files)
+    warn_duplicates(structures, sources)
+    return Domain(metal, tuple(structures), sources)
+
+
+def _fingerprint(structure: Structure, decimals: int = 4) -> tuple:
+    """Cell and atoms rounded to ``decimals``, in a site order independent of the file's."""
+    frac = np.round(np.mod(structure.frac_coords, 1.0), decimals) % 1.0
+    sites = sorted(zip((site.specie.symbol for site in structure), map(tuple, frac)))
+    return (tuple(np.round(structure.lattice.matrix, decimals).ravel()), tuple(sites))
+
+
+def warn_duplicates(structures: Sequence[Structure], sources: Sequence[str]) -> list[tuple[str, str]]:
+    """Warns (:class:`DuplicateStructureWarning`) about inputs that repeat another.
+
+    Two inputs are duplicates when their cells and atoms agree to 1e-4 (same setting);
+    a duplicate weighs its structure twice in training. Returns the (first, repeat) pairs.
+    """
+    seen: dict[tuple, str] = {}
+    pairs = []
+    for structure, source in zip(structures, sources):
+        key = _fingerprint(structure)
+        if key in seen:
+            pairs.append((seen[key], source))
+        else:
+            seen[key] = source
+    if pairs:
+        listed = "; ".join(f"{b} repeats {a}" for a, b in pairs[:5])
+        more = f" (and {len(pairs) - 5} more)" if len(pairs) > 5 else ""
+        warnings.warn(f"{len(pairs)} duplicate input structure(s): {listed}{more}",
+                      DuplicateStructureWarning, stacklevel=2)
+    return pairs
+
+
+# Run by ``python -I -c`` in a child: load the file, pickle what scipy returns to stdout.
+_MAT_CHILD = """
+import pickle, sys
+from scipy.io import loadmat
+try:
+    contents = loadmat(sys.argv[1])
+except Exception as err:
+    sys.stderr.write(f"{type(err).__name__}: {err}"[:300])
+    sys.exit(3)
+pickle.dump({k: v for k, v in contents.items() if not k.startswith("__")}, sys.stdout.buffer)
+"""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and plain Python values, nothing else."""
+
+    def find_class(self, module, name):
+        if module.split(".")[0] == "numpy" or (module == "builtins" and name in (
+                "dict", "list", "tuple", "str", "bytes", "int", "float", "complex", "bool")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected {module}.{name} in .mat contents")
+
+
+def load_mat(path: str | os.PathLike) -> dict:
+    """``scipy.io.loadmat`` of ``path`` (variables only), run in a child process.
+
+    scipy's reader can die with SIGSEGV on a damaged file; in a child that cannot take
+    the caller down and is reported as an unreadable file.
+
+    Raises:
+      StructureFileError: the reader failed, crashed or hung.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = f.read(128)
+    except OSError as err:
+        raise StructureFileError(path, f"cannot read file: {err}") from None
+    # Cell arrays (the authors' layout) exist only in MAT-file version 5 (and 7), whose
+    # 128-byte header starts with this text and ends with the endian mark 'IM' or 'MI'.
+    if not header.startswith(b"MATLAB 5.0 MAT-file") or header[126:128] not in (b"IM", b"MI"):
+        raise StructureFileError(
+            path, "not a MATLAB 5 .mat file (no 'MATLAB 5.0 MAT-file' header); the authors' "
+            "format is a version 5/7 cell array")
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", _MAT_CHILD, str(path)],
+                              capture_output=True, timeout=MAT_READ_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise StructureFileError(
+            path, f"not a readable MATLAB .mat file: the reader hung (> {MAT_READ_TIMEOUT} s)"
+        ) from None
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise StructureFileError(
+            path, f"not a readable MATLAB .mat file: the reader crashed ({name}); the file "
+            "is damaged")
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise StructureFileError(
+            path, f"not a readable MATLAB .mat file: {detail[-1] if detail else 'unknown error'}")
+    try:
+        import io as _stdio
+
+        return _ArraysOnly(_stdio.BytesIO(proc.stdout)).load()
+    except Exception as err:
+        raise StructureFileError(path, f"not a readable MATLAB .mat file: {err}") from None
 
 
 def _mat_array(path: Path):
-    from scipy.io import loadmat  # scipy is a dependency of pymatgen
-
-    try:
-        contents = loadmat(str(path))
-    except Exception as err:
-        raise StructureFileError(path, f"not a readable MATLAB .mat file: {err}") from None
-    keys = [k for k in contents if not k.startswith("__")]
+    contents = load_mat(path)
+    keys = list(contents)
     if len(keys) != 1:
         raise StructureFileError(path, f"expected one variable, found {keys}")
     array = contents[keys[0]]
-    if array.dtype != object or array.ndim != 2 or array.shape[1] != 4:
+    if not isinstance(array, np.ndarray) or array.dtype != object or array.ndim != 2 \
+            or array.shape[1] != 4:
         raise StructureFileError(
-            path, f"variable {keys[0]!r} must be an object array [n, 4], got "
-            f"{array.dtype} {array.shape}")
+            path, f"variable {keys[0]!r} must be a cell array [n, 4] (lattice, H, A, B), got "
+            f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
+    if array.shape[0] == 0:
+        raise StructureFileError(path, f"variable {keys[0]!r} holds no structures (0 rows)")
+    return array
+
+
+_COLUMNS = ("lattice", "H block", "metal A block", "metal B block")
+
+
+def _numeric_block(cell, source: str, column: int, rows: int | None = None) -> np.ndarray:
+    """One cell of a .mat row as a float64 ``[n, 3]`` array (``[3, 3]`` for the lattice).
+
+    Raises StructureFileError naming the row and column for strings, structs, nested
+    cells, a wrong number of columns or a non-finite entry.
+    """
+    what = f"column {column + 1} ({_COLUMNS[column]})"
+    array = np.asarray(cell)
+    if array.dtype.kind not in "iufb":
+        kind = {"U": "a string", "S": "a string", "V": "a MATLAB struct",
+                "O": "a nested cell"}.get(array.dtype.kind, f"dtype {array.dtype}")
+        raise StructureFileError(source, f"{what} holds {kind}, not numbers")
+    array = array.astype(np.float64)
+    if array.size == 0:
+        array = array.reshape(0, 3)
+    if array.ndim != 2 or array.shape[1] != 3 or (rows is not None and array.shape[0] != rows):
+        want = f"{rows} x 3" if rows is not None else "n x 3 (one row per atom)"
+        raise StructureFileError(source, f"{what} must be {want} numbers, got shape "
+                                 f"{array.shape}")
+    if not np.all(np.isfinite(array)):
+        r = int(np.flatnonzero(~np.all(np.isfinite(array), axis=1))[0])
+        raise StructureFileError(source, f"{what} row {r + 1} holds a non-finite number "
+                                 f"{array[r].tolist()}")
     return array
 
 
@@ -226,34 +436,46 @@ def read_mat(path: str | os.PathLike, metal: str, block: int) -> Domain:
       block: column holding the metal's positions: 2 for element A, 3 for B (0 is the
         lattice, 1 the H positions). The other metal column must be the all-zero
         placeholder.
+
+    Raises:
+      StructureFileError: unreadable file (also a reader crash, see :func:`load_mat`),
+        wrong layout, or a bad row; the message names ``path[row]`` and the column.
     """
     path = Path(path)
     if not path.is_file():
         raise StructureFileError(path, "no such file")
+    if not Element.is_valid_symbol(metal):
+        raise StructureFileError(path, f"{metal!r} is not an element symbol")
     array = _mat_array(path)
     other = 5 - block
     structures, sources = [], []
     for i, row in enumerate(array):
         source = f"{path}[{i}]"
-        lattice = np.asarray(row[0], np.float64)
-        h = np.asarray(row[1], np.float64).reshape(-1, 3)
-        m = np.asarray(row[block], np.float64).reshape(-1, 3)
-        if lattice.shape != (3, 3):
-            raise StructureFileError(source, f"lattice must be 3x3, got {lattice.shape}")
-        if not _is_placeholder(row[other]):
+        lattice = _numeric_block(row[0], source, 0, rows=3)
+        placeholder = _numeric_block(row[other], source, other)
+        if np.any(placeholder):
             raise StructureFileError(
                 source, f"column {other + 1} should be the all-zero placeholder of the "
                 f"other metal, but holds atoms: is this file's metal {metal}?")
+        if not _is_placeholder(placeholder):
+            raise StructureFileError(
+                source, f"column {other + 1} (placeholder of the other metal) must be 18 x 3 "
+                f"zeros, got shape {placeholder.shape}")
         if abs(np.linalg.det(lattice)) < MIN_CELL_VOLUME:
             raise StructureFileError(source, "cell volume is zero (degenerate lattice vectors)")
+        h = _numeric_block(row[1], source, 1)
+        m = _numeric_block(row[block], source, block)
         if len(h) == 0:
             raise StructureFileError(source, "holds no H atom")
-        if len(m) == 0 or _is_placeholder(row[block]):
+        if len(m) == 0 or _is_placeholder(m):
             raise StructureFileError(source, f"holds no {metal} atom")
         species = [HYDROGEN] * len(h) + [metal] * len(m)
-        structures.append(
-            Structure(Lattice(lattice), species, np.concatenate([h, m]), coords_are_cartesian=True))
+        structure = Structure(Lattice(lattice), species, np.concatenate([h, m]),
+                              coords_are_cartesian=True)
+        check_training_structure(structure, source)
+        structures.append(structure)
         sources.append(source)
+    warn_duplicates(structures, sources)
     return Domain(metal, tuple(structures), tuple(sources))
 
 

@@ -11,26 +11,85 @@
 * ``config.json``, and the report of :mod:`crystalgan_jax.report` (``report.json``,
   ``report.md``, plots).
 
-Nothing is lost on a crash or Ctrl-C: checkpoints are synchronous, and an interrupt saves
-the state of the last finished chunk of epochs before it propagates.
+Nothing is lost on a crash, Ctrl-C or SIGTERM: checkpoints are synchronous, and an
+interrupt (SIGINT or SIGTERM, see :class:`Interrupted`) saves the state of the last
+finished chunk of epochs before it propagates. The output folder belongs to one run: it
+is locked for the whole run (:func:`lock_output`), a folder holding anything but a run
+of ours is refused, and training that produces NaN or inf stops
+(:class:`DivergenceError`) with the last finite state as the checkpoint ``--resume``
+takes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
+import math
+import os
 import shutil
+import signal
+import socket
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from crystalgan_jax import encoding, geometry, io, training
-from crystalgan_jax.checkpoints import Checkpoints
+from crystalgan_jax.checkpoints import CheckpointError, Checkpoints
+
+# Rows a block is padded to at most unless n_h / n_metal raise it: every structure is
+# padded to the largest one, so one big supercell makes every step pay for it (a 4x4x4
+# PdH supercell took 17 GB and 435 s). The largest reference structure has 18 H, 6 metal.
+MAX_BLOCK_ROWS = 32
+# Seeds are PRNGKey seeds: jax folds larger ones onto this range (2**32 gives seed 0's run).
+MAX_SEED = 2**32 - 1
+LOCK_NAME = ".lock"
+# Files whose presence makes a folder a run of ours (written before training starts).
+RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints")
+
+
+class RunError(Exception):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+class OutputDirError(RunError):
+    """The output folder cannot be used (not ours, not creatable, not writable)."""
+
+
+class RunLockedError(RunError):
+    """Another live process holds the output folder's lock."""
+
+
+class DivergenceError(RunError):
+    """Training produced NaN or inf; the last finite state is checkpointed.
+
+    Attributes:
+      stage: stage name; epoch: epoch within the stage; global_epoch: over all stages;
+      saved_epoch: the epoch of the checkpoint ``--resume`` continues from (or None).
+    """
+
+    def __init__(self, message: str, stage: str, epoch: int, global_epoch: int,
+                 saved_epoch: int | None):
+        super().__init__(message)
+        self.stage, self.epoch = stage, epoch
+        self.global_epoch, self.saved_epoch = global_epoch, saved_epoch
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a run; ``signum`` says which (exit code 128 + signum)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +102,13 @@ class RunSpec:
       output_dir: where everything goes.
       train: hyperparameters.
       seed: PRNG seed; the only source of randomness.
-      checkpoint_every: epochs between checkpoints (M): one is saved at the first chunk
-        boundary M or more epochs after the last, and at the end of each stage.
-      resume: continue from the latest checkpoint in ``output_dir``.
-      overwrite: delete an existing ``output_dir`` first.
-      n_h, n_metal: padding rows of the H and of each metal block (None: from the data).
+      checkpoint_every: epochs between checkpoints (M): one is saved at every multiple of
+        M (global epochs; chunks are cut to end there) and at the end of each stage.
+      resume: continue from the newest intact checkpoint in ``output_dir``.
+      overwrite: delete the run in ``output_dir`` first (a folder that is not a run of
+        ours is never deleted); excludes ``resume``.
+      n_h, n_metal: padding rows of the H and of each metal block (None: from the data,
+        refusing a structure with more than :data:`MAX_BLOCK_ROWS` atoms in a block).
       evaluate: write the evaluation report after training.
     """
 
@@ -68,6 +129,33 @@ class RunSpec:
     def __post_init__(self):
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite (--resume, --overwrite) exclude each other: "
+                             "--overwrite deletes the run that --resume would continue")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
+        for name in ("n_h", "n_metal"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_elements(self.element_a, self.element_b)
+        if not str(self.output_dir).strip():
+            raise ValueError("output_dir must not be empty")
+
+
+def check_elements(element_a: str, element_b: str) -> None:
+    """Raises ValueError unless A and B are two different chemical elements other than H."""
+    from pymatgen.core import Element
+
+    for flag, symbol in (("element_a", element_a), ("element_b", element_b)):
+        if not Element.is_valid_symbol(symbol):
+            raise ValueError(f"{flag}: {symbol!r} is not a chemical element symbol")
+        if symbol == io.HYDROGEN:
+            raise ValueError(f"{flag}: the metals A and B cannot be H (H is the third element)")
+    if element_a == element_b:
+        raise ValueError(f"element_a and element_b are both {element_a}: a ternary A-B-H "
+                         "needs two different metals")
 
 
 @dataclasses.dataclass
@@ -89,27 +177,184 @@ def covalent_radii(element_a: str, element_b: str) -> tuple[float, float, float]
     return tuple(covalent_radius(s) for s in ("H", element_a, element_b))
 
 
-def load_domains(spec: RunSpec) -> tuple[io.Domain, io.Domain]:
-    """Reads the AH and BH domains (folders or ``.mat`` files)."""
-    ah = io.read_domain(spec.data_ah, spec.element_a, mat_block=encoding.A_BLOCK + 1)
-    bh = io.read_domain(spec.data_bh, spec.element_b, mat_block=encoding.B_BLOCK + 1)
+def load_domains(spec: RunSpec, log: Callable[[str], None] | None = None
+                 ) -> tuple[io.Domain, io.Domain]:
+    """Reads the AH and BH domains (folders or ``.mat`` files) and checks their sizes.
+
+    Warnings of the readers (duplicate inputs) go to ``log`` as ``warning: ...`` lines.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", io.DuplicateStructureWarning)
+        ah = io.read_domain(spec.data_ah, spec.element_a, mat_block=encoding.A_BLOCK + 1)
+        bh = io.read_domain(spec.data_bh, spec.element_b, mat_block=encoding.B_BLOCK + 1)
+    for w in caught:
+        if log is not None and issubclass(w.category, io.DuplicateStructureWarning):
+            log(f"warning: {w.message}")
+        elif not issubclass(w.category, io.DuplicateStructureWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    check_sizes((ah, bh), spec)
     return ah, bh
 
 
-def _prepare_output(spec: RunSpec) -> Path:
+def check_sizes(domains: tuple[io.Domain, ...], spec: RunSpec) -> None:
+    """Refuses a structure with more atoms in a block than the block's rows.
+
+    The limit is ``spec.n_h`` / ``spec.n_metal`` where set, else :data:`MAX_BLOCK_ROWS`.
+
+    Raises:
+      io.StructureFileError: naming the structure, its count and how to allow it.
+    """
+    for domain in domains:
+        for structure, source in zip(domain.structures, domain.sources):
+            for symbol, limit, flag in ((io.HYDROGEN, spec.n_h, "n_h"),
+                                        (domain.metal, spec.n_metal, "n_metal")):
+                count = int(structure.composition[symbol])
+                if count > (limit or MAX_BLOCK_ROWS):
+                    why = (f"more than --{flag}={limit}" if limit else
+                           f"more than the {MAX_BLOCK_ROWS} rows a block is padded to by "
+                           "default (every structure is padded to the largest)")
+                    raise io.StructureFileError(
+                        source, f"{count} {symbol} atoms: {why}; pass --{flag}={count} "
+                        "to allow it (memory and time grow with it)")
+
+
+def _is_run(out: Path) -> bool:
+    return any((out / name).exists() for name in RUN_MARKERS)
+
+
+def _foreign_contents(out: Path) -> list[str]:
+    """Names in ``out`` (besides our lock) when ``out`` is not a run of ours, else []."""
+    if not out.is_dir() or _is_run(out):
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+
+
+def _output_error(out: Path, err: OSError) -> OutputDirError:
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason = "a part of the path is a file, not a folder"
+    return OutputDirError(f"{out}: cannot use this output folder: {reason}")
+
+
+@contextlib.contextmanager
+def lock_output(out: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Holds an exclusive lock on ``out`` (created if missing) while the block runs.
+
+    The lock is ``fcntl.flock`` on ``out/.lock``, which the kernel releases when the holder
+    exits in any way (a SIGKILL too), so a lock left by a dead process is never in the way;
+    the file names its holder (pid, host, start time) for the refusal message, and a
+    takeover of a dead holder's lock is logged.
+
+    Raises:
+      OutputDirError: ``out`` cannot be created or written.
+      RunLockedError: another live process holds the lock.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise _output_error(out, err) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLockedError(
+                f"{out} is in use by another run ({holder}); wait for it to end or choose "
+                "another --output_dir") from None
+        previous = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if previous:
+            log(f"{out / LOCK_NAME}: stale lock of {previous} (no longer running) taken over")
+        me = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # an empty lock file: released cleanly
+    finally:
+        os.close(fd)
+
+
+def _check_output_path(out: Path) -> None:
+    """Refuses before any training an output folder that is not ours or cannot be made.
+
+    Raises:
+      OutputDirError: ``out`` is a file, holds files that are not a run of ours (they are
+        named), or a path that cannot be created (a parent is a file, no permission, a
+        name too long).
+    """
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputDirError(f"{out}: cannot use this output folder: it is a file")
+        foreign = _foreign_contents(out)
+    except OSError as err:  # a name too long, a parent that cannot be read
+        raise _output_error(out, err) from None
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputDirError(
+            f"{out} is not empty and holds no run of ours ({listed}); nothing was written. "
+            "Choose an empty or new --output_dir (--overwrite only replaces a run)")
+
+
+def check_output(spec: RunSpec) -> None:
+    """Everything about ``spec.output_dir`` that can be checked before reading any data.
+
+    Raises:
+      OutputDirError: see :func:`_check_output_path`.
+      FileExistsError: it holds a run and neither ``resume`` nor ``overwrite`` is set.
+    """
     out = Path(spec.output_dir)
-    has_run = (out / "checkpoints").exists() or (out / "metrics.jsonl").exists()
-    if has_run and spec.overwrite:
-        shutil.rmtree(out)
-    elif has_run and not spec.resume:
+    _check_output_path(out)
+    if _is_run(out) and not (spec.resume or spec.overwrite):
         raise FileExistsError(
             f"{out} already holds a run; pass resume=True (--resume) to continue it or "
             "overwrite=True (--overwrite) to start again")
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_output(spec: RunSpec, log: Callable[[str], None]) -> Path:
+    """Under the lock: clears a run for ``overwrite``, refuses one without ``resume``."""
+    out = Path(spec.output_dir)
+    _check_output_path(out)  # again under the lock: another run may have written meanwhile
+    if _is_run(out) and spec.overwrite:
+        for child in out.iterdir():
+            if child.name != LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        log(f"--overwrite: the run in {out} was deleted")
+    elif _is_run(out) and not spec.resume:
+        raise FileExistsError(
+            f"{out} already holds a run; pass resume=True (--resume) to continue it or "
+            "overwrite=True (--overwrite) to start again")
+    try:
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise _output_error(out, err) from None
     return out
 
 
-class ResumeMismatchError(ValueError):
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` like Ctrl-C does (main thread only).
+
+    Schedulers stop jobs with SIGTERM; handled as SIGINT, it saves the state first.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class ResumeMismatchError(RunError, ValueError):
     """``--resume`` with settings that differ from those the checkpoint was made with."""
 
 
@@ -150,19 +395,59 @@ def _read_metrics(path: Path, up_to_epoch: int, log: Callable[[str], None]) -> l
 
 
 def _format_progress(stage: str, epoch: int, epochs: int, row: dict, rate: float) -> str:
-    losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("L_"))
+    losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items()
+                       if k.startswith("L_") and v is not None)
     eta = (epochs - epoch) / rate if rate > 0 else float("nan")
     return f"[{stage}] epoch {epoch}/{epochs}  {losses}  {rate:.1f} epochs/s  eta {eta:.0f}s"
 
 
-def _ends_stage1(epoch: int, cfg: training.TrainConfig) -> bool:
-    return cfg.stages[0] == "stage1" and epoch == cfg.epochs
+def _json_value(value: float) -> float | None:
+    """A metric for metrics.jsonl: NaN and inf become null, so every line is valid JSON."""
+    return value if math.isfinite(value) else None
 
 
 def _save_interrupted(ckpt: Checkpoints, state: training.TrainState,
-                      cfg: training.TrainConfig, log: Callable[[str], None]) -> None:
-    step = ckpt.save(state, end_of_stage1=_ends_stage1(int(state.epoch), cfg))
-    log(f"interrupted: state of epoch {step} saved in {ckpt.directory}; continue with --resume")
+                      err: KeyboardInterrupt, log: Callable[[str], None]) -> None:
+    ckpt.save(state, force=True)
+    name = f" [{signal.Signals(err.signum).name}]" if isinstance(err, Interrupted) else ""
+    log(f"interrupted: state of epoch {int(state.epoch)} saved in {ckpt.directory}; "
+        f"continue with --resume{name}")
+
+
+def _diverged(stage_name: str, stage: training.Stage, cfg: training.TrainConfig,
+              chunk_metrics: np.ndarray, n: int, start: int, done: int,
+              state: training.TrainState, ckpt: Checkpoints, metrics: list[dict],
+              metrics_file) -> DivergenceError:
+    """Logs the chunk's rows up to the first non-finite one, saves ``state`` (the last
+    finite one) and returns the error to raise."""
+    names = training.metric_names(stage, cfg)
+    bad_rows = np.flatnonzero(~np.all(np.isfinite(chunk_metrics[:n]), axis=1))
+    last = int(bad_rows[0]) if bad_rows.size else n - 1
+    for i in range(last + 1):
+        row = {"stage": stage_name, "epoch": done + i + 1, "global_epoch": start + done + i + 1}
+        row.update(zip(names, (_json_value(float(v)) for v in chunk_metrics[i])))
+        metrics.append(row)
+        metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
+    metrics_file.flush()
+    if bad_rows.size:
+        what = ", ".join(k for k, v in zip(names, chunk_metrics[last]) if not np.isfinite(v))
+    else:
+        what = "the parameters or optimizer state"
+    ckpt.save(state, force=True)
+    saved = int(state.epoch)
+    epoch = done + last + 1
+    return DivergenceError(
+        f"training diverged: {what} became NaN or inf in {stage_name} at epoch {epoch} "
+        f"(global epoch {start + epoch}). The last finite state (epoch {saved}) is the "
+        f"checkpoint in {ckpt.directory} that --resume continues from; metrics.jsonl marks "
+        "the non-finite values as null. Try a lower --learning_rate or other loss weights "
+        "(with --overwrite).", stage_name, epoch, start + epoch, saved)
+
+
+def chunk_length(epoch: int, stage_end: int, chunk: int, every: int) -> int:
+    """Epochs of the next chunk from global ``epoch``: at most ``chunk``, ending at the
+    stage end or the next multiple of ``every``, where the checkpoint policy saves."""
+    return min(chunk, stage_end - epoch, every - epoch % every)
 
 
 def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
@@ -172,8 +457,16 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
     """Runs every stage of ``spec.train`` from ``state.epoch`` on, checkpointing as it goes.
 
     ``shifts``: the geometric penalty's lattice shifts (:func:`training.penalty_shifts`).
+    Chunks end at multiples of ``spec.checkpoint_every`` (global epochs), where ``ckpt``'s
+    save policy writes a checkpoint, and at stage ends.
+
+    Raises:
+      DivergenceError: a loss, parameter or optimizer moment became NaN or inf; the last
+        finite state is saved first.
+      KeyboardInterrupt (or :class:`Interrupted`): after saving the last finished chunk.
     """
     cfg = spec.train
+    every = spec.checkpoint_every
     metrics_file = (out / "metrics.jsonl").open("a")
     try:
         for s_index, stage_name in enumerate(cfg.stages):
@@ -183,37 +476,38 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             stage = training.STAGES[stage_name]
             data = training.stage_data(stage_name, state, nets, x, y)
             sizes = [d.lattice.shape[0] for d in data]
-            chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
+            chunk = max(1, min(cfg.chunk_epochs, every, cfg.epochs))
             runner = training.make_chunk_runner(stage, nets, cfg, shifts, sizes, on_trace)
-            last_saved = int(state.epoch)
             while int(state.epoch) < start + cfg.epochs:
-                done = int(state.epoch) - start
-                n = min(chunk, cfg.epochs - done)
+                epoch = int(state.epoch)
+                done = epoch - start
+                n = chunk_length(epoch, start + cfg.epochs, chunk, every)
                 tic = time.perf_counter()
-                # ``state`` moves on only once this chunk's metrics are on disk, so an
-                # interrupt anywhere (JAX returns before it computes, so usually while we
-                # wait here) saves a state that the metrics file agrees with
+                # ``state`` moves on only once this chunk's metrics are on disk and it is
+                # finite, so an interrupt anywhere (JAX returns before it computes, so
+                # usually while we wait here) or a divergence saves a state that the
+                # metrics file agrees with
                 new_state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
+                finite = bool(training.tree_all_finite(
+                    (new_state.params, new_state.opt_state, chunk_metrics)))
                 chunk_metrics = np.asarray(chunk_metrics)
-                jax.block_until_ready(new_state)
                 rate = n / (time.perf_counter() - tic)
+                if not finite:
+                    raise _diverged(stage_name, stage, cfg, chunk_metrics, n, start, done,
+                                    state, ckpt, metrics, metrics_file)
                 for i in range(n):
                     row = {"stage": stage_name, "epoch": done + i + 1,
                            "global_epoch": start + done + i + 1}
                     row.update(zip(training.metric_names(stage, cfg),
                                    map(float, chunk_metrics[i])))
                     metrics.append(row)
-                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
                 metrics_file.flush()
                 state = new_state
                 log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
-                epoch = int(state.epoch)
-                stage_end = epoch == start + cfg.epochs
-                if stage_end or epoch - last_saved >= spec.checkpoint_every:
-                    ckpt.save(state, end_of_stage1=_ends_stage1(epoch, cfg))
-                    last_saved = epoch
-    except KeyboardInterrupt:
-        _save_interrupted(ckpt, state, cfg, log)
+                ckpt.save(state)  # where the policies say: multiples of M, stage ends
+    except KeyboardInterrupt as err:
+        _save_interrupted(ckpt, state, err, log)
         raise
     finally:
         metrics_file.close()
@@ -273,19 +567,38 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
         extra_files: dict[str, str] | None = None) -> RunResult:
     """Trains ``spec.train.method`` on the two domains and writes every output.
 
+    Every input is read and checked, and the output folder checked and locked, before any
+    training. SIGTERM is handled like Ctrl-C while it runs (:class:`Interrupted`).
+
     Args:
       spec: what to train on and where to write.
       log: receives progress lines (default: stderr).
       on_trace: called with the stage name whenever a stage's epochs are traced.
       extra_files: file name -> text, written into the output directory before training
         (train.py records its flags this way, so a crashed run still has them).
+
+    Raises:
+      io.StructureFileError: bad input (file, line or row, what is wrong).
+      OutputDirError, RunLockedError, FileExistsError, ResumeMismatchError: the output
+        folder cannot be used by this run.
+      CheckpointError: ``resume`` and no intact checkpoint is left.
+      DivergenceError: training produced NaN or inf.
+      Interrupted / KeyboardInterrupt: SIGTERM / SIGINT, after saving.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if spec.train.weights.l7 > 0 and not any(spec.train.clash_radii):
         spec = dataclasses.replace(spec, train=dataclasses.replace(
             spec.train, clash_radii=covalent_radii(spec.element_a, spec.element_b)))
+    out = Path(spec.output_dir)
+    check_output(spec)
+    ah, bh = load_domains(spec, log)
+    with _signals_interrupt(), lock_output(out, log):
+        return _run_locked(spec, ah, bh, log, on_trace, extra_files)
+
+
+def _run_locked(spec: RunSpec, ah: io.Domain, bh: io.Domain, log: Callable[[str], None],
+                on_trace, extra_files: dict[str, str] | None) -> RunResult:
     cfg = spec.train
-    ah, bh = load_domains(spec)
     layout = encoding.Layout.fit(spec.element_a, spec.element_b, ah.structures + bh.structures,
                                  n_h=spec.n_h, n_a=spec.n_metal, n_b=spec.n_metal)
 
@@ -295,27 +608,30 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
         return jax.tree_util.tree_map(jnp.asarray, batch)
 
     x, y = encode(ah), encode(bh)
-    out = _prepare_output(spec)
+    out = _prepare_output(spec, log)
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
     nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
     state = training.init_state(jax.random.PRNGKey(spec.seed), nets, cfg)
-    ckpt = Checkpoints(out / "checkpoints")
+    stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
+    ckpt = Checkpoints(out / "checkpoints", every=spec.checkpoint_every, stage_ends=stage_ends,
+                       keep=[cfg.epochs] if cfg.stages[0] == "stage1" else [], log=log)
     metrics: list[dict] = []
     config = _config_json(spec, layout, ah, bh)
-    if spec.resume and ckpt.latest_step() is not None:
-        _check_resumable(out / "config.json", config)
-        state = ckpt.restore(state)
-        metrics = _read_metrics(out / "metrics.jsonl", int(state.epoch), log)
-        log(f"resumed from epoch {int(state.epoch)} in {ckpt.directory}")
-    elif spec.resume:
-        log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    for name, text in (extra_files or {}).items():
-        (out / name).write_text(text)
-    log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "
-        f"rows H/A/B = {layout.rows}; method {cfg.method}, {cfg.epochs} epochs per stage")
     try:
+        if spec.resume and ckpt.latest_step() is not None:
+            _check_resumable(out / "config.json", config)
+            state = ckpt.restore(state)
+            metrics = _read_metrics(out / "metrics.jsonl", int(state.epoch), log)
+            log(f"resumed from epoch {int(state.epoch)} in {ckpt.directory}")
+        elif spec.resume:
+            log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
+        (out / "metrics.jsonl").write_text(
+            "".join(json.dumps(r, allow_nan=False) + "\n" for r in metrics))
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        for name, text in (extra_files or {}).items():
+            (out / name).write_text(text)
+        log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "
+            f"rows H/A/B = {layout.rows}; method {cfg.method}, {cfg.epochs} epochs per stage")
         state = train_stages(spec, out, x, y, nets, state,
                              training.penalty_shifts(lattices, cfg), metrics, ckpt, log,
                              on_trace)

@@ -97,8 +97,9 @@ class TrainConfig:
                      "latent_dim", "max_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.d1 < self.d2:
-            raise ValueError(f"need 0 < d1 < d2, got d1={self.d1}, d2={self.d2}")
+        if not 0 < self.d1 < self.d2 < float("inf"):
+            raise ValueError(f"need 0 < d1 < d2 (finite), got d1={self.d1}, d2={self.d2}")
+        _check_config_ranges(self)
         if self.geometry_form not in ("hinge", "paper"):
             raise ValueError(f"geometry_form must be 'hinge' or 'paper', got {self.geometry_form!r}")
         if self.method == "nocons":
@@ -110,6 +111,34 @@ class TrainConfig:
         """Names of the trained stages, in order."""
         return {"crystalgan": ("stage1", "stage3"), "nocons": ("stage1", "stage3"),
                 "discogan": ("stage1",), "gan": ("gan",)}[self.method]
+
+
+def _check_config_ranges(cfg: "TrainConfig") -> None:
+    """Raises ValueError naming the first hyperparameter out of its range.
+
+    NaN fails every comparison, so each check is written as "inside the range".
+    """
+    if not 0 < cfg.learning_rate < float("inf"):
+        raise ValueError(f"learning_rate must be finite and > 0, got {cfg.learning_rate}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.depth < 0:
+        raise ValueError(f"depth must be at least 0, got {cfg.depth}")
+    for field in dataclasses.fields(cfg.weights):
+        value = getattr(cfg.weights, field.name)
+        if not 0 <= value < float("inf"):
+            flag = "occupancy_weight" if field.name == "occupancy" else field.name
+            raise ValueError(f"{flag} must be finite and >= 0, got {value}")
+    if not 0 < cfg.clash_factor < float("inf"):
+        raise ValueError(f"clash_factor must be finite and > 0, got {cfg.clash_factor}")
+    if not all(0 <= r < float("inf") for r in cfg.clash_radii):
+        raise ValueError(f"clash_radii must be finite and >= 0, got {cfg.clash_radii}")
+    if not cfg.classes or any(not c for c in cfg.classes):
+        raise ValueError("constrained classes (--constrained) must name at least one class, "
+                         f"each of at least one block, got {cfg.classes}")
+    if any(b not in (0, 1, 2) for c in cfg.classes for b in c):
+        raise ValueError(f"constrained classes take blocks 0 (H), 1 (A), 2 (B), got {cfg.classes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +475,19 @@ def make_chunk_runner(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: ja
         return jax.lax.scan(body, state, active)
 
     return jax.jit(run)
+
+
+@jax.jit
+def tree_all_finite(tree) -> jax.Array:
+    """Bool scalar: no floating-point leaf of ``tree`` holds NaN or inf.
+
+    One compiled reduction on the device, run after each chunk on the new parameters,
+    optimizer state and metrics (a few hundred thousand numbers), so divergence is caught
+    without copying the state to the host.
+    """
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
 # --- feature transfer and generation -----------------------------------------------------

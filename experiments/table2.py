@@ -30,7 +30,9 @@ import train  # noqa: E402  (train.py's flags and their parsing)
 
 from crystalgan_jax import encoding, evaluation, substitution  # noqa: E402
 from crystalgan_jax.io import StructureFileError  # noqa: E402
-from crystalgan_jax.runner import ResumeMismatchError, load_domains, run  # noqa: E402
+from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError,  # noqa: E402
+                                   check_output, load_domains, run)
+from crystalgan_jax.training import METHODS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
@@ -48,6 +50,34 @@ LABELS = {"gan": "GAN (noise input)", "discogan": "DiscoGAN (step 1 only)",
 PAPER = {("Pd", "Ni"): {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9},
          ("Mg", "Ti"): {"gan": 0, "discogan": 0, "nocons": 2, "crystalgan": 8}}
 COLUMNS = ("ternary", "good_paper", "good_strict", "unique")
+TABLE_METHODS = METHODS + ("crystalgan+clash",)
+
+
+def parse_seeds(items: list[str]) -> list[int]:
+    """--seeds values as integers; raises ValueError naming the bad item."""
+    if not items:
+        raise ValueError("--seeds: give at least one seed, e.g. --seeds=0,1,2")
+    seeds = []
+    for item in items:
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            raise ValueError(f"--seeds: {item!r} is not an integer") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: a seed is given twice in {seeds}")
+    return seeds
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """--methods values, all known and none twice; raises ValueError naming the bad one."""
+    if not methods:
+        raise ValueError(f"--methods: give at least one of {', '.join(TABLE_METHODS)}")
+    for method in methods:
+        if method not in TABLE_METHODS:
+            raise ValueError(f"--methods: {method!r} is not one of {', '.join(TABLE_METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods: a method is given twice in {methods}")
+    return methods
 
 
 def method_config(base, method: str):
@@ -96,16 +126,22 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("--noevaluate: the table is made of the runs' evaluations")
     try:
         base = train.spec_from_flags()
-    except ValueError as err:  # a hyperparameter out of range
+        seeds = parse_seeds(FLAGS.seeds)
+        specs = run_specs(base, check_methods(FLAGS.methods), seeds)  # all checked up front
+    except ValueError as err:  # a hyperparameter, seed or method out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        table = make_table(base)
-    except (StructureFileError, FileExistsError, ResumeMismatchError) as err:
+        for spec in (s for method_specs in specs.values() for s in method_specs):
+            check_output(spec)  # every run's folder, before the first run trains
+        load_domains(base)  # the data, likewise
+        table = make_table(base, specs)
+    except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(err, DivergenceError) else 2
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM: the current run saved its state
+        return 128 + getattr(err, "signum", 2)
     out = Path(FLAGS.output_dir)
-    seeds = [int(s) for s in FLAGS.seeds]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(table, base.element_a, base.element_b, seeds, base.train.epochs)
     (out / "table2.md").write_text(text)
@@ -117,20 +153,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def make_table(base) -> dict[str, dict]:
-    """Every method of --methods for every seed, then substitution: counts and summaries."""
+def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, list]:
+    """Method -> the RunSpec of each seed; building them checks every seed and method."""
     out = Path(FLAGS.output_dir)
+    return {method: [dataclasses.replace(base, seed=seed,
+                                         output_dir=str(out / method / f"seed{seed}"),
+                                         train=method_config(base.train, method))
+                     for seed in seeds]
+            for method in methods}
+
+
+def make_table(base, specs: dict[str, list]) -> dict[str, dict]:
+    """Every run of ``specs`` (method -> one spec per seed), then substitution."""
     table: dict[str, dict] = {}
-    for method in FLAGS.methods:
+    for method, method_specs in specs.items():
         runs = []
-        for seed in (int(s) for s in FLAGS.seeds):
-            spec = dataclasses.replace(
-                base, seed=seed, output_dir=str(out / method / f"seed{seed}"),
-                train=method_config(base.train, method))
-            print(f"== {method}, seed {seed}", file=sys.stderr, flush=True)
+        for spec in method_specs:
+            print(f"== {method}, seed {spec.seed}", file=sys.stderr, flush=True)
             tic = time.perf_counter()
             result = run(spec)
-            runs.append({"seed": seed, "output_dir": spec.output_dir,
+            runs.append({"seed": spec.seed, "output_dir": spec.output_dir,
                          "wall_s": round(time.perf_counter() - tic, 1),
                          "counts": result.report["counts"]})
         table[method] = {"runs": runs, "summary": summarize([r["counts"] for r in runs])}

@@ -9,6 +9,7 @@ beside this script, so ``--flagfile=pdni.flags`` works from the repository root 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -29,11 +30,11 @@ def _resolve_flagfiles(argv: list[str]) -> list[str]:
 
 from absl import app, flags, logging  # noqa: E402
 
-from crystalgan_jax import geometry  # noqa: E402
 from crystalgan_jax.encoding import BLOCKS  # noqa: E402
 from crystalgan_jax.io import StructureFileError  # noqa: E402
 from crystalgan_jax.losses import Weights  # noqa: E402
-from crystalgan_jax.runner import ResumeMismatchError, RunSpec, run  # noqa: E402
+from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError,  # noqa: E402
+                                   RunSpec, run)
 from crystalgan_jax.training import METHODS, TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -101,7 +102,7 @@ def parse_classes(items: list[str]) -> tuple[tuple[int, ...], ...]:
                 raise app.UsageError(f"--constrained: {letter!r} is not one of {BLOCKS}")
             blocks.append(BLOCKS.index(letter))
         classes.append(tuple(sorted(set(blocks))))
-    return tuple(classes) or geometry.DEFAULT_CLASSES
+    return tuple(classes)  # empty: refused by TrainConfig, never a silent default
 
 
 def spec_from_flags() -> RunSpec:
@@ -134,12 +135,12 @@ def main(argv: list[str]) -> int:
     out = Path(spec.output_dir)
     try:
         result = run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
-    except (StructureFileError, FileExistsError, ResumeMismatchError) as err:  # bad input, or
-        # a run already there that these flags cannot continue
+    except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:  # bad
+        # input, or an output folder this run cannot use
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        return 3 if isinstance(err, DivergenceError) else 2
+    except KeyboardInterrupt as err:  # SIGINT or SIGTERM, state saved: 128 + signal
+        return 128 + getattr(err, "signum", signal.SIGINT)
     counts = (result.report or {}).get("counts")
     print(f"outputs in {out}" + (f"; counts {counts}" if counts else ""))
     return 0

@@ -38,3 +38,25 @@ def test_table2_tiny(tmp_path):
     assert "CrystalGAN, constraints" in md and md in proc.stdout
     clash_metrics = Path(methods["crystalgan+clash"]["runs"][0]["output_dir"]) / "metrics.jsonl"
     assert "L_clash" in clash_metrics.read_text().splitlines()[-1]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods=crystalgan,nope"], "--methods: 'nope' is not one of"),
+    (["--seeds="], "--seeds: give at least one seed"),
+    (["--seeds=a,b"], "--seeds: 'a' is not an integer"),
+    (["--seeds=0,-3"], r"seed must be an integer in [0, 4294967295], got -3"),
+])
+def test_table2_checks_methods_and_seeds_before_training(tmp_path, args, message):
+    ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
+    out = tmp_path / "table"
+    cmd = [sys.executable, str(REPO / "experiments" / "table2.py"), "--flagfile=pdni.flags",
+           f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--epochs=2", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: {message}" in proc.stderr
+    assert "==" not in proc.stderr  # no run started
+    assert not out.exists()
