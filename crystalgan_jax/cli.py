@@ -16,6 +16,7 @@ The library itself takes plain arguments; only ``experiments/`` parses flags, wi
 from __future__ import annotations
 
 import dataclasses
+import logging as logging_std
 import re
 import types
 import typing
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from absl import flags
+from absl import logging as absl_logging
 
 from crystalgan_jax.encoding import BLOCKS
 from crystalgan_jax.runner import RunSpec
@@ -261,3 +263,45 @@ def resolve_flagfiles(argv: Sequence[str], folder: str | Path) -> list[str]:
                 arg = f"--flagfile={Path(folder) / name}"
         out.append(arg)
     return out
+
+
+class _OwnInfoOnly(logging_std.Filter):
+    """Passes warnings and errors, and INFO lines from this project's own code only.
+
+    Libraries log through the same absl handler (Orbax one INFO line per checkpoint
+    save, JAX its backend probing); at ``--verbosity=1`` or more everything passes.
+    """
+
+    def __init__(self, own_folders: Sequence[Path]):
+        super().__init__()
+        self.own = tuple(str(Path(f).resolve()) for f in own_folders)
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        if record.levelno >= logging_std.WARNING or absl_logging.get_verbosity() >= 1:
+            return True
+        return str(Path(record.pathname).resolve()).startswith(self.own)
+
+
+def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
+                      script_folder: str | Path | None = None) -> Path | None:
+    """Sets up absl logging for a script after its flags are parsed.
+
+    Progress goes through ``absl.logging`` at INFO (shown by default; ``--verbosity=-1``
+    hides it, ``--verbosity=1`` adds per-sample details and the libraries' INFO lines).
+    With ``--log_dir`` the same lines also go to a log file there (absl's naming,
+    ``<program>.INFO`` links the latest), and still to the terminal unless
+    ``--noalsologtostderr`` is given.
+
+    Returns:
+      The log file, or None when logging to the terminal only.
+    """
+    handler = absl_logging.get_absl_handler()
+    folders = [Path(__file__).resolve().parent] + ([Path(script_folder)] if script_folder else [])
+    handler.addFilter(_OwnInfoOnly(folders))
+    if not flag_values["log_dir"].value:
+        return None
+    Path(flag_values["log_dir"].value).mkdir(parents=True, exist_ok=True)
+    if not flag_values["alsologtostderr"].present:
+        flag_values.alsologtostderr = True
+    handler.start_logging_to_file(log_dir=flag_values["log_dir"].value)
+    return Path(handler.python_handler.stream.name)

@@ -91,6 +91,7 @@ def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.configure_logging(FLAGS, HERE)
     if not FLAGS.evaluate:
         raise app.UsageError("--noevaluate: the table is made of the runs' evaluations")
     try:
@@ -128,7 +129,7 @@ def make_table(base) -> dict[str, dict]:
             spec = dataclasses.replace(
                 base, seed=seed, output_dir=str(out / method / f"seed{seed}"),
                 train=method_config(base.train, method))
-            print(f"== {method}, seed {seed}", file=sys.stderr, flush=True)
+            logging.info("== %s, seed %d", method, seed)
             tic = time.perf_counter()
             result = run(spec)
             runs.append({"seed": seed, "output_dir": spec.output_dir,

@@ -26,6 +26,7 @@ flags.adopt_module_key_flags(cli)  # so that --help lists them
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.configure_logging(FLAGS, HERE)
     try:
         spec = cli.spec_from_flags(FLAGS, data_root=HERE.parent)
     except cli.UsageError as err:
