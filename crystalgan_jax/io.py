@@ -288,12 +288,18 @@ def _ase_frames(path: Path) -> list[tuple[str, int | None, "object"]]:
     """(source label, line or None, ase.Atoms) per structure of a file ASE reads."""
     import ase.db
     import ase.io
-    from ase.io.formats import UnknownFileTypeError, filetype
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 
     try:
-        fmt = filetype(str(path), guess=False)
+        fmt = filetype(str(path))  # from the contents, else the name
     except (UnknownFileTypeError, OSError) as err:
-        raise StructureFileError(path, f"not a structure format ASE reads: {err}") from None
+        fmt, reason = None, str(err)
+    else:
+        reason = f"ASE has no reader for {fmt!r}"
+    if fmt not in ioformats or not ioformats[fmt].can_read:
+        raise StructureFileError(
+            path, f"not a structure format ASE reads ({reason}); give a folder of POSCAR/CIF "
+            "files, a .mat file, or a file ase.io.read reads (extxyz, .traj, .db, ...)")
     if fmt == "db":
         try:
             with ase.db.connect(str(path)) as database:
