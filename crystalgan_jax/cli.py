@@ -265,11 +265,13 @@ def resolve_flagfiles(argv: Sequence[str], folder: str | Path) -> list[str]:
     return out
 
 
-class _OwnInfoOnly(logging_std.Filter):
-    """Passes warnings and errors, and INFO lines from this project's own code only.
+class _LibraryLevels(logging_std.Filter):
+    """Holds the libraries' log lines one level back from this project's own.
 
     Libraries log through the same absl handler (Orbax one INFO line per checkpoint
-    save, JAX its backend probing); at ``--verbosity=1`` or more everything passes.
+    save, JAX hundreds of DEBUG lines per compilation). This project's lines pass as
+    ``--verbosity`` says; a library's pass from WARNING up, from INFO up at
+    ``--verbosity=1``, and all of them at ``--verbosity=2`` or more.
     """
 
     def __init__(self, own_folders: Sequence[Path]):
@@ -277,9 +279,11 @@ class _OwnInfoOnly(logging_std.Filter):
         self.own = tuple(str(Path(f).resolve()) for f in own_folders)
 
     def filter(self, record: logging_std.LogRecord) -> bool:
-        if record.levelno >= logging_std.WARNING or absl_logging.get_verbosity() >= 1:
+        if str(Path(record.pathname).resolve()).startswith(self.own):
             return True
-        return str(Path(record.pathname).resolve()).startswith(self.own)
+        verbosity = absl_logging.get_verbosity()
+        lowest = {0: logging_std.WARNING, 1: logging_std.INFO}.get(verbosity, logging_std.NOTSET)
+        return record.levelno >= (logging_std.WARNING if verbosity < 0 else lowest)
 
 
 def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
@@ -297,7 +301,7 @@ def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
     """
     handler = absl_logging.get_absl_handler()
     folders = [Path(__file__).resolve().parent] + ([Path(script_folder)] if script_folder else [])
-    handler.addFilter(_OwnInfoOnly(folders))
+    handler.addFilter(_LibraryLevels(folders))
     if not flag_values["log_dir"].value:
         return None
     Path(flag_values["log_dir"].value).mkdir(parents=True, exist_ok=True)
