@@ -186,13 +186,11 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             sizes = [d.lattice.shape[0] for d in data]
             chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
             runner = training.make_chunk_runner(stage, nets, cfg, shifts, sizes, on_trace)
-            # Compiled ahead of the first chunk, so that the epochs/s below are steady
-            # rates and the compile time is reported on its own.
-            tic = time.perf_counter()
-            runner = runner.lower(state, data, jnp.arange(chunk) < chunk).compile()
-            compile_s = time.perf_counter() - tic
-            log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call)")
+            runner, compile_s = _compile_ahead(runner, state, data, jnp.arange(chunk) < chunk)
+            if compile_s is not None:
+                log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call)")
             last_saved = int(state.epoch)
+            ahead = compile_s is not None
             stage_epochs, stage_s = 0, 0.0
             while int(state.epoch) < start + cfg.epochs:
                 done = int(state.epoch) - start
@@ -205,7 +203,10 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 chunk_metrics = np.asarray(chunk_metrics)
                 jax.block_until_ready(new_state)
                 elapsed = time.perf_counter() - tic
-                stage_epochs, stage_s = stage_epochs + n, stage_s + elapsed
+                if compile_s is None:  # this call compiled: count it as compile time
+                    compile_s = elapsed
+                else:
+                    stage_epochs, stage_s = stage_epochs + n, stage_s + elapsed
                 rate = n / elapsed
                 for i in range(n):
                     row = {"stage": stage_name, "epoch": done + i + 1,
@@ -225,13 +226,27 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             if stage_epochs:
                 log(f"[{stage_name}] done: {stage_epochs} epochs in {stage_s:.1f} s "
                     f"({stage_epochs / stage_s:.1f} epochs/s steady) + {compile_s:.1f} s "
-                    "compiling")
+                    "compiling" + ("" if ahead else " and the first chunk"))
     except KeyboardInterrupt:
         _save_interrupted(ckpt, state, cfg, log)
         raise
     finally:
         metrics_file.close()
     return state
+
+
+def _compile_ahead(runner: Callable, *args) -> tuple[Callable, float | None]:
+    """``runner`` compiled for ``args`` ahead of its first call, and the seconds it took.
+
+    So that the epochs/s of the progress lines are steady rates and the compile time is
+    reported on its own. A runner that is not a ``jax.jit`` function (e.g. wrapped by a
+    caller) is returned as it is, with None: then its first call compiles.
+    """
+    if not hasattr(runner, "lower"):
+        return runner, None
+    tic = time.perf_counter()
+    compiled = runner.lower(*args).compile()
+    return compiled, time.perf_counter() - tic
 
 
 def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,
