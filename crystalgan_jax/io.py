@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -403,6 +404,29 @@ def right_handed(structure: Structure) -> Structure:
                      coords_are_cartesian=True)
 
 
+# A number printed as zero with a minus sign: "-0.0000000000", "-0.00".
+_NEGATIVE_ZERO = re.compile(r"(?<![\w.])-(0\.0+)(?![\w.])")
+
+
+def without_negative_zero(text: str, padded: bool = False) -> str:
+    """``text`` with every number that prints as a negative zero written as a plain zero.
+
+    A coordinate that is zero in exact arithmetic comes out as +0.0 or -0.0 (or +-1e-17)
+    depending on the CPU and the library build, and the writers print it as
+    ``0.0000000000`` or ``-0.0000000000``. Rounding before formatting cannot prevent this,
+    because pymatgen recomputes Cartesian coordinates from fractional ones when it writes;
+    so the written text is normalised instead, and the same structure gives the same
+    file on every machine.
+
+    Args:
+      text: as a writer printed it.
+      padded: the writer right-aligns numbers in fixed-width columns (POSCAR): the sign
+        becomes a space, as a positive zero would have been printed. Otherwise (CIF, one
+        number after another) the sign is dropped.
+    """
+    return _NEGATIVE_ZERO.sub(r" \1" if padded else r"\1", text)
+
+
 def write_poscar(structure: Structure, path: str | os.PathLike, comment: str | None = None) -> None:
     """Writes a VASP 5 POSCAR (Cartesian, real element symbols) that pymatgen and ASE read.
 
@@ -414,7 +438,8 @@ def write_poscar(structure: Structure, path: str | os.PathLike, comment: str | N
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     poscar = Poscar(structure, comment=comment or structure.composition.reduced_formula,
                     sort_structure=False)
-    Path(path).write_text(poscar.get_str(direct=False, significant_figures=10))
+    Path(path).write_text(without_negative_zero(
+        poscar.get_str(direct=False, significant_figures=10), padded=True))
 
 
 def write_cif(structure: Structure, path: str | os.PathLike) -> None:
@@ -422,4 +447,4 @@ def write_cif(structure: Structure, path: str | os.PathLike) -> None:
     from pymatgen.io.cif import CifWriter
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    CifWriter(right_handed(structure)).write_file(str(path))
+    Path(path).write_text(without_negative_zero(str(CifWriter(right_handed(structure)))))

@@ -212,7 +212,9 @@ def test_clash_penalty_zero_for_reference_structures_positive_when_h_moved(refer
     radii = [covalent_radii[Element(s).Z] for s in layout.symbols]
     shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
     per = jax.vmap(lambda c: geometry.clash_penalty(c, shifts, radii, 0.75))
-    assert float(jnp.max(per(batch))) == 0.0
+    # float32: a pair pymatgen puts a hair outside 0.75 x the radius sum may come out a
+    # hair inside here, so "zero" is a violation below 1e-4 A (squared: 1e-8 A^2)
+    assert float(jnp.max(per(batch))) < 1e-8
     # put the first H of every structure 0.5 A from its first Pd: every structure clashes
     h = batch.positions[0].at[:, 0].set(batch.positions[1][:, 0] + jnp.array([0.5, 0.0, 0.0]))
     moved = per(batch.replace(positions=(h,) + batch.positions[1:]))

@@ -122,3 +122,27 @@ def test_disordered_cif_is_refused_with_the_site(tmp_path):
     io.write_cif(s, tmp_path / "mixed.cif")
     with pytest.raises(io.StructureFileError, match=r"mixed.cif: site \d+ has partial occupancy"):
         io.read_folder(tmp_path, "Pd")
+
+
+@pytest.mark.parametrize("zero", [0.0, -0.0, -1e-17, 1e-17])
+def test_writers_print_a_zero_coordinate_the_same_whatever_its_sign(tmp_path, zero):
+    """A coordinate that is zero up to rounding gives the same text on every CPU."""
+    def written(z):
+        s = Structure(Lattice([[4.0, 0, 0], [z, 4.0, 0], [0, z, 4.0]]), ["H", "Pd"],
+                      [[z, 0.5, z], [0.25, z, 0.5]], coords_are_cartesian=True)
+        io.write_poscar(s, tmp_path / f"{z!r}.vasp")
+        io.write_cif(s, tmp_path / f"{z!r}.cif")
+        return ((tmp_path / f"{z!r}.vasp").read_text(), (tmp_path / f"{z!r}.cif").read_text())
+
+    poscar, cif = written(zero)
+    assert (poscar, cif) == written(0.0)
+    assert "-0.0" not in poscar and "-0.0" not in cif
+    back = io.read_structure(tmp_path / f"{zero!r}.vasp")
+    np.testing.assert_allclose(back.cart_coords[0], [0.0, 0.5, 0.0], atol=1e-12)
+
+
+def test_negative_zero_normalisation_leaves_other_numbers_alone():
+    text = " -0.0000000000 -0.0000000001   1.5 -0.05 x-0.0 -0.00\n"
+    assert (io.without_negative_zero(text, padded=True)
+            == "  0.0000000000 -0.0000000001   1.5 -0.05 x-0.0  0.00\n")
+    assert io.without_negative_zero(text) == " 0.0000000000 -0.0000000001   1.5 -0.05 x-0.0 0.00\n"
