@@ -285,8 +285,9 @@ def _xyz_frame_lines(path: Path, text: str) -> list[int]:
     return starts
 
 
-def _ase_frames(path: Path) -> list[tuple[str, int | None, "object"]]:
-    """(source label, line or None, ase.Atoms) per structure of a file ASE reads."""
+def _ase_frames(path: Path) -> list[tuple[str, str, int | None, "object"]]:
+    """(source label, name for messages, line or None, ase.Atoms) per structure of a file
+    ASE reads."""
     import ase.db
     import ase.io
     from ase.io.formats import UnknownFileTypeError, filetype, ioformats
@@ -304,7 +305,7 @@ def _ase_frames(path: Path) -> list[tuple[str, int | None, "object"]]:
     if fmt == "db":
         try:
             with ase.db.connect(str(path)) as database:
-                return [(f"{path}[id={row.id}]", None, row.toatoms())
+                return [(f"{path}[id={row.id}]", f"row id={row.id}", None, row.toatoms())
                         for row in database.select()]
         except Exception as err:  # sqlite and ASE raise several types
             raise StructureFileError(path, f"unreadable ASE database: {err}") from None
@@ -324,7 +325,7 @@ def _ase_frames(path: Path) -> list[tuple[str, int | None, "object"]]:
         line = lines[len(frames)] if len(frames) < len(lines) else None
         raise StructureFileError(
             path, f"structure {len(frames) + 1}: malformed {fmt} ({err})", line) from None
-    return [(f"{path}[{i}]", lines[i] if i < len(lines) else None, atoms)
+    return [(f"{path}[{i}]", f"structure {i + 1}", lines[i] if i < len(lines) else None, atoms)
             for i, atoms in enumerate(frames)]
 
 
@@ -349,8 +350,8 @@ def read_ase(path: str | os.PathLike, metal: str) -> Domain:
     if not frames:
         raise StructureFileError(path, "holds no structures")
     structures, sources = [], []
-    for i, (source, line, atoms) in enumerate(frames):
-        where = f"structure {i + 1}: "
+    for source, name, line, atoms in frames:
+        where = f"{name}: "
         if not all(atoms.pbc) or abs(atoms.cell.volume) < MIN_CELL_VOLUME:
             raise StructureFileError(
                 path, where + "no periodic cell (needs a lattice with pbc in all three "

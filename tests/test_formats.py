@@ -46,6 +46,11 @@ def test_ase_formats_give_the_poscar_folders_domain(tmp_path, poscar_domain, nam
     label = "[id=1]" if name.endswith(".db") else "[0]"
     assert domain.sources[0] == f"{path}{label}"
     assert provenance.source_file(domain.sources[-1]) == str(path)
+    with pytest.raises(io.StructureFileError) as err:  # the other metal's domain
+        io.read_domain(path, "Ni", mat_block=3)
+    where = "row id=1" if name.endswith(".db") else "structure 1"
+    line = ", line 1" if name.endswith(".extxyz") else ""
+    assert str(err.value) == f"{path}{line}: {where}: holds Pd; this domain takes only Ni and H"
 
 
 def test_extxyz_errors_name_the_file_and_line(tmp_path, poscar_domain):
