@@ -372,26 +372,27 @@ def evaluate_structures(structures: Sequence[Structure], element_a: str, element
 def unique_groups(structures: Sequence[Structure], matcher=None) -> list[int]:
     """Group label per structure: structures that StructureMatcher matches share one.
 
-    Greedy, like ``StructureMatcher.group_structures``: each structure joins the first
-    group whose first member matches it. Default tolerances unless ``matcher`` is given.
+    The groups are ``StructureMatcher.group_structures``'s (each structure joins the
+    first group, per reduced formula, whose first member matches it); labels number the
+    groups in the order of their first member in ``structures``. Default tolerances
+    unless ``matcher`` is given.
     """
     if matcher is None:
         from pymatgen.analysis.structure_matcher import StructureMatcher  # heavy: load late
 
         matcher = StructureMatcher()
-    representatives: list[Structure] = []
-    labels = []
-    for structure in structures:
-        for g, rep in enumerate(representatives):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                same = matcher.fit(rep, structure)
-            if same:
-                labels.append(g)
-                break
-        else:
-            labels.append(len(representatives))
-            representatives.append(structure)
+    if not structures:
+        return []
+    copies = [s.copy() for s in structures]  # distinct objects, even for repeated inputs
+    index = {id(s): i for i, s in enumerate(copies)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        groups = matcher.group_structures(copies)
+    groups = sorted(([index[id(s)] for s in group] for group in groups), key=min)
+    labels = [0] * len(structures)
+    for label, members in enumerate(groups):
+        for i in members:
+            labels[i] = label
     return labels
 
 

@@ -36,7 +36,19 @@ class Weights:
     """l1..l6 of the spec: L = l1 L_GAN(fwd) + l2 L_R(x) + l3 L_GAN(bwd) + l4 L_R(y)
     + l5 L_geo1 + l6 L_geo2, and l7 L_clash, this project's addition (off by default, so
     the paper's objective is unchanged). ``occupancy`` weighs the occupancy term inside
-    each L_R."""
+    each L_R.
+
+    Attributes:
+      l1: weight of L_GAN of the forward direction (A->B).
+      l2: weight of L_R, the cycle loss of the x domain (AH, resp. AHB_g).
+      l3: weight of L_GAN of the backward direction (B->A).
+      l4: weight of L_R, the cycle loss of the y domain (BH, resp. BHA_g).
+      l5: weight of L_geo1 (nearest same-class distances below d1).
+      l6: weight of L_geo2 (nearest same-class distances above d2).
+      l7: weight of L_clash, a repulsion between all atoms closer than clash_factor x
+        the sum of their covalent radii (not in the paper; 0 = off).
+      occupancy: weight of the occupancy cross-entropy inside each L_R.
+    """
 
     l1: float = 1.0
     l2: float = 1.0

@@ -42,8 +42,9 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from crystalgan_jax import encoding, geometry, io, training
+from crystalgan_jax import encoding, geometry, io, provenance, training
 from crystalgan_jax.checkpoints import CheckpointError, Checkpoints
 
 # Rows a block is padded to at most unless n_h / n_metal raise it: every structure is
@@ -97,7 +98,8 @@ class RunSpec:
     """What a run trains on and where it writes.
 
     Attributes:
-      data_ah, data_bh: folder of POSCAR/CIF files or authors' ``.mat`` file per domain.
+      data_ah, data_bh: per domain, a folder of POSCAR/CIF files, an authors' ``.mat``
+        file, or one file of structures that ASE reads (extxyz, .traj, an ASE database).
       element_a, element_b: the metals A and B.
       output_dir: where everything goes.
       train: hyperparameters.
@@ -478,6 +480,11 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             sizes = [d.lattice.shape[0] for d in data]
             chunk = max(1, min(cfg.chunk_epochs, every, cfg.epochs))
             runner = training.make_chunk_runner(stage, nets, cfg, shifts, sizes, on_trace)
+            runner, compile_s = _compile_ahead(runner, state, data, jnp.arange(chunk) < chunk)
+            if compile_s is not None:
+                log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call)")
+            ahead = compile_s is not None
+            stage_epochs, stage_s = 0, 0.0
             while int(state.epoch) < start + cfg.epochs:
                 epoch = int(state.epoch)
                 done = epoch - start
@@ -491,7 +498,12 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 finite = bool(training.tree_all_finite(
                     (new_state.params, new_state.opt_state, chunk_metrics)))
                 chunk_metrics = np.asarray(chunk_metrics)
-                rate = n / (time.perf_counter() - tic)
+                elapsed = time.perf_counter() - tic
+                if compile_s is None:  # this call compiled: count it as compile time
+                    compile_s = elapsed
+                else:
+                    stage_epochs, stage_s = stage_epochs + n, stage_s + elapsed
+                rate = n / elapsed
                 if not finite:
                     raise _diverged(stage_name, stage, cfg, chunk_metrics, n, start, done,
                                     state, ckpt, metrics, metrics_file)
@@ -506,6 +518,10 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 state = new_state
                 log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
                 ckpt.save(state)  # where the policies say: multiples of M, stage ends
+            if stage_epochs:
+                log(f"[{stage_name}] done: {stage_epochs} epochs in {stage_s:.1f} s "
+                    f"({stage_epochs / stage_s:.1f} epochs/s steady) + {compile_s:.1f} s "
+                    "compiling" + ("" if ahead else " and the first chunk"))
     except KeyboardInterrupt as err:
         _save_interrupted(ckpt, state, err, log)
         raise
@@ -514,16 +530,33 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
     return state
 
 
+def _compile_ahead(runner: Callable, *args) -> tuple[Callable, float | None]:
+    """``runner`` compiled for ``args`` ahead of its first call, and the seconds it took.
+
+    So that the epochs/s of the progress lines are steady rates and the compile time is
+    reported on its own. A runner that is not a ``jax.jit`` function (e.g. wrapped by a
+    caller) is returned as it is, with None: then its first call compiles.
+    """
+    if not hasattr(runner, "lower"):
+        return runner, None
+    tic = time.perf_counter()
+    compiled = runner.lower(*args).compile()
+    return compiled, time.perf_counter() - tic
+
+
 def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,
                      out: Path, log: Callable[[str], None]) -> dict[str, dict[str, list[Path]]]:
     """Decodes and writes every generated crystal as POSCAR (.vasp) and CIF.
 
-    A sample that does not decode (no atoms, or a degenerate cell) is reported and skipped;
-    file numbers keep the sample index, so gaps show which. Files of an earlier pass (a
-    resumed run) are removed first, so none of them can be mistaken for this run's.
+    A sample that does not decode (no atoms, or a degenerate cell) is skipped; file
+    numbers keep the sample index, so gaps show which. The skipped samples are summarised
+    in one ``log`` line per kind (count per reason, the first few named) and listed one by
+    one at ``--verbosity=1``. Files of an earlier pass (a resumed run) are removed first,
+    so none of them can be mistaken for this run's.
     """
     shutil.rmtree(out / "structures", ignore_errors=True)
     files: dict[str, dict[str, list[Path]]] = {}
+    skipped: dict[str, dict[str, list[str]]] = {}  # kind -> reason -> samples
     for kind, directions in generated.items():
         files[kind] = {}
         for direction, crystals in directions.items():
@@ -535,7 +568,9 @@ def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: 
                 one = encoding.index(crystals, i)
                 reason = _undecodable(one)
                 if reason:
-                    log(f"skipped {kind}/{direction}/{i:03d}: {reason}")
+                    logging.vlog(1, "skipped %s/%s/%03d: %s", kind, direction, i, reason)
+                    skipped.setdefault(kind, {}).setdefault(_reason_kind(reason), []).append(
+                        f"{direction}/{i:03d}")
                     continue
                 structure = encoding.decode(one, layout)
                 path = folder / f"{i:03d}.vasp"
@@ -543,7 +578,21 @@ def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: 
                 io.write_cif(structure, path.with_suffix(".cif"))
                 paths.append(path)
             files[kind][direction] = paths
+    for kind, reasons in skipped.items():
+        total = sum(len(v) for v in files[kind].values()) + sum(map(len, reasons.values()))
+        log(f"skipped {sum(map(len, reasons.values()))} of {total} {kind} samples: "
+            + "; ".join(f"{len(names)} {reason} ({_first_few(names)})"
+                        for reason, names in reasons.items()))
     return files
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its numbers, so that like failures are counted together."""
+    return reason.split(" (")[0]
+
+
+def _first_few(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
 
 
 # Below this spacing of lattice planes (Angstrom) a generated cell is no crystal, and
@@ -572,7 +621,8 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
 
     Args:
       spec: what to train on and where to write.
-      log: receives progress lines (default: stderr).
+      log: receives progress lines (default: absl ``logging.info``, so ``--verbosity``
+        and ``--log_dir`` of a script apply).
       on_trace: called with the stage name whenever a stage's epochs are traced.
       extra_files: file name -> text, written into the output directory before training
         (train.py records its flags this way, so a crashed run still has them).
@@ -585,7 +635,7 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
       DivergenceError: training produced NaN or inf.
       Interrupted / KeyboardInterrupt: SIGTERM / SIGINT, after saving.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or logging.info
     if spec.train.weights.l7 > 0 and not any(spec.train.clash_radii):
         spec = dataclasses.replace(spec, train=dataclasses.replace(
             spec.train, clash_radii=covalent_radii(spec.element_a, spec.element_b)))
@@ -647,10 +697,20 @@ def _run_locked(spec: RunSpec, ah: io.Domain, bh: io.Domain, log: Callable[[str]
         report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
                                              spec.element_a, spec.element_b, metrics,
                                              d1=cfg.d1, d2=cfg.d2, classes=classes)
+    from crystalgan_jax import export
+
+    extxyz, database = export.write_exports(
+        out, files.get("final", {}), report,
+        {"seed": spec.seed, "method": cfg.method,
+         "system": f"{spec.element_a}-{spec.element_b}-H"})
+    log(f"final structures also in {extxyz} and {database} "
+        f"(e.g. `ase db {database} good_strict=True`)")
     return RunResult(out, layout, state, files, metrics, report)
 
 
 def _config_json(spec: RunSpec, layout: encoding.Layout, ah: io.Domain, bh: io.Domain) -> dict:
     return {"spec": dataclasses.asdict(spec), "layout": dataclasses.asdict(layout),
             "sources_ah": list(ah.sources), "sources_bh": list(bh.sources),
-            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+            "versions": provenance.versions(), "code": provenance.git_commit(),
+            "inputs_sha256": provenance.input_hashes(list(ah.sources) + list(bh.sources))}

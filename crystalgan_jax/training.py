@@ -40,6 +40,7 @@ from crystalgan_jax.encoding import replace_block
 from crystalgan_jax.models import Discriminator, Generator, NoiseGenerator
 
 METHODS = ("crystalgan", "nocons", "discogan", "gan")
+GEOMETRY_FORMS = ("hinge", "paper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +53,25 @@ class TrainConfig:
         (Gaussian noise -> crystal, trained on both domains together).
       epochs: epochs per stage.
       batch_size: minibatch size (paper: 35).
-      learning_rate, beta1, beta2: Adam.
+      learning_rate: Adam's step size.
+      beta1, beta2: Adam's decay rates of the first and second moment estimates.
       generator_steps: generator updates per discriminator update (authors: 5).
       depth, width: hidden layers and units of every MLP (paper: 5 x 100).
       weights: l1..l7 and the occupancy weight.
       d1, d2: allowed nearest-neighbour range, Angstrom.
-      classes: constrained classes as tuples of block indices (H=0, A=1, B=2).
-      geometry_form: "hinge" (default) or "paper".
+      classes: constrained classes as tuples of block indices (H=0, A=1, B=2); on the
+        command line (--constrained) each class is a set of block letters among H, A, B
+        whose atoms are constrained to their nearest atom of the same set (AB =
+        metal-metal).
+      geometry_form: "hinge" (relu(d1 - s)^2 + relu(s - d2)^2) or "paper" (the literal
+        min (d1 - s)^2 and -min (d2 - s)^2).
       latent_dim: noise size of the GAN baseline.
       chunk_epochs: epochs per compiled call; progress and checkpoints happen between.
       max_images: cap on lattice images per axis for the geometric penalty.
-      residual: generators predict a correction to their input coordinates.
-      clash_radii: covalent radii (Angstrom) of H, A and B for the clash term (l7).
+      residual: generators predict a correction to their input coordinates (not in the
+        paper).
+      clash_radii: covalent radii (Angstrom) of H, A and B for the clash term (l7); all
+        zero means the runner takes ASE's covalent radii of the three elements.
       clash_factor: pairs closer than this x the radius sum are penalised by L_clash. 0.8
         leaves a margin over the strict criterion's 0.75, since a hinge settles on its
         boundary.
@@ -100,8 +108,9 @@ class TrainConfig:
         if not 0 < self.d1 < self.d2 < float("inf"):
             raise ValueError(f"need 0 < d1 < d2 (finite), got d1={self.d1}, d2={self.d2}")
         _check_config_ranges(self)
-        if self.geometry_form not in ("hinge", "paper"):
-            raise ValueError(f"geometry_form must be 'hinge' or 'paper', got {self.geometry_form!r}")
+        if self.geometry_form not in GEOMETRY_FORMS:
+            raise ValueError(f"geometry_form must be one of {GEOMETRY_FORMS}, "
+                             f"got {self.geometry_form!r}")
         if self.method == "nocons":
             object.__setattr__(self, "weights",
                                dataclasses.replace(self.weights, l5=0.0, l6=0.0, l7=0.0))

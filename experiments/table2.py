@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train  # noqa: E402  (train.py's flags and their parsing)
+from crystalgan_jax import cli, encoding, evaluation, substitution
+from crystalgan_jax.io import StructureFileError
+from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError, check_output,
+                                   load_domains, run)
+from crystalgan_jax.training import METHODS
 
-from crystalgan_jax import encoding, evaluation, substitution  # noqa: E402
-from crystalgan_jax.io import StructureFileError  # noqa: E402
-from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError,  # noqa: E402
-                                   check_output, load_domains, run)
-from crystalgan_jax.training import METHODS  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
+cli.define_flags(FLAGS)  # train.py's flags: one per RunSpec / TrainConfig / Weights field
+flags.adopt_module_key_flags(cli)  # so that --help lists them
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
 flags.DEFINE_list("methods", ["gan", "discogan", "nocons", "crystalgan"],
                   "Methods to train: train.py's --method values, and crystalgan+clash "
@@ -121,13 +121,15 @@ def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+    cli.configure_logging(FLAGS, HERE)
     if not FLAGS.evaluate:
         raise app.UsageError("--noevaluate: the table is made of the runs' evaluations")
     try:
-        base = train.spec_from_flags()
+        base = cli.spec_from_flags(FLAGS, data_root=HERE.parent)
         seeds = parse_seeds(FLAGS.seeds)
         specs = run_specs(base, check_methods(FLAGS.methods), seeds)  # all checked up front
+    except cli.UsageError as err:
+        raise app.UsageError(str(err)) from None
     except ValueError as err:  # a hyperparameter, seed or method out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -169,7 +171,7 @@ def make_table(base, specs: dict[str, list]) -> dict[str, dict]:
     for method, method_specs in specs.items():
         runs = []
         for spec in method_specs:
-            print(f"== {method}, seed {spec.seed}", file=sys.stderr, flush=True)
+            logging.info("== %s, seed %d", method, spec.seed)
             tic = time.perf_counter()
             result = run(spec)
             runs.append({"seed": spec.seed, "output_dir": spec.output_dir,
@@ -191,4 +193,4 @@ def make_table(base, specs: dict[str, list]) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=train._resolve_flagfiles(sys.argv))
+    app.run(main, argv=cli.resolve_flagfiles(sys.argv, HERE))

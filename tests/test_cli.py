@@ -35,7 +35,7 @@ def test_wrong_metal_and_unknown_flagfile_from_experiments_dir(tmp_path):
     assert proc.returncode == 2
     assert "holds Ni; this domain takes only Pd and H" in proc.stderr
     assert str(sorted(bh.iterdir())[0]) in proc.stderr
-    proc = _train(["--constrained=AX"], cwd=tmp_path)
+    proc = _train(["--flagfile=pdni.flags", "--constrained=AX"], cwd=tmp_path)
     assert proc.returncode != 0 and "'X' is not one of" in proc.stderr
 
 

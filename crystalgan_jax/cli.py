@@ -1,0 +1,311 @@
+"""Command-line flags derived from the run's configuration dataclasses.
+
+Every field of :class:`crystalgan_jax.runner.RunSpec`, of its
+:class:`crystalgan_jax.training.TrainConfig` and of that one's
+:class:`crystalgan_jax.losses.Weights` becomes exactly one absl flag. The flag's default
+is the field's default (there is no second copy to drift), its help text is the
+field's entry in the class docstring's ``Attributes:`` section, and its kind follows the
+field's type (bool, int, float, str, tuple -> comma-separated list). A field without a
+default (the data, the elements, the output folder) becomes a required flag. Flagfiles
+(``--flagfile=...``) and command-line flags override the defaults.
+
+The library itself takes plain arguments; only ``experiments/`` parses flags, with
+:func:`define_flags` at import and :func:`spec_from_flags` in ``main``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as logging_std
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from absl import flags
+from absl import logging as absl_logging
+
+from crystalgan_jax.encoding import BLOCKS
+from crystalgan_jax.runner import RunSpec
+from crystalgan_jax.training import GEOMETRY_FORMS, METHODS
+
+# Flag names that differ from their field's name (kept for existing flagfiles and
+# commands): the field path "Class.field" -> flag name.
+FLAG_NAMES = {"Weights.occupancy": "occupancy_weight", "TrainConfig.classes": "constrained"}
+# Fields whose value is one of a fixed set: enum flags.
+CHOICES = {"TrainConfig.method": METHODS, "TrainConfig.geometry_form": GEOMETRY_FORMS}
+
+
+class UsageError(ValueError):
+    """A flag value that cannot be turned into the field's value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagField:
+    """One flag and the dataclass field it sets.
+
+    Attributes:
+      flag: the flag's name.
+      owner: the dataclass that holds the field.
+      field: the field.
+      path: attribute names from the RunSpec down to the field, e.g. ("train", "d1").
+      help: the field's docstring entry.
+    """
+
+    flag: str
+    owner: type
+    field: dataclasses.Field
+    path: tuple[str, ...]
+    help: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner.__name__}.{self.field.name}"
+
+    @property
+    def has_default(self) -> bool:
+        return (self.field.default is not dataclasses.MISSING
+                or self.field.default_factory is not dataclasses.MISSING)
+
+    @property
+    def default(self) -> Any:
+        if self.field.default_factory is not dataclasses.MISSING:
+            return self.field.default_factory()
+        return None if self.field.default is dataclasses.MISSING else self.field.default
+
+
+def docstring_attributes(cls: type) -> dict[str, str]:
+    """Field name -> text of its entry in a Google-style ``Attributes:`` section.
+
+    An entry may name several fields (``learning_rate, beta1, beta2: Adam.``); indented
+    lines below an entry continue it.
+    """
+    lines = (cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:")
+    except StopIteration:
+        return {}
+    out: dict[str, str] = {}
+    indent, names = None, []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            if indent is not None:
+                break
+            continue
+        level = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = level
+        if level < indent:
+            break
+        match = re.match(r"\s*([\w, ]+):\s*(.*)", line) if level == indent else None
+        if match:
+            names = [n.strip() for n in match.group(1).split(",")]
+            for name in names:
+                out[name] = match.group(2).strip()
+        else:
+            for name in names:
+                out[name] = f"{out[name]} {line.strip()}".strip()
+    return out
+
+
+def _nested(hint: Any) -> type | None:
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def flag_fields(cls: type = RunSpec, path: tuple[str, ...] = ()) -> list[FlagField]:
+    """Every leaf field of ``cls`` (nested config dataclasses flattened), in field order.
+
+    Raises:
+      TypeError: a field without a docstring entry (so without help text).
+    """
+    hints = typing.get_type_hints(cls)
+    docs = docstring_attributes(cls)
+    out: list[FlagField] = []
+    for field in dataclasses.fields(cls):
+        inner = _nested(hints[field.name])
+        if inner is not None:
+            out.extend(flag_fields(inner, path + (field.name,)))
+            continue
+        key = f"{cls.__name__}.{field.name}"
+        if field.name not in docs:
+            raise TypeError(f"{key} has no entry in {cls.__name__}'s Attributes docstring; "
+                            "it is the flag's help text")
+        out.append(FlagField(FLAG_NAMES.get(key, field.name), cls, field,
+                             path + (field.name,), docs[field.name]))
+    return out
+
+
+def _classes_to_flag(classes: Sequence[Sequence[int]]) -> list[str]:
+    return ["".join(BLOCKS[b] for b in members) for members in classes]
+
+
+def _classes_from_flag(items: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """["AB", "H"] -> ((1, 2), (0,)) in block indices."""
+    classes = []
+    for item in items:
+        blocks = []
+        for letter in item.strip().upper():
+            if letter not in BLOCKS:
+                raise UsageError(f"--constrained: {letter!r} is not one of {BLOCKS}")
+            blocks.append(BLOCKS.index(letter))
+        classes.append(tuple(sorted(set(blocks))))
+    if not classes:
+        raise UsageError("--constrained: name at least one class, e.g. AB,H")
+    return tuple(classes)
+
+
+def _without_none(hint: Any) -> Any:
+    """``int | None`` -> ``int``; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _converters(item: FlagField, hint: Any) -> tuple[Callable, Callable[[Any], Any], Callable]:
+    """(absl DEFINE function, value -> flag default, flag value -> field value)."""
+    if item.key == "TrainConfig.classes":
+        return flags.DEFINE_list, _classes_to_flag, _classes_from_flag
+    base = _without_none(hint)
+    identity = lambda v: v  # noqa: E731
+    if base is bool:
+        return flags.DEFINE_bool, identity, identity
+    if base is int:
+        return flags.DEFINE_integer, identity, identity
+    if base is float:
+        return flags.DEFINE_float, identity, identity
+    if base is str:
+        if item.key in CHOICES:
+            return (lambda name, default, help, **kw: flags.DEFINE_enum(
+                name, default, CHOICES[item.key], help, **kw)), identity, identity
+        return flags.DEFINE_string, identity, identity
+    if typing.get_origin(base) is tuple:
+        element = typing.get_args(base)[0]
+
+        def parse(values: Sequence[str]) -> tuple:
+            try:
+                return tuple(element(v) for v in values)
+            except ValueError:
+                raise UsageError(f"--{item.flag}: expected {element.__name__} values, "
+                                 f"got {','.join(values)}") from None
+        return flags.DEFINE_list, (lambda v: [str(x) for x in v]), parse
+    raise TypeError(f"{item.key}: no flag kind for type {hint!r}")
+
+
+def _hints(item: FlagField) -> Any:
+    return typing.get_type_hints(item.owner)[item.field.name]
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[FlagField]:
+    """Defines one flag per field (see the module docstring) in ``flag_values``."""
+    items = flag_fields()
+    for item in items:
+        define, to_flag, _ = _converters(item, _hints(item))
+        default = to_flag(item.default) if item.has_default and item.default is not None else None
+        define(item.flag, default, item.help, flag_values=flag_values)
+        if not item.has_default:
+            flags.mark_flag_as_required(item.flag, flag_values=flag_values)
+    return items
+
+
+def _build(cls: type, values: dict[tuple[str, ...], Any], path: tuple[str, ...]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        inner = _nested(hints[field.name])
+        here = path + (field.name,)
+        kwargs[field.name] = _build(inner, values, here) if inner else values[here]
+    return cls(**kwargs)
+
+
+def spec_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                    data_root: str | Path | None = None) -> RunSpec:
+    """The RunSpec the parsed flags describe.
+
+    Args:
+      flag_values: parsed flags, defined by :func:`define_flags`.
+      data_root: relative data paths not found from the working directory are looked up
+        here too (the repository root, so flagfiles work from any folder).
+
+    Raises:
+      UsageError: a list flag that does not parse.
+      ValueError: a hyperparameter out of range (from the dataclasses' checks).
+    """
+    values = {}
+    for item in flag_fields():
+        _, _, from_flag = _converters(item, _hints(item))
+        raw = flag_values[item.flag].value
+        values[item.path] = raw if raw is None else from_flag(raw)
+    spec = _build(RunSpec, values, ())
+    if data_root is not None:
+        spec = dataclasses.replace(spec, data_ah=data_path(spec.data_ah, data_root),
+                                   data_bh=data_path(spec.data_bh, data_root))
+    return spec
+
+
+def data_path(path: str, root: str | Path) -> str:
+    """``path`` itself if it exists or is absolute, else ``root / path`` where that exists."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    candidate = Path(root) / path
+    return str(candidate) if candidate.exists() else path
+
+
+def resolve_flagfiles(argv: Sequence[str], folder: str | Path) -> list[str]:
+    """Rewrites ``--flagfile=NAME`` to ``folder/NAME`` where NAME is not found as given."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--flagfile="):
+            name = arg.split("=", 1)[1]
+            if not Path(name).exists() and (Path(folder) / name).exists():
+                arg = f"--flagfile={Path(folder) / name}"
+        out.append(arg)
+    return out
+
+
+class _LibraryLevels(logging_std.Filter):
+    """Holds the libraries' log lines one level back from this project's own.
+
+    Libraries log through the same absl handler (Orbax one INFO line per checkpoint
+    save, JAX hundreds of DEBUG lines per compilation). This project's lines pass as
+    ``--verbosity`` says; a library's pass from WARNING up, from INFO up at
+    ``--verbosity=1``, and all of them at ``--verbosity=2`` or more.
+    """
+
+    def __init__(self, own_folders: Sequence[Path]):
+        super().__init__()
+        self.own = tuple(str(Path(f).resolve()) for f in own_folders)
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        if str(Path(record.pathname).resolve()).startswith(self.own):
+            return True
+        verbosity = absl_logging.get_verbosity()
+        lowest = {0: logging_std.WARNING, 1: logging_std.INFO}.get(verbosity, logging_std.NOTSET)
+        return record.levelno >= (logging_std.WARNING if verbosity < 0 else lowest)
+
+
+def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
+                      script_folder: str | Path | None = None) -> Path | None:
+    """Sets up absl logging for a script after its flags are parsed.
+
+    Progress goes through ``absl.logging`` at INFO (shown by default; ``--verbosity=-1``
+    hides it, ``--verbosity=1`` adds per-sample details and the libraries' INFO lines).
+    With ``--log_dir`` the same lines also go to a log file there (absl's naming,
+    ``<program>.INFO`` links the latest), and still to the terminal unless
+    ``--noalsologtostderr`` is given.
+
+    Returns:
+      The log file, or None when logging to the terminal only.
+    """
+    handler = absl_logging.get_absl_handler()
+    folders = [Path(__file__).resolve().parent] + ([Path(script_folder)] if script_folder else [])
+    handler.addFilter(_LibraryLevels(folders))
+    if not flag_values["log_dir"].value:
+        return None
+    Path(flag_values["log_dir"].value).mkdir(parents=True, exist_ok=True)
+    if not flag_values["alsologtostderr"].present:
+        flag_values.alsologtostderr = True
+    handler.start_logging_to_file(log_dir=flag_values["log_dir"].value)
+    return Path(handler.python_handler.stream.name)

@@ -1,0 +1,67 @@
+"""Progress and warnings as a user reads them: one summary line, compile time apart, log files."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pymatgen.core import Lattice, Structure
+
+from crystalgan_jax import encoding, runner
+from tests.conftest import REPO, small_domain
+
+
+def test_skipped_samples_are_summarised_in_one_line(tmp_path):
+    good = Structure(Lattice.cubic(4.0), ["Pd", "Ni", "H"], [[0, 0, 0], [0.5, 0.5, 0.5],
+                                                             [0.5, 0, 0]])
+    layout = encoding.Layout("Pd", "Ni", 2, 2, 2)
+    batch = encoding.encode_batch([good] * 6, layout)
+    masks = tuple(np.array(m) for m in batch.masks)
+    for m in masks:
+        m[1:5] = 0.0  # samples 1..4 hold no atom
+    lattice = np.array(batch.lattice)
+    lattice[5] = np.diag([4.0, 4.0, 1e-6])  # sample 5: a flat cell
+    crystals = encoding.Crystal(lattice, batch.positions, masks)
+    messages = []
+    files = runner.write_structures({"final": {"AHB": crystals}}, layout, tmp_path,
+                                    messages.append)
+    assert [p.name for p in files["final"]["AHB"]] == ["000.vasp"]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("skipped 5 of 6 final samples: 4 no atom has occupancy")
+    assert "(AHB/001, AHB/002, AHB/003, ... 1 more)" in messages[0]
+    assert "1 degenerate cell" in messages[0] and "AHB/005" in messages[0]
+
+
+def test_compile_ahead_times_the_compilation_and_passes_other_callables():
+    fn = jax.jit(lambda x: jnp.sin(x) * 2)
+    compiled, seconds = runner._compile_ahead(fn, jnp.ones(3))
+    assert seconds is not None and seconds > 0
+    np.testing.assert_allclose(compiled(jnp.ones(3)), 2 * np.sin(1.0), rtol=1e-6)
+    plain = lambda x: x  # noqa: E731
+    assert runner._compile_ahead(plain, 1) == (plain, None)
+
+
+def test_train_py_logs_progress_to_the_terminal_and_to_log_dir(tmp_path):
+    ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
+    cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--flagfile=pdni.flags",
+           f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={tmp_path / 'out'}",
+           "--epochs=2", "--chunk_epochs=1", "--depth=1", "--width=8", "--batch_size=2",
+           "--generator_steps=1", "--method=discogan", "--noevaluate",
+           f"--log_dir={tmp_path / 'logs'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = list((tmp_path / "logs").glob("*.INFO"))
+    assert logs, os.listdir(tmp_path / "logs")
+    text = logs[0].read_text()
+    for where in (proc.stderr, text):
+        assert "[stage1] compiled in" in where
+        assert "[stage1] epoch 2/2" in where and "epochs/s" in where
+        assert "[stage1] done: 2 epochs in" in where and "epochs/s steady" in where
+        assert "checkpoint_manager" not in where  # Orbax's INFO lines only at --verbosity=1
+    quiet = subprocess.run(cmd[:-1] + ["--overwrite", "--verbosity=-1"], cwd=REPO,
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert quiet.returncode == 0 and "epochs/s" not in quiet.stderr
