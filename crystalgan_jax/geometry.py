@@ -1,8 +1,12 @@
-"""Periodic nearest-neighbour geometry and CrystalGAN's geometric penalty, in pure JAX.
+"""Periodic nearest-neighbour geometry and CrystalGAN's geometric penalty.
 
-Every array function here is written for ONE structure and is jit-, vmap- and
-grad-friendly; lift it over a batch with ``jax.vmap``. Lengths are Angstrom; positions
-are Cartesian unless a docstring says otherwise.
+Every JAX function here is written for ONE structure and is jit-, vmap- and
+grad-friendly; lift it over a batch with ``jax.vmap``. :func:`penalty`,
+:func:`class_nearest` and :func:`clash_energy` take plain arrays (lattice, positions,
+mask, class ids or radii, shifts), so any JAX model can use them; the ``Crystal``
+functions wrap them for CrystalGAN's H/A/B blocks. :func:`host_pair_distances` and the
+neighbour tables are NumPy float64 on the host, for evaluation. Lengths are Angstrom;
+positions are Cartesian unless a docstring says otherwise.
 
 Periodic images. The distance from atom i to atom j is taken over the images
 ``r_j - r_i + k @ L`` for integer triples k in a fixed set of *shifts*. The fractional

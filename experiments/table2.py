@@ -122,6 +122,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.configure_logging(FLAGS, HERE)
+    cli.enable_compilation_cache()
     if not FLAGS.evaluate:
         raise app.UsageError("--noevaluate: the table is made of the runs' evaluations")
     try:

@@ -28,6 +28,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.configure_logging(FLAGS, HERE)
+    cli.enable_compilation_cache()
     try:
         spec = cli.spec_from_flags(FLAGS, data_root=HERE.parent)
     except cli.UsageError as err:
