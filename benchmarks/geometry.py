@@ -58,6 +58,9 @@ import pymatgen.core
 from pymatgen.core import Structure
 
 from crystalgan_jax import encoding, geometry, io
+from crystalgan_jax.training import TrainConfig
+
+PAPER = TrainConfig()  # the paper's d1, d2 (their one definition)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "crystalgan-reference"
@@ -107,7 +110,7 @@ def penalty_value_and_grad(shifts: np.ndarray, form: str) -> Callable:
         crystal = encoding.Crystal(lattice, positions, masks)
 
         def one(c: encoding.Crystal) -> jax.Array:
-            return sum(geometry.geometric_penalty(c, shifts, form=form))
+            return sum(geometry.geometric_penalty(c, shifts, PAPER.d1, PAPER.d2, form=form))
 
         return jnp.mean(jax.vmap(one)(crystal))
 

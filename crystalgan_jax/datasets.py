@@ -222,12 +222,9 @@ def _site_permutations(lattice: np.ndarray, metal_frac: np.ndarray,
 def _min_image_distances(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
     """Pairwise shortest distances (Angstrom) between sites over periodic images.
 
-    Exact for any cell: the pair vectors are wrapped to the minimum image in fractional
-    coordinates, and every lattice image within the longest wrapped distance is tried,
-    from :func:`geometry.image_range` and :func:`geometry.lattice_shifts` (a fixed +-1
-    shell is not enough for thin cells). The arithmetic is NumPy float64 rather than
-    :func:`geometry.pair_distances`: the site sets come in many shapes, and compiling
-    the JAX kernel for each made the whole build 7x slower for the same numbers.
+    Exact for any cell: :func:`geometry.host_pair_distances` (float64, on the host) over
+    every lattice image within the longest minimum-image pair distance
+    (:func:`geometry.image_range`); a fixed +-1 shell is not enough for thin cells.
 
     Args:
       frac: ``[N, 3]`` fractional coordinates.
@@ -236,13 +233,11 @@ def _min_image_distances(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
       ``[N, N]``; the diagonal (a site and its own images) is ``inf``.
     """
     lattice = np.asarray(lattice, np.float64)
-    delta = np.asarray(frac, np.float64)[None, :, :] - np.asarray(frac, np.float64)[:, None, :]
-    delta -= np.round(delta)
-    wrapped = np.linalg.norm(delta @ lattice, axis=-1)
+    cart = np.asarray(frac, np.float64) @ lattice
+    wrapped = geometry.host_pair_distances(lattice, cart, cart, np.zeros((1, 3)))
     # the minimum image of each pair is at most its wrapped distance away
     shifts = geometry.lattice_shifts(geometry.image_range(lattice, float(wrapped.max())))
-    images = (delta[:, :, None, :] + shifts.astype(np.float64)[None, None]) @ lattice
-    best = np.linalg.norm(images, axis=-1).min(axis=2)
+    best = geometry.host_pair_distances(lattice, cart, cart, shifts).min(axis=2)
     np.fill_diagonal(best, np.inf)
     return best
 

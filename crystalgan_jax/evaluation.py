@@ -7,7 +7,7 @@ per atom, the space group, and three verdicts:
 - *ternary*: holds A, B and H and nothing else;
 - *good (paper)*: ternary, and every atom of a constrained class (default: the metals A
   and B together, and H) has its nearest atom of the same class at a distance in
-  [d1, d2] (default 1.8..3.0 Angstrom); an atom with none within the cutoff fails;
+  [d1, d2] (the caller's thresholds: a run passes its TrainConfig's); an atom with none within the cutoff fails;
 - *good (strict)*: good (paper), no two atoms closer than 0.75 x the sum of their
   covalent radii (``ase.data.covalent_radii``, Cordero et al. 2008), and a volume per
   atom within 2..40 Angstrom^3.
@@ -34,8 +34,6 @@ from pymatgen.core import Lattice, Structure
 from crystalgan_jax import geometry
 from crystalgan_jax.io import HYDROGEN, MIN_CELL_VOLUME
 
-D1 = 1.8  # Angstrom, shortest allowed constrained nearest-neighbour distance
-D2 = 3.0  # Angstrom, longest allowed
 CUTOFF = 3.0  # Angstrom, neighbour table radius (the paper's Figure 5)
 SYMPREC = 0.1  # Angstrom, SpacegroupAnalyzer tolerance
 COVALENT_FACTOR = 0.75  # strict: no pair closer than this x (r_cov_i + r_cov_j)
@@ -260,7 +258,7 @@ def _failed(symbols: Sequence[str], formula: str, volume_per_atom: float,
 
 
 def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
-                       d1: float = D1, d2: float = D2, cutoff: float = CUTOFF,
+                       d1: float, d2: float, cutoff: float = CUTOFF,
                        classes: Classes | None = None, symprec: float = SYMPREC,
                        covalent_factor: float = COVALENT_FACTOR,
                        volume_per_atom_range: tuple[float, float] = VOLUME_PER_ATOM_RANGE,

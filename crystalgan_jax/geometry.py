@@ -309,7 +309,7 @@ def penalty_terms(s: jax.Array, valid: jax.Array, d1: float, d2: float,
     raise ValueError(f"unknown geometric penalty form {form!r}; use 'hinge' or 'paper'")
 
 
-def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float = 1.8, d2: float = 3.0,
+def geometric_penalty(crystal: Crystal, shifts: jax.Array, d1: float, d2: float,
                       classes: Sequence[Sequence[int]] = DEFAULT_CLASSES,
                       form: str = "hinge") -> tuple[jax.Array, jax.Array]:
     """(L_geo1, L_geo2) of one structure: :func:`penalty_terms` of its constrained distances.

@@ -166,7 +166,7 @@ def cycle(reconstructed: Crystal, reconstructed_logits: Sequence[jax.Array], ori
             + occupancy_weight * occupancy(reconstructed_logits, original.masks))
 
 
-def geometric(crystals: Crystal, shifts: jax.Array, d1: float = 1.8, d2: float = 3.0,
+def geometric(crystals: Crystal, shifts: jax.Array, d1: float, d2: float,
               classes: Sequence[Sequence[int]] = geometry.DEFAULT_CLASSES,
               form: str = "hinge") -> tuple[jax.Array, jax.Array]:
     """(L_geo1, L_geo2) averaged over a batch ``[B]`` of Cartesian crystals.

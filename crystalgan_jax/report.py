@@ -67,8 +67,7 @@ def pair_type_distances(evaluations: Sequence[StructureEvaluation], element_a: s
 def plot_distance_histograms(generated: Sequence[StructureEvaluation],
                              training: Sequence[StructureEvaluation], element_a: str,
                              element_b: str, path: str | os.PathLike,
-                             d1: float = evaluation.D1, d2: float = evaluation.D2,
-                             bins: int = 40) -> Path:
+                             d1: float, d2: float, bins: int = 40) -> Path:
     """Histograms of :func:`pair_type_distances`, generated vs training, one panel each.
 
     Each histogram is normalised to fractions of its own atoms so that sets of different
@@ -245,7 +244,7 @@ def write_report(output_dir: str | os.PathLike,
                  generated: Mapping[str, Named] | Named,
                  training_structures: Sequence[Structure], element_a: str, element_b: str,
                  metrics: Sequence[Mapping[str, Any]] | None = None, *,
-                 d1: float = evaluation.D1, d2: float = evaluation.D2,
+                 d1: float, d2: float,
                  cutoff: float = evaluation.CUTOFF, symprec: float = evaluation.SYMPREC,
                  classes: evaluation.Classes | None = None,
                  covalent_factor: float = evaluation.COVALENT_FACTOR,

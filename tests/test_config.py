@@ -123,3 +123,20 @@ def test_docstring_attributes_parser():
 
     assert cli.docstring_attributes(Example) == {"a": "shared text.", "b": "shared text.",
                                                  "c": "own."}
+
+
+def test_thresholds_have_one_default_the_callers_pass_them():
+    """d1 and d2 have their default in TrainConfig only; the penalty, loss and evaluation
+    functions take them from the caller."""
+    import inspect
+
+    from crystalgan_jax import evaluation, geometry, report
+
+    functions = [geometry.geometric_penalty, geometry.penalty, losses.geometric,
+                 evaluation.evaluate_structure, report.write_report,
+                 report.plot_distance_histograms]
+    for fn in functions:
+        params = inspect.signature(fn).parameters
+        for name in ("d1", "d2"):
+            assert params[name].default is inspect.Parameter.empty, (fn.__qualname__, name)
+    assert not hasattr(evaluation, "D1") and not hasattr(evaluation, "D2")

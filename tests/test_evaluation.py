@@ -6,8 +6,11 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
 from crystalgan_jax import datasets, evaluation, geometry, io, report, substitution
+from crystalgan_jax.training import TrainConfig
 
 A, B = "Pd", "Ni"
+# The thresholds a run passes: TrainConfig's defaults, their one definition.
+CRIT = {"d1": TrainConfig.d1, "d2": TrainConfig.d2}
 
 
 def _rocksalt(n_h: int = 4, a: float = 3.9) -> Structure:
@@ -31,7 +34,7 @@ def _pymatgen_min_distances(structure: Structure) -> dict[str, float]:
 
 def test_figure5_passes_paper_fails_strict_on_pd_h(figure5_dir):
     s = io.read_structure(figure5_dir / "POSCAR")
-    ev = evaluation.evaluate_structure(s, A, B)
+    ev = evaluation.evaluate_structure(s, A, B, **CRIT)
     assert ev.ternary and ev.good_paper and not ev.good_strict
     assert ev.good_paper_reason is None
     assert "Pd-H 0.810 A < 0.75*(1.39+0.31)=1.275 A" in ev.good_strict_reason
@@ -55,7 +58,7 @@ def test_figure5_passes_paper_fails_strict_on_pd_h(figure5_dir):
 
 def test_hand_built_ternary_passes_both():
     s = _rocksalt()
-    ev = evaluation.evaluate_structure(s, A, B)
+    ev = evaluation.evaluate_structure(s, A, B, **CRIT)
     assert (ev.ternary, ev.good_paper, ev.good_strict) == (True, True, True), (
         ev.good_paper_reason, ev.good_strict_reason)
     assert ev.spacegroup_number is not None and ev.spacegroup_symbol
@@ -70,14 +73,14 @@ def test_hand_built_ternary_passes_both():
 
 def test_binary_is_not_ternary(reference_domains):
     pdh, _ = reference_domains
-    ev = evaluation.evaluate_structure(pdh.structures[3], A, B)
+    ev = evaluation.evaluate_structure(pdh.structures[3], A, B, **CRIT)
     assert not ev.ternary and not ev.good_paper and not ev.good_strict
     assert "no Ni" in ev.ternary_reason and "not ternary" in ev.good_paper_reason
 
 
 def test_too_distant_same_class_neighbour_fails_paper():
     # one H per cell: its nearest H is its own image at a = 3.9 A, none within 3 A
-    lone = evaluation.evaluate_structure(_rocksalt(n_h=1), A, B)
+    lone = evaluation.evaluate_structure(_rocksalt(n_h=1), A, B, **CRIT)
     assert lone.ternary and not lone.good_paper and not lone.good_strict
     assert lone.good_paper_reason == "H5: no H within 3.0 A"
     # its own images count: the spec's "one H in a cell of edge a has H-H' = a"
@@ -85,11 +88,11 @@ def test_too_distant_same_class_neighbour_fails_paper():
     assert lone.min_distances["H-H"] == pytest.approx(3.9)
     assert lone.good_strict_reason.startswith("fails good (paper)")
     # metals at 2.76 A fail a tighter d2 (within the cutoff, beyond d2) ...
-    tight = evaluation.evaluate_structure(_rocksalt(), A, B, d2=2.5)
+    tight = evaluation.evaluate_structure(_rocksalt(), A, B, d1=CRIT["d1"], d2=2.5)
     assert not tight.good_paper and "Pd1: nearest Pd/Ni 2.758 A > d2=2.500 A" in (
         tight.good_paper_reason)
     # ... unless only H is constrained
-    h_only = evaluation.evaluate_structure(_rocksalt(), A, B, d2=2.5, classes=[("H",)])
+    h_only = evaluation.evaluate_structure(_rocksalt(), A, B, d1=CRIT["d1"], d2=2.5, classes=[("H",)])
     assert not h_only.good_paper and "H5" in h_only.good_paper_reason
     assert "Pd/Ni" not in h_only.good_paper_reason
 
@@ -97,11 +100,11 @@ def test_too_distant_same_class_neighbour_fails_paper():
 def test_odd_cells_are_reported_not_raised():
     flat = Structure(Lattice([[3, 0, 0], [0, 3, 0], [3, 3, 0]]), ["Pd", "Ni", "H"],
                      [[0, 0, 0], [0.5, 0.5, 0], [0.2, 0.1, 0]])
-    ev = evaluation.evaluate_structure(flat, A, B)
+    ev = evaluation.evaluate_structure(flat, A, B, **CRIT)
     assert ev.ternary and not ev.good_paper and "degenerate cell" in ev.good_paper_reason
     stacked = Structure(Lattice.cubic(3.0), ["Pd", "Ni", "H", "H"],
                         [[0, 0, 0], [0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
-    ev = evaluation.evaluate_structure(stacked, A, B)
+    ev = evaluation.evaluate_structure(stacked, A, B, **CRIT)
     assert not ev.good_paper and not ev.good_strict
     assert "Ni-Pd 0.000 A" in ev.good_strict_reason
 
@@ -119,7 +122,7 @@ def test_duplicates_count_once_in_unique():
     other = _rocksalt(a=3.8)
     other.replace(1, "Pd")  # Pd3Ni1H4: a different structure
     structures = [base, _rotated_translated(base), base * (2, 1, 1), other]
-    evs = evaluation.evaluate_structures(structures, A, B)
+    evs = evaluation.evaluate_structures(structures, A, B, **CRIT)
     counts = evaluation.count_verdicts(structures, evs)
     assert counts == {"generated": 4, "ternary": 4, "good_paper": 4, "good_strict": 4,
                       "unique": 2}
@@ -140,7 +143,7 @@ def test_substitution_is_ternary_and_follows_vegard(reference_domains):
     volume = {el: datasets.host_of(el).atomic_volume for el in (A, B)}
     parents = {f"AH[{i}]": (s, A, B) for i, s in enumerate(ah)}
     parents.update({f"BH[{i}]": (s, B, A) for i, s in enumerate(bh)})
-    for s, ev in zip(out, evaluation.evaluate_structures(out, A, B)):
+    for s, ev in zip(out, evaluation.evaluate_structures(out, A, B, **CRIT)):
         assert ev.ternary, ev.ternary_reason
         parent, host, dopant = parents[s.properties["source"]]
         x = s.composition[dopant] / parent.composition[host]
@@ -165,14 +168,14 @@ def test_write_report(tmp_path, figure5_dir, reference_domains):
     metrics = [{"stage": stage, "epoch": e, "L_G": 2.0 / (e + 1), "L_D": 1.4,
                 "L_geo2": -0.1 * e} for stage in ("step1", "step3") for e in range(5)]
     result = report.write_report(out, generated, pdh.structures[:4] + nih.structures[:4],
-                                 A, B, metrics)
+                                 A, B, metrics, **CRIT)
     for name in ("report.json", "report.md", "distances.png", "losses.png"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "report.json").read_text())
     assert data == json.loads(json.dumps(result))
 
     structures = [s for entries in generated.values() for _, s in entries]
-    direct = evaluation.count_verdicts(structures, evaluation.evaluate_structures(structures, A, B))
+    direct = evaluation.count_verdicts(structures, evaluation.evaluate_structures(structures, A, B, **CRIT))
     assert set(data["counts"]) == {"generated", "ternary", "good_paper", "good_strict", "unique"}
     assert data["counts"] == direct
     assert direct["good_strict"] == 2 and direct["unique"] == 1  # the rocksalt, twice
@@ -198,7 +201,7 @@ def test_write_run_report_reads_the_final_files(tmp_path, figure5_dir):
             path = tmp_path / "structures" / "final" / direction / f"{i:03d}.vasp"
             io.write_poscar(s, path)
             files["final"][direction].append(path)
-    result = report.write_run_report(tmp_path, files, [], A, B)
+    result = report.write_run_report(tmp_path, files, [], A, B, **CRIT)
     assert result["counts"] == {"generated": 3, "ternary": 3, "good_paper": 2,
                                 "good_strict": 1, "unique": 1}
     assert result["structures"][0]["file"] == "structures/final/AHB/000.vasp"
@@ -216,8 +219,8 @@ def test_neighbour_table_is_bounded_and_a_prefix_of_the_full_table():
     thin = Structure(Lattice([[2.2, 0, 0], [0.3, 2.1, 0], [0.2, 0.1, 0.6]]),
                      ["Pd", "Ni", "H", "H"], [[0, 0, 0], [0.5, 0.5, 0.1], [0.2, 0.7, 0.5],
                                               [0.6, 0.1, 0.3]])
-    bounded = evaluation.evaluate_structure(thin, A, B)
-    full = evaluation.evaluate_structure(thin, A, B, max_neighbours=None)
+    bounded = evaluation.evaluate_structure(thin, A, B, **CRIT)
+    full = evaluation.evaluate_structure(thin, A, B, max_neighbours=None, **CRIT)
     assert all(len(row) <= evaluation.MAX_NEIGHBOURS for row in bounded.neighbours)
     assert max(len(row) for row in full.neighbours) > evaluation.MAX_NEIGHBOURS
     for short, long in zip(bounded.neighbours, full.neighbours):

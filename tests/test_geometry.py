@@ -159,12 +159,12 @@ def test_penalty_vmaps_and_jits_over_a_batch(reference_domains):
     layout = encoding.Layout.fit("Pd", "Ni", structures)
     batch = encoding.encode_batch(structures, layout, dtype=np.float32)
     shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
-    fn = jax.jit(jax.vmap(lambda c: geometry.geometric_penalty(c, shifts)))
+    fn = jax.jit(jax.vmap(lambda c: geometry.geometric_penalty(c, shifts, 1.8, 3.0)))
     geo1, geo2 = fn(jax.tree_util.tree_map(jnp.asarray, batch))
     assert geo1.shape == (12,)
     for i in (0, 7):
         one = geometry.geometric_penalty(
-            jax.tree_util.tree_map(jnp.asarray, encoding.index(batch, i)), shifts)
+            jax.tree_util.tree_map(jnp.asarray, encoding.index(batch, i)), shifts, 1.8, 3.0)
         np.testing.assert_allclose([geo1[i], geo2[i]], one, rtol=1e-5)
 
 
