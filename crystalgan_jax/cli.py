@@ -151,9 +151,7 @@ def _classes_from_flag(items: Sequence[str]) -> tuple[tuple[int, ...], ...]:
                 raise UsageError(f"--constrained: {letter!r} is not one of {BLOCKS}")
             blocks.append(BLOCKS.index(letter))
         classes.append(tuple(sorted(set(blocks))))
-    if not classes:
-        raise UsageError("--constrained: name at least one class, e.g. AB,H")
-    return tuple(classes)
+    return tuple(classes)  # empty: refused by TrainConfig's checks, never a silent default
 
 
 def _without_none(hint: Any) -> Any:
