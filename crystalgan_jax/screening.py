@@ -42,10 +42,13 @@ from crystalgan_jax.io import HYDROGEN
 DEFAULT_FMAX = 0.1  # eV/A, CHGNet's StructOptimizer default
 DEFAULT_MAX_STEPS = 500  # FIRE steps
 STABILITY_THRESHOLD = 0.1  # eV/atom above the hull still counted as stable (MatterGen's)
-# A relaxation whose volume per atom leaves this range has collapsed or exploded (A^3):
-# the densest hydrides have ~2 A^3 per atom, and CHGNet's 6 A graph cutoff sees nothing
-# in a cell sparser than a few hundred.
-VOLUME_PER_ATOM_RANGE = (0.5, 500.0)
+# Volume per atom (A^3) a structure must keep: outside it a candidate is refused and a
+# relaxation stopped as diverged. The bound below also bounds CHGNet's graphs (neighbours
+# within 6 A grow as 1 / volume per atom): a reference Pd-H cell of 1.92 A^3 per atom
+# collapsing under FIRE took a process to 3.7 GB before the out-of-memory killer. The
+# densest real hydrides have about 2 A^3 per atom; CHGNet's 6 A cutoff sees nothing in a
+# cell sparser than a few hundred.
+VOLUME_PER_ATOM_RANGE = (1.0, 500.0)
 # Two atoms closer than this after relaxation: the potential did not push them apart
 # (shortest real bond, H-H in H2, is 0.74 A).
 MIN_SENSIBLE_DISTANCE = 0.5  # Angstrom
@@ -201,8 +204,8 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
         energy = float(atoms.get_potential_energy())
         energies.append(energy)
         v = atoms.get_volume() / len(atoms)
-        if not math.isfinite(energy) or (relax_cell and not (VOLUME_PER_ATOM_RANGE[0] / 10
-                                                             <= v <= VOLUME_PER_ATOM_RANGE[1] * 10)):
+        if not math.isfinite(energy) or (relax_cell and not (VOLUME_PER_ATOM_RANGE[0]
+                                                             <= v <= VOLUME_PER_ATOM_RANGE[1])):
             # stop at once: a runaway cell only gets slower to evaluate
             raise _Diverged(f"ran away at step {len(energies) - 1} (energy {energy:.4g} eV, "
                             f"volume per atom {v:.3g} A^3)")
@@ -212,6 +215,11 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
         return Relaxation(status, reason, max(len(energies) - 1, 0), energies, e, max_force,
                           structure, final, time.perf_counter() - tic)
 
+    v = structure.volume / max(len(structure), 1)
+    low, high = VOLUME_PER_ATOM_RANGE
+    if len(structure) == 0 or not low <= v <= high:
+        return result("error", f"refused: volume per atom {v:.3g} A^3 outside {low:g}..{high:g} "
+                      "A^3 (CHGNet's graph would explode)")
     try:
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.calc = calculator

@@ -47,11 +47,16 @@ flags.DEFINE_enum("only", "ternary", ["strict", "paper", "ternary", "all"],
 flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "FIRE convergence: largest force (eV/A).")
 flags.DEFINE_integer("max_steps", screening.DEFAULT_MAX_STEPS, "FIRE steps at most.")
 flags.DEFINE_integer("threads", 1, "PyTorch threads (torch.set_num_threads).")
+flags.DEFINE_string("hull_journal", None, "Journal of the training structures' relaxations "
+                    "(default OUTPUT/training_relaxations.jsonl); share one between "
+                    "screenings of the same system to relax the training set once.")
 flags.DEFINE_float("stability_threshold", screening.STABILITY_THRESHOLD,
                    "Stable: converged and E_hull <= this (eV/atom).")
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
+# Counts table2.py --screen adds per run, with their column titles.
+COLUMNS = {"screened": "screened", "stable": "stable", "sun": "S.U.N."}
 
 
 def _log(msg: str) -> None:
@@ -147,7 +152,7 @@ class System:
 
     def __init__(self, element_a: str, element_b: str, data_ah: str, data_bh: str,
                  options: dict[str, Any], calculator, fmax: float, max_steps: int,
-                 work_dir: Path, log: Log = _log):
+                 hull_journal: Path, log: Log = _log):
         self.element_a, self.element_b, self.options = element_a, element_b, options
         self.fmax, self.max_steps, self.calculator = fmax, max_steps, calculator
         self.settings = {"fmax": fmax, "max_steps": max_steps,
@@ -166,7 +171,7 @@ class System:
         named = [(f"{d.sources[i] if i < len(d.sources) else i}", s)
                  for d in (ah, bh) for i, s in enumerate(d.structures)]
         named = [(f"{k:03d} {n}", s) for k, (n, s) in enumerate(named)]
-        journal = Journal(work_dir / "training_relaxations.jsonl", self.settings, log)
+        journal = Journal(hull_journal, self.settings, log)
         log(f"relaxing the {len(named)} training structures for the hull "
             f"(journal {journal.path})")
         relaxed = relax_journaled(named, calculator, journal, fmax, max_steps, log, "hull")
@@ -270,6 +275,49 @@ def run_system(run_dir: Path | None) -> dict[str, Any]:
             "options": {"d1": base.train.d1, "d2": base.train.d2, "classes": classes}}
 
 
+def screen_table(table: dict[str, dict], base, out: Path, log: Log = _log) -> None:
+    """table2.py --screen: every run's final structures and the substitution baseline.
+
+    One CHGNet model and one hull (journal ``out/screening/training_relaxations.jsonl``)
+    for all; each run's screening goes into ``RUN/screening`` (linked from its report.md),
+    the baseline's into ``out/substitution/screening``, where novelty is judged against
+    the training set only. Adds ``screened``, ``stable``, ``sun`` to each run's counts
+    and the screening's wall time as ``screen_s``.
+    """
+    tic = time.perf_counter()
+    calculator = screening.load_calculator(FLAGS.threads)
+    log(f"CHGNet {screening.model_version(calculator)} loaded in "
+        f"{time.perf_counter() - tic:.1f}s ({FLAGS.threads} torch thread(s))")
+    a, b = base.element_a, base.element_b
+    options = {"d1": base.train.d1, "d2": base.train.d2,
+               "classes": encoding.class_symbols(base.train.classes, a, b)}
+    system = System(a, b, base.data_ah, base.data_bh, options, calculator, FLAGS.fmax,
+                    FLAGS.max_steps, out / "screening" / "training_relaxations.jsonl", log)
+    for method, row in table.items():
+        for run in row["runs"]:
+            tic = time.perf_counter()
+            if method == "substitution":
+                named = [(f"{k:03d}.vasp", s) for k, s in enumerate(system.substitution)]
+                dest, run_dir, title = out / "substitution" / "screening", None, "substitution"
+            else:
+                run_dir = Path(run["output_dir"])
+                folder = run_dir / "structures" / "final"
+                named = [(str(p.relative_to(folder)), io.read_structure(p))
+                         for p in structure_files(folder)]
+                dest, title = run_dir / "screening", f"{method}, seed {run['seed']}"
+            candidates = select(named, a, b, FLAGS.only, options)
+            log(f"== screening {title}: {len(candidates)} of {len(named)} pass "
+                f"--only={FLAGS.only}")
+            result = system.screen(candidates, dest, title, FLAGS.stability_threshold, log,
+                                   with_substitution=method != "substitution")
+            if run_dir is not None:
+                link_from_report(run_dir / "report.md", dest / "screening.md",
+                                 result["counts"])
+            run["counts"].update({k: result["counts"][k] for k in COLUMNS})
+            run["screen_s"] = round(time.perf_counter() - tic, 1)
+            run["screening"] = str(dest / "screening.json")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -298,7 +346,8 @@ def main(argv: list[str]) -> int:
     try:
         sys_ = System(system["element_a"], system["element_b"], system["data_ah"],
                       system["data_bh"], system["options"], calculator, FLAGS.fmax,
-                      FLAGS.max_steps, out)
+                      FLAGS.max_steps,
+                      Path(FLAGS.hull_journal or out / "training_relaxations.jsonl"))
         result = sys_.screen(candidates, out, str(run_dir or folder),
                              FLAGS.stability_threshold)
     except KeyboardInterrupt:
