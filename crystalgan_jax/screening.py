@@ -52,6 +52,12 @@ VOLUME_PER_ATOM_RANGE = (1.0, 500.0)
 # Two atoms closer than this after relaxation: the potential did not push them apart
 # (shortest real bond, H-H in H2, is 0.74 A).
 MIN_SENSIBLE_DISTANCE = 0.5  # Angstrom
+# Largest CHGNet bond-angle graph (sum over atoms of (bonds within 3 A)^2) a structure
+# may have. The reference Pd-H cells have at most ~2,600; one of them, PdH6 at 1.92 A^3
+# per atom, has 56,840, and CHGNet took a process past 4.9 GB on it before the
+# out-of-memory killer stopped it. Such a structure is refused rather than screened.
+MAX_ANGLES = 20_000
+BOND_CUTOFF = 3.0  # Angstrom, CHGNet's bond-graph cutoff
 H2_BOX = 12.0  # Angstrom, cubic box of the H2 reference: H2 images far beyond the cutoff
 
 Progress = Callable[[str], None]
@@ -167,6 +173,14 @@ def _min_distance(structure: Structure) -> float:
     return math.inf if d is None else float(d.min())
 
 
+def angle_count(atoms) -> int:
+    """Size of CHGNet's bond-angle graph: sum over atoms of (neighbours within 3 A)^2."""
+    from ase.neighborlist import neighbor_list
+
+    centres = neighbor_list("i", atoms, BOND_CUTOFF)
+    return int((np.bincount(centres, minlength=len(atoms)).astype(np.int64) ** 2).sum())
+
+
 def _check_sane(structure: Structure, energy: float, check_volume: bool) -> str | None:
     """Why a (relaxed) structure is unphysical, or None."""
     if not math.isfinite(energy):
@@ -209,6 +223,9 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
             # stop at once: a runaway cell only gets slower to evaluate
             raise _Diverged(f"ran away at step {len(energies) - 1} (energy {energy:.4g} eV, "
                             f"volume per atom {v:.3g} A^3)")
+        if relax_cell and angle_count(atoms) > MAX_ANGLES:
+            raise _Diverged(f"collapsed at step {len(energies) - 1}: more than {MAX_ANGLES} "
+                            f"bond angles within {BOND_CUTOFF:g} A")
 
     def result(status, reason, final=None, max_force=None):
         e = energies[-1] / len(structure) if energies and final is not None else None
@@ -217,11 +234,15 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
 
     v = structure.volume / max(len(structure), 1)
     low, high = VOLUME_PER_ATOM_RANGE
-    if len(structure) == 0 or not low <= v <= high:
+    if len(structure) == 0 or v < low or (relax_cell and v > high):
         return result("error", f"refused: volume per atom {v:.3g} A^3 outside {low:g}..{high:g} "
                       "A^3 (CHGNet's graph would explode)")
     try:
         atoms = AseAtomsAdaptor.get_atoms(structure)
+        n_angles = angle_count(atoms)
+        if n_angles > MAX_ANGLES:
+            return result("error", f"refused: {n_angles} bond angles within {BOND_CUTOFF:g} A "
+                          f"(> {MAX_ANGLES}); CHGNet would need gigabytes")
         atoms.calc = calculator
         target = FrechetCellFilter(atoms) if relax_cell else atoms
         optimizer = FIRE(target, logfile=None)

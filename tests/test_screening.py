@@ -188,3 +188,20 @@ def test_screen_script_writes_and_resumes(tmp_path):
     second = run()
     assert "2 relaxations reused" in second.stderr and "[screen]" not in second.stderr
     assert json.loads((out / "screening.json").read_text())["counts"] == result["counts"]
+
+
+def test_dense_cell_is_refused_before_chgnet():
+    # PdH6 of the reference data (1.92 A^3 per atom): CHGNet's angle graph would need GBs
+    h = [[.25, .5, 0], [.75, .5, 0], [.75, 0, .5], [.5, .75, 0], [.5, 0, .75], [.5, 0, .25],
+         [.5, .25, 0], [0, .75, .5], [0, .5, .75], [0, .5, .25], [0, .25, .5], [.25, 0, .5]]
+    dense = Structure(Lattice.cubic(2.995), ["H"] * 12 + ["Pd"] * 2,
+                      h + [[.5, .5, .5], [0, 0, 0]])
+    centres, *_ = dense.get_neighbor_list(screening.BOND_CUTOFF)  # pymatgen as reference
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    assert screening.angle_count(AseAtomsAdaptor.get_atoms(dense)) == int(
+        (np.bincount(centres) ** 2).sum()) > screening.MAX_ANGLES
+    r = screening.relax(dense, calculator=None)  # refused before the potential is called
+    assert r.status == "error" and r.reason.startswith("refused") and r.final is None
+    sparse = Structure(Lattice.cubic(20.0), ["Pd"], [[0, 0, 0]])
+    assert screening.relax(sparse, calculator=None).reason.startswith("refused: volume")
