@@ -479,7 +479,8 @@ def relax_all(named: Sequence[tuple[str, Structure]], calculator, *, fmax: float
         if progress:
             what = (f"{r.energy_per_atom:.4f} eV/atom" if r.energy_per_atom is not None
                     else "no energy")
-            progress(f"[{label}] {k + 1}/{len(named)} {name}: {r.status}, {r.steps} steps, "
+            why = f" ({r.reason})" if r.status in ("diverged", "error") else ""
+            progress(f"[{label}] {k + 1}/{len(named)} {name}: {r.status}{why}, {r.steps} steps, "
                      f"{what}, {r.seconds:.1f}s; "
                      f"{_eta(new, todo, time.perf_counter() - tic)}")
     return out
