@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import screen  # noqa: E402  (TEMPORARY: moved into the package next)
+
 from crystalgan_jax import cli, encoding, evaluation, substitution
 from crystalgan_jax.io import StructureFileError
 from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError, check_output,
@@ -41,6 +44,10 @@ flags.DEFINE_list("methods", ["gan", "discogan", "nocons", "crystalgan"],
                   "(CrystalGAN with the clash term, weight --clash_weight).")
 flags.DEFINE_float("clash_weight", 1.0, "l7 of the crystalgan+clash row.")
 flags.DEFINE_bool("with_substitution", True, "Add the substitution baseline.")
+flags.DEFINE_bool("screen", False, "Screen each run's final structures and the substitution "
+                  "baseline with CHGNet (screen.py's --only, --fmax, --max_steps, --threads, "
+                  "--stability_threshold); adds the columns stable and S.U.N. Needs the "
+                  "screen extra.")
 
 LABELS = {"gan": "GAN (noise input)", "discogan": "DiscoGAN (step 1 only)",
           "nocons": "CrystalGAN, no constraints", "crystalgan": "CrystalGAN, constraints",
@@ -91,7 +98,7 @@ def method_config(base, method: str):
 def summarize(per_seed: list[dict[str, int]]) -> dict[str, dict[str, float]]:
     """Mean, standard deviation (population), min and max of each count over seeds."""
     out = {}
-    for key in ("generated",) + COLUMNS:
+    for key in ("generated",) + COLUMNS + tuple(k for k in screen.COLUMNS if k in per_seed[0]):
         values = np.array([c[key] for c in per_seed], float)
         out[key] = {"mean": float(values.mean()), "std": float(values.std()),
                     "min": float(values.min()), "max": float(values.max())}
@@ -101,6 +108,7 @@ def summarize(per_seed: list[dict[str, int]]) -> dict[str, dict[str, float]]:
 def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
              epochs: int) -> str:
     paper = PAPER.get((element_a, element_b), {})
+    screened = [k for k in screen.COLUMNS if all(k in r["summary"] for r in table.values())]
     lines = [f"# Table 2: {element_a}-{element_b}-H",
              "",
              f"Seeds {', '.join(map(str, seeds))}; {epochs} epochs per stage. Counts over the "
@@ -108,13 +116,15 @@ def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
              "(substitution is deterministic). 'paper' is the paper's count of good-quality "
              "ternary compositions.",
              "",
-             "| method | generated | ternary | good (paper) | good (strict) | unique | paper |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| method | generated | ternary | good (paper) | good (strict) | unique | paper |"
+             + "".join(f" {screen.COLUMNS[k]} |" for k in screened),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(screened)]
     for method, row in table.items():
         s = row["summary"]
         cells = [f"{s[k]['mean']:.1f} +- {s[k]['std']:.1f}" for k in ("generated",) + COLUMNS]
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells)
-                     + f" | {paper.get(method, '-')} |")
+                     + f" | {paper.get(method, '-')} |"
+                     + "".join(f" {s[k]['mean']:.1f} +- {s[k]['std']:.1f} |" for k in screened))
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +200,10 @@ def make_table(base, specs: dict[str, list]) -> dict[str, dict]:
         counts = evaluation.count_verdicts(structures, evals)
         table["substitution"] = {"runs": [{"seed": None, "counts": counts}],
                                  "summary": summarize([counts])}
+    if FLAGS.screen:
+        screen.screen_table(table, base, out)
+        for row in table.values():
+            row["summary"] = summarize([r["counts"] for r in row["runs"]])
     return table
 
 
