@@ -29,7 +29,9 @@ def _resolve_flagfiles(argv: list[str]) -> list[str]:
 
 from absl import app, flags, logging  # noqa: E402
 
-from crystalgan_jax import geometry  # noqa: E402
+import jax  # noqa: E402
+
+from crystalgan_jax import geometry, population  # noqa: E402
 from crystalgan_jax.encoding import BLOCKS  # noqa: E402
 from crystalgan_jax.io import StructureFileError  # noqa: E402
 from crystalgan_jax.losses import Weights  # noqa: E402
@@ -78,6 +80,22 @@ flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --out
 flags.DEFINE_bool("overwrite", False, "Delete an existing run in --output_dir first.")
 flags.DEFINE_bool("evaluate", True, "Write report.json / report.md after training.")
 
+# Populations (crystalgan_jax.population): many runs in one compiled program.
+flags.DEFINE_integer("num_seeds", None, "Train a population of this many seeds, --seed, "
+                     "--seed+1, ..., in one program (members/<name>/ per member, pooled "
+                     "candidates/ and report.md).")
+flags.DEFINE_list("seeds", [], "Train a population of these seeds (e.g. 0,3,7) in one program.")
+for i in range(1, 8):
+    flags.DEFINE_list(f"sweep_l{i}", [], f"Population: one member per value of l{i} and seed "
+                      f"(e.g. 0.1,1,10); overrides --l{i}.")
+flags.DEFINE_string("coordinator_address", None, "Several processes (hosts): address "
+                    "host:port of process 0, for jax.distributed.initialize.")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 first.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with what the "
+                  "cluster's environment says (SLURM, TPU pods, ...): a population over "
+                  "every process.")
+
 
 def data_path(path: str) -> str:
     """A relative data path is looked up from the working directory, then the repository root.
@@ -122,6 +140,60 @@ def spec_from_flags() -> RunSpec:
                    n_metal=FLAGS.n_metal, evaluate=FLAGS.evaluate)
 
 
+def is_population() -> bool:
+    """Any population flag (or several processes) takes the population path."""
+    return (FLAGS.num_seeds is not None or bool(FLAGS.seeds)
+            or any(getattr(FLAGS, f"sweep_l{i}") for i in range(1, 8))
+            or FLAGS.distributed or FLAGS.coordinator_address is not None)
+
+
+def population_from_flags(spec: RunSpec) -> population.PopulationSpec:
+    """--seeds or --num_seeds (from --seed on), and the --sweep_l* values."""
+    if FLAGS.seeds and FLAGS.num_seeds is not None:
+        raise app.UsageError("give --seeds or --num_seeds, not both")
+    try:
+        seeds = ([int(s) for s in FLAGS.seeds] if FLAGS.seeds else
+                 list(range(FLAGS.seed, FLAGS.seed + (FLAGS.num_seeds or 1))))
+        sweeps = {f"l{i}": [float(v) for v in getattr(FLAGS, f"sweep_l{i}")]
+                  for i in range(1, 8)}
+    except ValueError as err:
+        raise app.UsageError(f"--seeds / --sweep_l*: not a number ({err})")
+    if FLAGS.num_seeds is not None and FLAGS.num_seeds < 1:
+        raise app.UsageError(f"--num_seeds must be at least 1, got {FLAGS.num_seeds}")
+    members = population.make_members(seeds, spec.train.weights, sweeps)
+    return population.PopulationSpec(spec, members)
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize from the flags, or from the cluster's environment."""
+    if FLAGS.coordinator_address is not None:
+        if FLAGS.num_processes is None or FLAGS.process_id is None:
+            raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+
+def run_population(spec: RunSpec) -> int:
+    try:
+        pop = population_from_flags(spec)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    initialize_distributed()  # before JAX touches a device
+    try:
+        result = population.run(pop, extra_files={"flags.txt": FLAGS.flags_into_string()})
+    except (StructureFileError, FileExistsError, ResumeMismatchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if result.pooled:
+        print(f"outputs in {result.output_dir}; pooled counts {result.pooled['counts']}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -131,6 +203,8 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # a hyperparameter out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if is_population():
+        return run_population(spec)
     out = Path(spec.output_dir)
     try:
         result = run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
