@@ -207,6 +207,35 @@ def member_state(tree, index: int):
     return jax.tree_util.tree_map(lambda a: local_rows(a)[index], tree)
 
 
+def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict:
+    """A population checkpoint as numpy arrays, whatever devices wrote it.
+
+    So a population trained on a pod or over several processes can be read on one
+    machine. Returns ``{"members": {"params": ..., "opt_state": ..., "key": ...,
+    "epoch": ...} (each leaf [P, ...]), "epoch": scalar}``; rows beyond the population's
+    members (see its config.json) are padding.
+    """
+    import orbax.checkpoint as ocp
+
+    ckpt = Checkpoints(checkpoint_dir)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+        folder = "rolling" if (ckpt.directory / "rolling" / str(step)).exists() else "stage1"
+    finally:
+        ckpt.close()
+    path = ckpt.directory / folder / str(step) / "default"
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), tree)
+    restored = checkpointer.restore(path, abstract)
+    checkpointer.close()
+    return jax.tree_util.tree_map(np.asarray, restored)
+
+
 # --- the compiled population --------------------------------------------------------------
 
 @struct.dataclass

@@ -4,8 +4,10 @@
         --seeds=0,1,2 --output_dir=runs/table2_pdni
 
 Trains GAN, DiscoGAN, CrystalGAN without and with constraints (the same training code,
-``--method`` of train.py) for each seed, evaluates the final structures of each run, and
-adds the non-learned substitution baseline. Prints one row per method with
+``--method`` of train.py) for each seed (train.py's ``--seeds``, default 0,1,2, or
+``--num_seeds``), each method's seeds as one population (one compiled program, sharded over
+the devices; ``<output_dir>/<method>/members/seed_N/`` per run), evaluates the final
+structures of each run, and adds the non-learned substitution baseline. Prints one row per method with
 ternary / good (paper) / good (strict) / unique as mean +- standard deviation over seeds,
 next to the paper's figure where the system is one of the paper's; writes
 ``table2.json`` (every count of every run) and ``table2.md``.
@@ -22,18 +24,18 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train  # noqa: E402  (train.py's flags and their parsing)
 
-from crystalgan_jax import encoding, evaluation, substitution  # noqa: E402
+from crystalgan_jax import encoding, evaluation, population, substitution  # noqa: E402
 from crystalgan_jax.io import StructureFileError  # noqa: E402
-from crystalgan_jax.runner import ResumeMismatchError, load_domains, run  # noqa: E402
+from crystalgan_jax.runner import ResumeMismatchError, load_domains  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
 flags.DEFINE_list("methods", ["gan", "discogan", "nocons", "crystalgan"],
                   "Methods to train: train.py's --method values, and crystalgan+clash "
                   "(CrystalGAN with the clash term, weight --clash_weight).")
@@ -99,13 +101,16 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # a hyperparameter out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
+    seeds = table_seeds()
+    train.initialize_distributed()
     try:
-        table = make_table(base)
+        table = make_table(base, seeds)
     except (StructureFileError, FileExistsError, ResumeMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if table is None:  # not process 0
+        return 0
     out = Path(FLAGS.output_dir)
-    seeds = [int(s) for s in FLAGS.seeds]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(table, base.element_a, base.element_b, seeds, base.train.epochs)
     (out / "table2.md").write_text(text)
@@ -117,23 +122,45 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def make_table(base) -> dict[str, dict]:
-    """Every method of --methods for every seed, then substitution: counts and summaries."""
+def table_seeds() -> list[int]:
+    """--seeds, or --num_seeds from --seed on, or 0, 1, 2."""
+    if any(getattr(FLAGS, f"sweep_l{i}") for i in range(1, 8)):
+        raise app.UsageError("table2.py sets the weights per method; --sweep_l* is for train.py")
+    if FLAGS.seeds:
+        return [int(s) for s in FLAGS.seeds]
+    if FLAGS.num_seeds is not None:
+        return list(range(FLAGS.seed, FLAGS.seed + FLAGS.num_seeds))
+    return [0, 1, 2]
+
+
+def make_table(base, seeds: list[int]) -> dict[str, dict] | None:
+    """Every method of --methods for every seed, then substitution: counts and summaries.
+
+    Each method's seeds train as one population; with several processes only process 0
+    returns the table (the others None).
+    """
     out = Path(FLAGS.output_dir)
     table: dict[str, dict] = {}
     for method in FLAGS.methods:
+        train_cfg = method_config(base.train, method)
+        spec = population.PopulationSpec(
+            dataclasses.replace(base, output_dir=str(out / method), train=train_cfg),
+            population.make_members(seeds, train_cfg.weights))
+        print(f"== {method}, seeds {', '.join(map(str, seeds))}", file=sys.stderr, flush=True)
+        tic = time.perf_counter()
+        result = population.run(spec)
+        wall = round(time.perf_counter() - tic, 1)
+        if jax.process_index() != 0:
+            continue
         runs = []
-        for seed in (int(s) for s in FLAGS.seeds):
-            spec = dataclasses.replace(
-                base, seed=seed, output_dir=str(out / method / f"seed{seed}"),
-                train=method_config(base.train, method))
-            print(f"== {method}, seed {seed}", file=sys.stderr, flush=True)
-            tic = time.perf_counter()
-            result = run(spec)
-            runs.append({"seed": seed, "output_dir": spec.output_dir,
-                         "wall_s": round(time.perf_counter() - tic, 1),
-                         "counts": result.report["counts"]})
-        table[method] = {"runs": runs, "summary": summarize([r["counts"] for r in runs])}
+        for m in result.members:
+            folder = result.output_dir / "members" / m.name
+            runs.append({"seed": m.seed, "output_dir": str(folder), "counts": json.loads(
+                (folder / "report.json").read_text())["counts"]})
+        table[method] = {"runs": runs, "wall_s": wall,
+                         "summary": summarize([r["counts"] for r in runs])}
+    if jax.process_index() != 0:
+        return None
     if FLAGS.with_substitution:
         ah, bh = load_domains(base)
         structures = substitution.substitution(ah.structures, bh.structures,
