@@ -28,7 +28,6 @@ Run from the repository root:  ``python benchmarks/population.py [--sizes 1,8,64
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

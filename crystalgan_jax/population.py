@@ -45,7 +45,6 @@ from typing import Any, Callable, Sequence
 
 import flax.struct as struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -398,7 +397,9 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
     nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
 
     out = Path(base.output_dir)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 or not base.overwrite:
+        # process 0 deletes (--overwrite); every process refuses a folder holding a run
+        # without --resume, so that none waits at the barrier for one that stopped
         runner._prepare_output(base)
     _barrier("population: output folder ready")
     out.mkdir(parents=True, exist_ok=True)
