@@ -170,13 +170,17 @@ def main() -> int:
     load_before = os.getloadavg()
     flops = epoch_flops(args.epochs)
     member_flops = sum(flops.values()) * args.epochs  # one member, all stages
-    results = []
+    results, failed = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         proc = subprocess.run([sys.executable, __file__, f"--child={size}",
                                f"--epochs={args.epochs}"], capture_output=True, text=True)
         if proc.returncode != 0:
+            why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
+                   if proc.returncode < 0 else f"exit status {proc.returncode}")
+            print(f"S = {size:3d}: failed, {why}", flush=True)
             print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
+            failed.append({"members": size, "failed": why})
+            continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         steady = sum(r["steady_s_per_epoch"][s] for s in flops) * args.epochs
         r["steady_train_s"] = steady
@@ -190,6 +194,8 @@ def main() -> int:
         r["fraction_of_matmul_rate"] = r["achieved_gflops"] / mm["gflops"]
     print(f"matmul 1024 x 1024 float32: {mm['gflops']:.2f} GFLOP/s (median of "
           f"{mm['repeats']})")
+    if not results:
+        return 1
     ratio = results[-1]["train_s"] / results[0]["train_s"]
     report = {
         "measured": "population.run, paper configuration on the reference data, no "
@@ -200,6 +206,7 @@ def main() -> int:
         "epoch_flops_per_member": flops,
         "matmul": mm,
         "results": results,
+        "failed": failed,
         "ratio": {"sizes": [results[0]["members"], results[-1]["members"]],
                   "train_time_ratio": ratio},
         "environment": {"jax": jax.__version__, "python": platform.python_version(),
