@@ -353,10 +353,20 @@ def _config_json(spec: PopulationSpec, layout, ah, bh, sharding: MemberSharding)
 def _check_resumable(path: Path, config: dict) -> None:
     """runner's check of the shared settings, then the members must be the same."""
     runner._check_resumable(path, config)
-    if path.exists() and json.loads(path.read_text()).get("members") != config["members"]:
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    if saved.get("members") != config["members"]:
         raise runner.ResumeMismatchError(
             f"{path}: cannot resume, the population was made with other members (seeds or "
             "swept weights); use the same flags, or --overwrite")
+    if saved.get("padded_members") != config["padded_members"]:
+        # the checkpoint holds the padded member axis; another device count pads otherwise
+        raise runner.ResumeMismatchError(
+            f"{path}: cannot resume, the member axis was padded to "
+            f"{saved.get('padded_members')} rows over {len(saved.get('devices', []))} "
+            f"device(s), here it is {config['padded_members']} over "
+            f"{len(config['devices'])}; resume with as many devices")
 
 
 def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace=None,
