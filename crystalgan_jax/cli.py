@@ -321,3 +321,48 @@ def enable_compilation_cache() -> None:
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# --- populations (crystalgan_jax.population): many runs in one compiled program ----------
+
+def define_population_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                            members: bool = True) -> None:
+    """The multi-process flags and, with ``members``, --num_seeds, --seeds and
+    --sweep_l1..7 (table2.py chooses its members itself)."""
+    if members:
+        flags.DEFINE_integer("num_seeds", None, "Train a population of this many seeds, "
+                             "--seed, --seed+1, ..., in one program (members/<name>/ per "
+                             "member, pooled candidates/ and report.md).",
+                             flag_values=flag_values)
+        flags.DEFINE_list("seeds", [], "Train a population of these seeds (e.g. 0,3,7) in "
+                          "one program.", flag_values=flag_values)
+        for i in range(1, 8):
+            flags.DEFINE_list(f"sweep_l{i}", [], f"Population: one member per value of l{i} "
+                              f"and seed (e.g. 0.1,1,10); overrides --l{i}.",
+                              flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "Several processes (hosts): address "
+                        "host:port of process 0, for jax.distributed.initialize.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 first.",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with what the "
+                      "cluster's environment says (SLURM, TPU pods, ...): a population over "
+                      "every process.", flag_values=flag_values)
+
+
+def initialize_distributed(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """jax.distributed.initialize from the flags, or from the cluster's environment.
+
+    Call it before JAX touches a device.
+    """
+    import jax
+
+    fv = flag_values
+    if fv.coordinator_address is not None:
+        if fv.num_processes is None or fv.process_id is None:
+            raise UsageError("--coordinator_address needs --num_processes and --process_id")
+        jax.distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
+    elif fv.distributed:
+        jax.distributed.initialize()

@@ -223,7 +223,10 @@ def metric_names(stage: Stage, cfg: TrainConfig) -> tuple[str, ...]:
 
 
 def _uses_clash(stage: Stage, cfg: TrainConfig) -> bool:
-    return stage.geometric and cfg.weights.l7 > 0
+    # A population traces l7 per member (crystalgan_jax.population): an array weight means
+    # the term is computed, and each member's l7 scales it (0 turns it off for that member).
+    l7 = cfg.weights.l7
+    return stage.geometric and (isinstance(l7, jax.Array) or l7 > 0)
 
 
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:

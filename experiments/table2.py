@@ -4,8 +4,10 @@
         --seeds=0,1,2 --output_dir=runs/table2_pdni
 
 Trains GAN, DiscoGAN, CrystalGAN without and with constraints (the same training code,
-``--method`` of train.py) for each seed, evaluates the final structures of each run, and
-adds the non-learned substitution baseline. Prints one row per method with
+``--method`` of train.py) for each seed (train.py's ``--seeds``, default 0,1,2, or
+``--num_seeds``), each method's seeds as one population (one compiled program, sharded over
+the devices; ``<output_dir>/<method>/members/seed_N/`` per run), evaluates the final
+structures of each run, and adds the non-learned substitution baseline. Prints one row per method with
 ternary / good (paper) / good (strict) / unique as mean +- standard deviation over seeds,
 next to the paper's figure where the system is one of the paper's; writes
 ``table2.json`` (every count of every run) and ``table2.md``.
@@ -22,23 +24,25 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import screen  # noqa: E402  (TEMPORARY: moved into the package next)
 
-from crystalgan_jax import cli, encoding, evaluation, substitution
+from crystalgan_jax import cli, encoding, evaluation, population, substitution
 from crystalgan_jax.io import StructureFileError
 from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError, check_output,
-                                   load_domains, run)
+                                   load_domains)
 from crystalgan_jax.training import METHODS
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
 cli.define_flags(FLAGS)  # train.py's flags: one per RunSpec / TrainConfig / Weights field
 flags.adopt_module_key_flags(cli)  # so that --help lists them
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method is trained once per seed.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method's seeds train as one population.")
+cli.define_population_flags(FLAGS, members=False)  # --num_processes etc.
 flags.DEFINE_list("methods", ["gan", "discogan", "nocons", "crystalgan"],
                   "Methods to train: train.py's --method values, and crystalgan+clash "
                   "(CrystalGAN with the clash term, weight --clash_weight).")
@@ -144,9 +148,10 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # a hyperparameter, seed or method out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
+    cli.initialize_distributed(FLAGS)
     try:
-        for spec in (s for method_specs in specs.values() for s in method_specs):
-            check_output(spec)  # every run's folder, before the first run trains
+        for spec in specs.values():
+            check_output(spec.base)  # every method's folder, before the first one trains
         load_domains(base)  # the data, likewise
         table = make_table(base, specs)
     except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:
@@ -154,6 +159,8 @@ def main(argv: list[str]) -> int:
         return 3 if isinstance(err, DivergenceError) else 2
     except KeyboardInterrupt as err:  # SIGINT or SIGTERM: the current run saved its state
         return 128 + getattr(err, "signum", 2)
+    if table is None:  # not process 0
+        return 0
     out = Path(FLAGS.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(table, base.element_a, base.element_b, seeds, base.train.epochs)
@@ -166,29 +173,42 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, list]:
-    """Method -> the RunSpec of each seed; building them checks every seed and method."""
+def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, "population.PopulationSpec"]:
+    """Method -> the population of its seeds (one compiled program per method); building
+    them checks every seed and method."""
     out = Path(FLAGS.output_dir)
-    return {method: [dataclasses.replace(base, seed=seed,
-                                         output_dir=str(out / method / f"seed{seed}"),
-                                         train=method_config(base.train, method))
-                     for seed in seeds]
-            for method in methods}
+    specs = {}
+    for method in methods:
+        train_cfg = method_config(base.train, method)
+        specs[method] = population.PopulationSpec(
+            dataclasses.replace(base, output_dir=str(out / method), train=train_cfg),
+            population.make_members(seeds, train_cfg.weights))
+    return specs
 
 
-def make_table(base, specs: dict[str, list]) -> dict[str, dict]:
-    """Every run of ``specs`` (method -> one spec per seed), then substitution."""
+def make_table(base, specs: dict) -> dict[str, dict] | None:
+    """Every method's population (``specs``: method -> PopulationSpec), then substitution.
+
+    With several processes only process 0 returns the table (the others None).
+    """
     table: dict[str, dict] = {}
-    for method, method_specs in specs.items():
+    for method, spec in specs.items():
+        seeds = [m.seed for m in spec.members]
+        logging.info("== %s, seeds %s", method, ", ".join(map(str, seeds)))
+        tic = time.perf_counter()
+        result = population.run(spec)
+        wall = round(time.perf_counter() - tic, 1)
+        if jax.process_index() != 0:
+            continue
         runs = []
-        for spec in method_specs:
-            logging.info("== %s, seed %d", method, spec.seed)
-            tic = time.perf_counter()
-            result = run(spec)
-            runs.append({"seed": spec.seed, "output_dir": spec.output_dir,
-                         "wall_s": round(time.perf_counter() - tic, 1),
-                         "counts": result.report["counts"]})
-        table[method] = {"runs": runs, "summary": summarize([r["counts"] for r in runs])}
+        for m in result.members:
+            folder = result.output_dir / "members" / m.name
+            runs.append({"seed": m.seed, "output_dir": str(folder), "counts": json.loads(
+                (folder / "report.json").read_text())["counts"]})
+        table[method] = {"runs": runs, "wall_s": wall,
+                         "summary": summarize([r["counts"] for r in runs])}
+    if jax.process_index() != 0:
+        return None
     if FLAGS.with_substitution:
         ah, bh = load_domains(base)
         structures = substitution.substitution(ah.structures, bh.structures,

@@ -1,0 +1,224 @@
+"""Benchmark: populations of S = 1, 8, 64 CrystalGANs against this machine's matmul rate.
+
+What is measured:
+
+* For each S (``--sizes``), in a fresh subprocess (so that its peak memory is its own),
+  :func:`crystalgan_jax.population.run` trains S members (seeds 0..S-1) in the paper
+  configuration (reference Pd-H/Ni-H data, 35 + 35 structures, minibatch 35, MLPs 5 x 100,
+  one D then five G updates, Adam) for ``--epochs`` epochs per stage (default 200), no
+  evaluation, chunks of ``--epochs / 2`` epochs. Recorded: the wall time of the whole call
+  (data, compilation, training, writing the structures), the training time (every chunk
+  call, compilation of each stage's first chunk included), the steady-state time per epoch
+  (second chunk of each stage, no compilation), and the subprocess's peak resident memory
+  (``ru_maxrss``).
+* FLOPs of one epoch of one member, per stage, from XLA's cost analysis of the compiled
+  value-and-gradient of the discriminator loss and of the generator loss on one minibatch:
+  ``steps_per_epoch x (D + generator_steps x G)`` (Adam's elementwise updates left out).
+  Achieved GFLOP/s = S x FLOPs of the epochs / steady-state time.
+* The float32 matmul rate of the same machine in the same run: a jitted 1024 x 1024 @
+  1024 x 1024 product, 2 x 1024^3 FLOPs, median of ``--repeats`` calls.
+
+Timings are wall-clock and depend on other load: the JSON records the load average.
+The last line printed is ``population_64_over_1: X``, the training time of the largest S
+divided by that of S = 1 (both including compilation).
+
+Run from the repository root:  ``python benchmarks/population.py [--sizes 1,8,64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"
+PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate=1e-4,
+             beta1=0.5)
+
+
+def _spec(out: Path, epochs: int):
+    from crystalgan_jax import runner, training
+
+    cfg = training.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
+    return runner.RunSpec(data_ah=str(REFERENCE / "PdH_dataset.mat"),
+                          data_bh=str(REFERENCE / "NiH_dataset.mat"), element_a="Pd",
+                          element_b="Ni", output_dir=str(out), train=cfg,
+                          checkpoint_every=epochs, evaluate=False)
+
+
+def child(size: int, epochs: int) -> dict:
+    """One population of ``size`` members, timed; runs in its own process."""
+    import jax
+
+    from crystalgan_jax import population
+
+    calls: list[tuple[str, int, float]] = []
+    make = population.make_population_runner
+
+    def timed(stage, *args, **kwargs):
+        run_chunk = make(stage, *args, **kwargs)
+
+        def wrapped(members, weights, data, active):
+            tic = time.perf_counter()
+            out = jax.block_until_ready(run_chunk(members, weights, data, active))
+            calls.append((stage.name, int(active.sum()), time.perf_counter() - tic))
+            return out
+        return wrapped
+
+    population.make_population_runner = timed
+    with tempfile.TemporaryDirectory() as tmp:
+        base = _spec(Path(tmp) / "pop", epochs)
+        spec = population.PopulationSpec(
+            base, population.make_members(list(range(size)), base.train.weights))
+        tic = time.perf_counter()
+        population.run(spec, log=lambda m: None)
+        wall = time.perf_counter() - tic
+    steady = {}
+    for stage in dict.fromkeys(name for name, _, _ in calls):
+        chunks = [(n, t) for name, n, t in calls if name == stage]
+        n, t = chunks[-1]  # the last chunk of the stage: compiled already
+        steady[stage] = t / n
+    return {"members": size, "wall_s": wall, "train_s": sum(t for _, _, t in calls),
+            "chunks": calls, "steady_s_per_epoch": steady,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "devices": [str(d) for d in jax.devices()]}
+
+
+def epoch_flops(epochs: int) -> dict[str, float]:
+    """XLA's FLOP count of one epoch of one member, per stage (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from crystalgan_jax import encoding, runner, training
+
+    spec = _spec(Path("unused"), epochs)
+    cfg = spec.train
+    ah, bh = runner.load_domains(spec)
+    layout = encoding.Layout.fit("Pd", "Ni", ah.structures + bh.structures)
+    x, y = (jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(
+        d.structures, layout, dtype=np.float32)) for d in (ah, bh))
+    lattices = np.concatenate([x.lattice, y.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
+    state = training.init_state(jax.random.PRNGKey(0), nets, cfg)
+    shifts = training.penalty_shifts(lattices, cfg)
+    out = {}
+    for name in cfg.stages:
+        stage = training.STAGES[name]
+        data = training.stage_data(name, state, nets, x, y)
+        steps = training.steps_per_epoch([d.lattice.shape[0] for d in data], cfg.batch_size)
+        batch = tuple(jax.tree_util.tree_map(lambda a: a[:cfg.batch_size], d) for d in data)
+        g_loss, d_loss = training._stage_losses(stage, nets, cfg, shifts)
+        gp = {k: state.params[k] for k in stage.generators}
+        dp = {k: state.params[k] for k in stage.discriminators}
+        key = jax.random.PRNGKey(1)
+
+        def flops(fn, *args):
+            cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            return float(cost["flops"])
+
+        d = flops(jax.value_and_grad(d_loss), dp, gp, batch, key)
+        g = flops(jax.value_and_grad(g_loss, has_aux=True), gp, dp, batch, key)
+        out[name] = steps * (d + cfg.generator_steps * g)
+    return out
+
+
+def matmul_rate(repeats: int) -> dict:
+    """Median GFLOP/s of a jitted float32 1024 x 1024 matmul on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (1024, 1024), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (1024, 1024), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    jax.block_until_ready(f(a, b))
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        times.append(time.perf_counter() - tic)
+    median = statistics.median(times)
+    return {"median_s": median, "gflops": 2 * 1024**3 / median / 1e9, "repeats": repeats}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,8,64")
+    parser.add_argument("--epochs", type=int, default=200, help="epochs per stage")
+    parser.add_argument("--repeats", type=int, default=20, help="matmul repeats")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "population.json"))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.epochs)))
+        return 0
+    if not REFERENCE.exists():
+        print(f"reference data not found: {REFERENCE}", file=sys.stderr)
+        return 1
+    import jax
+
+    load_before = os.getloadavg()
+    flops = epoch_flops(args.epochs)
+    member_flops = sum(flops.values()) * args.epochs  # one member, all stages
+    results, failed = [], []
+    for size in (int(s) for s in args.sizes.split(",")):
+        proc = subprocess.run([sys.executable, __file__, f"--child={size}",
+                               f"--epochs={args.epochs}"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
+                   if proc.returncode < 0 else f"exit status {proc.returncode}")
+            print(f"S = {size:3d}: failed, {why}", flush=True)
+            print(proc.stderr[-3000:], file=sys.stderr)
+            failed.append({"members": size, "failed": why})
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        steady = sum(r["steady_s_per_epoch"][s] for s in flops) * args.epochs
+        r["steady_train_s"] = steady
+        r["achieved_gflops"] = size * member_flops / steady / 1e9
+        results.append(r)
+        print(f"S = {size:3d}: wall {r['wall_s']:.1f} s, training {r['train_s']:.1f} s "
+              f"(steady state {steady:.1f} s), peak RSS {r['peak_rss_mib']:.0f} MiB, "
+              f"{r['achieved_gflops']:.2f} GFLOP/s", flush=True)
+    mm = matmul_rate(args.repeats)
+    for r in results:
+        r["fraction_of_matmul_rate"] = r["achieved_gflops"] / mm["gflops"]
+    print(f"matmul 1024 x 1024 float32: {mm['gflops']:.2f} GFLOP/s (median of "
+          f"{mm['repeats']})")
+    if not results:
+        return 1
+    ratio = results[-1]["train_s"] / results[0]["train_s"]
+    report = {
+        "measured": "population.run, paper configuration on the reference data, no "
+                    "evaluation; training time includes compilation; steady state = last "
+                    "chunk of each stage; FLOPs from XLA cost analysis of D and G "
+                    "value_and_grad per minibatch",
+        "epochs_per_stage": args.epochs,
+        "epoch_flops_per_member": flops,
+        "matmul": mm,
+        "results": results,
+        "failed": failed,
+        "ratio": {"sizes": [results[0]["members"], results[-1]["members"]],
+                  "train_time_ratio": ratio},
+        "environment": {"jax": jax.__version__, "python": platform.python_version(),
+                        "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+                        "load_average_before": load_before,
+                        "load_average_after": os.getloadavg()},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"population_{results[-1]['members']}_over_{results[0]['members']}: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

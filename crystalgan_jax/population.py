@@ -1,0 +1,633 @@
+"""Populations: many CrystalGAN runs as one compiled program, sharded over every device.
+
+A population is S *members*, each a whole run of :mod:`crystalgan_jax.runner` with its own
+seed and its own loss weights l1..l7 (and occupancy weight). Their
+:class:`~crystalgan_jax.training.TrainState` pytrees are stacked along a leading member
+axis ``[P]`` and trained together: the per-member chunk function of
+:func:`crystalgan_jax.training.make_chunk_runner` is ``vmap``-ed over that axis, and the
+axis is split over a one-axis :class:`jax.sharding.Mesh` of all devices (of all processes,
+after ``jax.distributed.initialize``) with ``shard_map``, so each device trains its own
+members and no device talks to another while training. ``P`` is S rounded up to a multiple
+of the device count; the padding members repeat member 0 and are dropped on output.
+
+Loss weights are traced per-member values (a ``[P, 8]`` array, :data:`WEIGHT_NAMES`), so a
+weight sweep is one program too. The clash term (l7) is computed only where some member has
+l7 > 0: in a population without it, l7 stays the Python number 0 and the term is left out.
+
+Output folder::
+
+    members/<name>/        one member, in the layout of a single run (structures/,
+                           metrics.jsonl, report.md/.json, plots, config.json);
+                           <name> is e.g. seed_3 or seed_3_l5_0.1 (swept weights only)
+    candidates/            every strictly good structure of all members once (one file
+                           per StructureMatcher group across members), .vasp and .cif
+    report.md, report.json members ranked by unique strictly good structures, with their
+                           settings; then the pooled candidates
+    checkpoints/           Orbax checkpoints of the whole population (``rolling/``,
+                           ``stage1/``), written by all processes together
+    config.json            the base run spec and the members
+
+With several processes each trains, writes and evaluates the members held by its devices;
+process 0 prepares the folder and writes the pooled outputs once all are done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import flax.struct as struct
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from crystalgan_jax import encoding, evaluation, io, losses, runner, training
+from crystalgan_jax.checkpoints import Checkpoints
+
+AXIS = "members"
+WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
+SWEEPABLE = tuple(f"l{i}" for i in range(1, 8))
+
+
+# --- members ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One run of the population: its seed, loss weights, and the weights that vary.
+
+    Attributes:
+      seed: PRNG seed, as ``RunSpec.seed`` of a single run.
+      weights: l1..l7 and occupancy of this member.
+      swept: names of the weights that differ between members (they name the folder).
+    """
+
+    seed: int
+    weights: losses.Weights
+    swept: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Folder name: ``seed_3``, or ``seed_3_l5_0.1`` with the swept weights."""
+        return "_".join([f"seed_{self.seed}"]
+                        + [f"{k}_{getattr(self.weights, k):g}" for k in self.swept])
+
+    def settings(self) -> dict[str, float | int]:
+        return {"seed": self.seed, **{k: getattr(self.weights, k) for k in self.swept}}
+
+
+def make_members(seeds: Sequence[int], weights: losses.Weights,
+                 sweeps: dict[str, Sequence[float]] | None = None) -> tuple[Member, ...]:
+    """One member per seed and combination of swept values (seed outermost).
+
+    Args:
+      seeds: PRNG seeds, distinct.
+      weights: the weights every member starts from.
+      sweeps: weight name (l1..l7) -> values; each combination is one member per seed.
+    """
+    sweeps = {k: list(v) for k, v in (sweeps or {}).items() if v}
+    if not seeds:
+        raise ValueError("a population needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+    for name, values in sweeps.items():
+        if name not in SWEEPABLE:
+            raise ValueError(f"cannot sweep {name!r}; sweepable weights are {SWEEPABLE}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"--sweep_{name}: values must be distinct, got {values}")
+        if any(v < 0 for v in values):
+            raise ValueError(f"--sweep_{name}: weights must be >= 0, got {values}")
+    names = tuple(sweeps)
+    members = []
+    for seed in seeds:
+        for combo in itertools.product(*sweeps.values()):
+            w = dataclasses.replace(weights, **dict(zip(names, map(float, combo))))
+            members.append(Member(int(seed), w, names))
+    return tuple(members)
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationSpec:
+    """A population: the run spec all members share, and the members.
+
+    ``base.output_dir`` is the population's folder; ``base.seed`` and ``base.train.weights``
+    are replaced by each member's. ``base.resume``/``overwrite``/``evaluate``/
+    ``checkpoint_every`` apply to the whole population.
+    """
+
+    base: runner.RunSpec
+    members: tuple[Member, ...]
+
+    def __post_init__(self):
+        if not self.members:
+            raise ValueError("a population needs at least one member")
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"members must differ in seed or swept weights, got {names}")
+
+    def member_spec(self, member: Member) -> runner.RunSpec:
+        """The single run this member equals (its own folder, seed and weights)."""
+        train = dataclasses.replace(self.base.train, weights=member.weights)
+        return dataclasses.replace(self.base, train=train, seed=member.seed,
+                                   output_dir=str(Path(self.base.output_dir) / "members"
+                                                  / member.name))
+
+
+# --- devices ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MemberSharding:
+    """The member axis over a one-axis mesh of every device (of every process).
+
+    Attributes:
+      mesh: devices along :data:`AXIS`.
+      n_members: real members S.
+      padded: P, S rounded up to a multiple of the device count.
+    """
+
+    mesh: Mesh
+    n_members: int
+    padded: int
+
+    @classmethod
+    def over(cls, n_members: int, devices: Sequence[jax.Device] | None = None
+             ) -> "MemberSharding":
+        devices = list(devices if devices is not None else jax.devices())
+        padded = math.ceil(n_members / len(devices)) * len(devices)
+        return cls(Mesh(np.array(devices), (AXIS,)), n_members, padded)
+
+    @property
+    def members(self) -> NamedSharding:
+        """Leading axis split over the devices."""
+        return NamedSharding(self.mesh, P(AXIS))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def local_members(self) -> list[int]:
+        """Indices of the real members whose rows live on this process's devices."""
+        slices = self.members.addressable_devices_indices_map((self.padded,)).values()
+        rows = sorted({i for s in slices for i in range(*s[0].indices(self.padded))})
+        return [i for i in rows if i < self.n_members]
+
+    def pad(self, rows: np.ndarray) -> np.ndarray:
+        """``[S, ...]`` -> ``[P, ...]``; padding rows repeat row 0 (dropped on output)."""
+        extra = np.repeat(rows[:1], self.padded - self.n_members, axis=0)
+        return np.concatenate([rows, extra])
+
+    def put(self, tree, sharding: NamedSharding):
+        """Host arrays (the same on every process) -> global arrays with ``sharding``."""
+        return jax.tree_util.tree_map(
+            lambda a: jax.make_array_from_callback(np.shape(a), sharding,
+                                                   lambda idx: np.asarray(a)[idx]), tree)
+
+
+def local_rows(array: jax.Array) -> dict[int, np.ndarray]:
+    """Member index -> its row, for the rows of ``array`` ([P, ...]) held by this process."""
+    out = {}
+    for shard in array.addressable_shards:
+        start = shard.index[0].start or 0
+        for i, row in enumerate(np.asarray(shard.data)):
+            out[start + i] = row
+    return out
+
+
+def member_state(tree, index: int):
+    """Member ``index`` of a stacked pytree (held by this process) as numpy arrays."""
+    return jax.tree_util.tree_map(lambda a: local_rows(a)[index], tree)
+
+
+def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict:
+    """A population checkpoint as numpy arrays, whatever devices wrote it.
+
+    So a population trained on a pod or over several processes can be read on one
+    machine. Returns ``{"members": {"params": ..., "opt_state": ..., "key": ...,
+    "epoch": ...} (each leaf [P, ...]), "epoch": scalar}``; rows beyond the population's
+    members (see its config.json) are padding.
+    """
+    import orbax.checkpoint as ocp
+
+    ckpt = Checkpoints(checkpoint_dir)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+        folder = "rolling" if (ckpt.directory / "rolling" / str(step)).exists() else "stage1"
+    finally:
+        ckpt.close()
+    path = ckpt.directory / folder / str(step) / "default"
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), tree)
+    restored = checkpointer.restore(path, abstract)
+    checkpointer.close()
+    return jax.tree_util.tree_map(np.asarray, restored)
+
+
+# --- the compiled population --------------------------------------------------------------
+
+@struct.dataclass
+class PopulationState:
+    """Stacked member states ``[P]`` and the epoch they all reached (replicated scalar)."""
+
+    members: training.TrainState
+    epoch: jax.Array
+
+
+def weight_rows(members: Sequence[Member]) -> np.ndarray:
+    """``[S, 8]`` float32: each member's :data:`WEIGHT_NAMES`."""
+    return np.array([[getattr(m.weights, k) for k in WEIGHT_NAMES] for m in members],
+                    np.float32)
+
+
+def static_config(cfg: training.TrainConfig, members: Sequence[Member]) -> training.TrainConfig:
+    """The configuration that decides the program's shape: l7 is the members' largest.
+
+    So the clash term is in the program (and its metric logged) iff some member uses it.
+    """
+    l7 = max(m.weights.l7 for m in members)
+    return dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, l7=l7))
+
+
+def traced_weights(row: jax.Array, cfg: training.TrainConfig) -> losses.Weights:
+    """One member's weights ``[8]`` as traced scalars; l7 stays 0 where no member uses it."""
+    w = losses.Weights(*(row[i] for i in range(len(WEIGHT_NAMES))))
+    return w if cfg.weights.l7 > 0 else dataclasses.replace(w, l7=0.0)
+
+
+def make_population_runner(stage: training.Stage, nets: training.Networks,
+                           cfg: training.TrainConfig, shifts: jax.Array,
+                           sizes: Sequence[int], sharding: MemberSharding,
+                           on_trace: Callable[[str], None] | None = None):
+    """Jitted ``run(members, weights[P, 8], data, active[chunk])`` -> (members, metrics).
+
+    ``members`` and ``data`` are stacked ``[P, ...]``, metrics ``[P, chunk, n_metrics]``;
+    each member runs :func:`training.make_chunk_runner`'s chunk with its own weights.
+    ``cfg`` is :func:`static_config` of the population.
+    """
+    def member(state, weights, data, active):
+        member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
+        chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
+        return chunk(state, data, active)
+
+    split = P(AXIS)
+    # shard_map: each device runs the vmapped chunk on its own members, no communication.
+    # check_vma is off because an inactive epoch's zero metrics are not per-device values.
+    return jax.jit(jax.shard_map(jax.vmap(member, in_axes=(0, 0, 0, None)),
+                                 mesh=sharding.mesh, in_specs=(split, split, split, P()),
+                                 out_specs=(split, split), check_vma=False))
+
+
+def init_population(members: Sequence[Member], nets: training.Networks,
+                    cfg: training.TrainConfig, sharding: MemberSharding) -> PopulationState:
+    """Fresh states of every member (``PRNGKey(seed)``, as a single run), sharded."""
+    seeds = sharding.pad(np.array([m.seed for m in members], np.uint32))
+    init = jax.jit(jax.vmap(lambda s: training.init_state(jax.random.PRNGKey(s), nets, cfg)),
+                   out_shardings=sharding.members)
+    states = init(sharding.put(seeds, sharding.members))
+    return PopulationState(states, sharding.put(np.int32(0), sharding.replicated))
+
+
+def _stage_data(stage: str, states: training.TrainState, nets: training.Networks,
+                x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> tuple:
+    """Each member's domains for ``stage`` ``[P, ...]`` (stage 3's depend on its stage 1)."""
+    fn = jax.vmap(lambda s, x, y: training.stage_data(stage, s, nets, x, y),
+                  in_axes=(0, None, None))
+    return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
+
+
+def _generate(states: training.TrainState, nets: training.Networks, cfg: training.TrainConfig,
+              x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> dict:
+    """:func:`training.generate` of every member, with the key a single run uses."""
+    fn = jax.vmap(lambda s, x, y: training.generate(s, nets, cfg, x, y,
+                                                    jax.random.fold_in(s.key, 1)),
+                  in_axes=(0, None, None))
+    return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
+
+
+# --- one population end to end ------------------------------------------------------------
+
+@dataclasses.dataclass
+class PopulationResult:
+    """What :func:`run` leaves in memory on this process (all of it is also on disk).
+
+    ``metrics`` and ``reports`` cover this process's members; ``pooled`` is the pooled
+    report (process 0 only, with evaluation).
+    """
+
+    output_dir: Path
+    members: tuple[Member, ...]
+    sharding: MemberSharding
+    state: PopulationState
+    metrics: dict[int, list[dict]]
+    reports: dict[int, dict | None]
+    pooled: dict | None
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _config_json(spec: PopulationSpec, layout, ah, bh, sharding: MemberSharding) -> dict:
+    config = runner._config_json(spec.base, layout, ah, bh)
+    config["spec"].pop("seed")
+    config["members"] = [{"name": m.name, "seed": m.seed,
+                          "weights": dataclasses.asdict(m.weights)} for m in spec.members]
+    config["processes"] = jax.process_count()
+    config["padded_members"] = sharding.padded
+    return config
+
+
+def _check_resumable(path: Path, config: dict) -> None:
+    """runner's check of the shared settings, then the members must be the same."""
+    runner._check_resumable(path, config)
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    if saved.get("members") != config["members"]:
+        raise runner.ResumeMismatchError(
+            f"{path}: cannot resume, the population was made with other members (seeds or "
+            "swept weights); use the same flags, or --overwrite")
+    if saved.get("padded_members") != config["padded_members"]:
+        # the checkpoint holds the padded member axis; another device count pads otherwise
+        raise runner.ResumeMismatchError(
+            f"{path}: cannot resume, the member axis was padded to "
+            f"{saved.get('padded_members')} rows over {len(saved.get('devices', []))} "
+            f"device(s), here it is {config['padded_members']} over "
+            f"{len(config['devices'])}; resume with as many devices")
+
+
+def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace=None,
+        extra_files: dict[str, str] | None = None,
+        devices: Sequence[jax.Device] | None = None) -> PopulationResult:
+    """Trains every member of ``spec`` in one program and writes every output.
+
+    Args:
+      spec: the shared run settings and the members.
+      log: receives progress lines (default: stderr; prefixed by the process index when
+        there are several).
+      on_trace: called with the stage name whenever a stage's epochs are traced.
+      extra_files: file name -> text, written into the population folder (process 0).
+      devices: the mesh's devices (default: all devices of all processes).
+    """
+    if log is None:
+        prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
+        log = lambda msg: print(prefix + msg, file=sys.stderr, flush=True)  # noqa: E731
+    base = spec.base
+    if any(m.weights.l7 > 0 for m in spec.members) and not any(base.train.clash_radii):
+        radii = runner.covalent_radii(base.element_a, base.element_b)
+        spec = dataclasses.replace(spec, base=dataclasses.replace(
+            base, train=dataclasses.replace(base.train, clash_radii=radii)))
+        base = spec.base
+    cfg = static_config(base.train, spec.members)
+    sharding = MemberSharding.over(len(spec.members), devices)
+    ah, bh = runner.load_domains(base)
+    layout = encoding.Layout.fit(base.element_a, base.element_b, ah.structures + bh.structures,
+                                 n_h=base.n_h, n_a=base.n_metal, n_b=base.n_metal)
+
+    def encode(domain: io.Domain) -> encoding.Crystal:
+        return encoding.encode_batch(domain.structures, layout, sources=domain.sources,
+                                     dtype=np.float32)
+
+    x_host, y_host = encode(ah), encode(bh)
+    x, y = (sharding.put(c, sharding.replicated) for c in (x_host, y_host))
+    lattices = np.concatenate([x_host.lattice, y_host.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
+
+    out = Path(base.output_dir)
+    if jax.process_index() == 0 or not base.overwrite:
+        # process 0 deletes (--overwrite); every process refuses a folder holding a run
+        # without --resume, so that none waits at the barrier for one that stopped
+        runner._prepare_output(base)
+    _barrier("population: output folder ready")
+    out.mkdir(parents=True, exist_ok=True)
+    local = sharding.local_members()
+    member_dirs = {i: out / "members" / spec.members[i].name for i in local}
+
+    state = init_population(spec.members, nets, cfg, sharding)
+    weights = sharding.put(sharding.pad(weight_rows(spec.members)), sharding.members)
+    ckpt = Checkpoints(out / "checkpoints")
+    config = _config_json(spec, layout, ah, bh, sharding)
+    metrics: dict[int, list[dict]] = {i: [] for i in local}
+    if base.resume and ckpt.latest_step() is not None:
+        _check_resumable(out / "config.json", config)
+        state = ckpt.restore(state)
+        for i in local:
+            metrics[i] = runner._read_metrics(member_dirs[i] / "metrics.jsonl",
+                                              int(state.epoch), log)
+        log(f"resumed {len(spec.members)} members from epoch {int(state.epoch)} in "
+            f"{ckpt.directory}")
+    elif base.resume:
+        log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
+    _barrier("population: resumable checked")
+    if jax.process_index() == 0:
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        for name, text in (extra_files or {}).items():
+            (out / name).write_text(text)
+    for i in local:
+        member_dirs[i].mkdir(parents=True, exist_ok=True)
+        (member_dirs[i] / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in metrics[i]))
+        member_config = runner._config_json(spec.member_spec(spec.members[i]), layout, ah, bh)
+        (member_dirs[i] / "config.json").write_text(json.dumps(member_config, indent=2))
+    log(f"{len(spec.members)} members ({len(local)} on this process) on "
+        f"{len(sharding.mesh.devices)} device(s), padded to {sharding.padded}; "
+        f"{len(ah)} {base.element_a}-H and {len(bh)} {base.element_b}-H structures; method "
+        f"{cfg.method}, {cfg.epochs} epochs per stage")
+    try:
+        state = train_stages(base, cfg, out, member_dirs, x, y, nets, state, weights,
+                             training.penalty_shifts(lattices, cfg), sharding, metrics, ckpt,
+                             log, on_trace)
+    finally:
+        ckpt.close()
+
+    generated = _generate(state.members, nets, cfg, x, y, sharding)
+    reports: dict[int, dict | None] = {}
+    for i in local:
+        mine = jax.tree_util.tree_map(lambda a: local_rows(a)[i], generated)
+        files = runner.write_structures(mine, layout, member_dirs[i], log)
+        reports[i] = None
+        if base.evaluate:
+            from crystalgan_jax import report as report_lib
+
+            classes = encoding.class_symbols(cfg.classes, base.element_a, base.element_b)
+            reports[i] = report_lib.write_run_report(
+                member_dirs[i], files, ah.structures + bh.structures, base.element_a,
+                base.element_b, metrics[i], d1=cfg.d1, d2=cfg.d2, classes=classes)
+    _barrier("population: members written")
+    pooled = None
+    if base.evaluate and jax.process_index() == 0:
+        pooled = write_pooled_report(out, spec.members, base.element_a, base.element_b)
+        log(f"pooled: {pooled['counts']['unique']} unique strictly good structures from "
+            f"{len(spec.members)} members in {out / 'candidates'}")
+    _barrier("population: pooled report written")
+    return PopulationResult(out, spec.members, sharding, state, metrics, reports, pooled)
+
+
+def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
+                 member_dirs: dict[int, Path], x: encoding.Crystal, y: encoding.Crystal,
+                 nets: training.Networks, state: PopulationState, weights: jax.Array,
+                 shifts: jax.Array, sharding: MemberSharding, metrics: dict[int, list[dict]],
+                 ckpt: Checkpoints, log: Callable[[str], None], on_trace=None
+                 ) -> PopulationState:
+    """:func:`runner.train_stages` for a population: every stage from ``state.epoch`` on.
+
+    Each chunk's metrics are appended to each local member's ``metrics.jsonl`` before the
+    state moves on, so Ctrl-C saves a state that the metrics files agree with.
+    """
+    files = {i: (d / "metrics.jsonl").open("a") for i, d in member_dirs.items()}
+    epoch = int(state.epoch)
+    try:
+        for s_index, stage_name in enumerate(cfg.stages):
+            start = s_index * cfg.epochs
+            if epoch >= start + cfg.epochs:
+                continue
+            stage = training.STAGES[stage_name]
+            data = _stage_data(stage_name, state.members, nets, x, y, sharding)
+            sizes = [d.lattice.shape[1] for d in data]
+            chunk = max(1, min(cfg.chunk_epochs, base.checkpoint_every, cfg.epochs))
+            run_chunk = make_population_runner(stage, nets, cfg, shifts, sizes, sharding,
+                                               on_trace)
+            names = training.metric_names(stage, cfg)
+            last_saved = epoch
+            while epoch < start + cfg.epochs:
+                done = epoch - start
+                n = min(chunk, cfg.epochs - done)
+                tic = time.perf_counter()
+                active = sharding.put(np.arange(chunk) < n, sharding.replicated)
+                new_members, chunk_metrics = run_chunk(state.members, weights, data, active)
+                rows = local_rows(chunk_metrics)
+                jax.block_until_ready(new_members)
+                rate = n / (time.perf_counter() - tic)
+                for i, f in files.items():
+                    for e in range(n):
+                        row = {"stage": stage_name, "epoch": done + e + 1,
+                               "global_epoch": start + done + e + 1}
+                        row.update(zip(names, map(float, rows[i][e])))
+                        metrics[i].append(row)
+                        f.write(json.dumps(row) + "\n")
+                    f.flush()
+                epoch += n
+                state = PopulationState(new_members,
+                                        sharding.put(np.int32(epoch), sharding.replicated))
+                if metrics:
+                    mean = {k: float(np.mean([m[-1][k] for m in metrics.values()]))
+                            for k in names}
+                    log(runner._format_progress(stage_name, done + n, cfg.epochs, mean, rate)
+                        + f"  (mean of {len(metrics)} members)")
+                if epoch == start + cfg.epochs or epoch - last_saved >= base.checkpoint_every:
+                    ckpt.save(state, end_of_stage1=runner._ends_stage1(epoch, cfg))
+                    last_saved = epoch
+    except KeyboardInterrupt:
+        runner._save_interrupted(ckpt, state, cfg, log)
+        raise
+    finally:
+        for f in files.values():
+            f.close()
+    return state
+
+
+# --- the pooled report --------------------------------------------------------------------
+
+COUNT_KEYS = ("generated", "ternary", "good_paper", "good_strict", "unique")
+
+
+def write_pooled_report(out: Path, members: Sequence[Member], element_a: str,
+                        element_b: str) -> dict[str, Any]:
+    """``candidates/``, ``report.json`` and ``report.md`` from the members' reports.
+
+    Every strictly good structure of every member is matched against all others
+    (StructureMatcher, :func:`evaluation.unique_groups`); ``candidates/`` holds the first
+    file of each group, named ``NNN_<member>_<direction>_<file>``.
+    """
+    rows, strict = [], []
+    for index, m in enumerate(members):
+        folder = out / "members" / m.name
+        report = json.loads((folder / "report.json").read_text())
+        rows.append({"member": m.name, "index": index, **m.settings(),
+                     "counts": report["counts"]})
+        for s in report["structures"]:
+            if s["good_strict"]:
+                path = folder / s["file"]
+                strict.append({"member": m.name, "file": str(path.relative_to(out)),
+                               "formula": s["formula"],
+                               "spacegroup": s["spacegroup_symbol"],
+                               "volume_per_atom_A3": s["volume_per_atom_A3"],
+                               "min_distances_A": s["min_distances_A"],
+                               "structure": io.read_structure(path)})
+    labels = evaluation.unique_groups([s["structure"] for s in strict])
+    candidates = out / "candidates"
+    shutil.rmtree(candidates, ignore_errors=True)
+    candidates.mkdir()
+    groups: dict[int, list[dict]] = {}
+    for s, label in zip(strict, labels):
+        groups.setdefault(label, []).append(s)
+    pooled_candidates = []
+    for label, found in sorted(groups.items()):
+        first = found[0]
+        src = out / first["file"]
+        stem = f"{label:03d}_{first['member']}_{'_'.join(Path(first['file']).parts[-2:])}"
+        stem = stem.removesuffix(".vasp")
+        shutil.copy(src, candidates / f"{stem}.vasp")
+        shutil.copy(src.with_suffix(".cif"), candidates / f"{stem}.cif")
+        pooled_candidates.append({
+            "file": f"candidates/{stem}.vasp", "formula": first["formula"],
+            "spacegroup": first["spacegroup"],
+            "volume_per_atom_A3": first["volume_per_atom_A3"],
+            "min_distances_A": first["min_distances_A"],
+            "found_by": sorted({s["member"] for s in found}),
+            "files": [s["file"] for s in found]})
+    ranked = sorted(rows, key=lambda r: (-r["counts"]["unique"], -r["counts"]["good_strict"],
+                                         -r["counts"]["good_paper"], r["index"]))
+    totals = {k: sum(r["counts"][k] for r in rows) for k in COUNT_KEYS}
+    totals["unique"] = len(groups)
+    pooled = {"system": f"{element_a}-{element_b}-H", "members": ranked,
+              "counts": totals, "candidates": pooled_candidates}
+    (out / "report.json").write_text(json.dumps(pooled, indent=1))
+    (out / "report.md").write_text(_pooled_markdown(pooled, members))
+    return pooled
+
+
+def _pooled_markdown(pooled: dict, members: Sequence[Member]) -> str:
+    swept = members[0].swept
+    lines = [f"# CrystalGAN population: {pooled['system']}, {len(members)} members", "",
+             "Members ranked by unique strictly good structures (StructureMatcher groups "
+             "within the member); each member's own report is in members/<name>/report.md.",
+             "", "| rank | member | seed | " + "".join(f"{k} | " for k in swept)
+             + "generated | ternary | good (paper) | good (strict) | unique |",
+             "| ---: | --- | ---: | " + "---: | " * len(swept) + "---: | ---: | ---: | ---: | ---: |"]
+    for rank, r in enumerate(pooled["members"], start=1):
+        c = r["counts"]
+        lines.append(f"| {rank} | {r['member']} | {r['seed']} | "
+                     + "".join(f"{r[k]:g} | " for k in swept)
+                     + " | ".join(str(c[k]) for k in COUNT_KEYS) + " |")
+    t = pooled["counts"]
+    lines += ["", f"All members together: {t['generated']} generated, {t['good_strict']} "
+              f"strictly good, {t['unique']} unique across members (StructureMatcher).", "",
+              "## Candidates for DFT (pooled)", ""]
+    if not pooled["candidates"]:
+        lines.append("No member produced a strictly good structure.")
+    else:
+        lines += ["One file per StructureMatcher group over all members, in candidates/.", "",
+                  "| candidate | formula | space group | V/atom (A^3) | min distances (A) | "
+                  "found by |", "| --- | --- | --- | ---: | --- | --- |"]
+        for c in pooled["candidates"]:
+            dists = ", ".join(f"{k} {v:.2f}" for k, v in c["min_distances_A"].items()
+                              if v is not None)
+            vol = c["volume_per_atom_A3"]
+            lines.append(f"| {c['file']} | {c['formula']} | {c['spacegroup'] or '-'} | "
+                         f"{'-' if vol is None else f'{vol:.2f}'} | {dists} | "
+                         f"{', '.join(c['found_by'])} |")
+    return "\n".join(lines) + "\n"
