@@ -33,6 +33,7 @@ process 0 prepares the folder and writes the pooled outputs once all are done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -221,10 +222,9 @@ def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
-        folder = "rolling" if (ckpt.directory / "rolling" / str(step)).exists() else "stage1"
     finally:
         ckpt.close()
-    path = ckpt.directory / folder / str(step) / "default"
+    path = ckpt.directory / str(step) / "state"
     checkpointer = ocp.StandardCheckpointer()
     tree = checkpointer.metadata(path).item_metadata.tree
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -393,7 +393,19 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
         base = spec.base
     cfg = static_config(base.train, spec.members)
     sharding = MemberSharding.over(len(spec.members), devices)
-    ah, bh = runner.load_domains(base)
+    out = Path(base.output_dir)
+    runner.check_output(base)
+    ah, bh = runner.load_domains(base, log)
+    with contextlib.ExitStack() as held:
+        held.enter_context(runner._signals_interrupt())  # SIGTERM saves like Ctrl-C
+        if jax.process_index() == 0:  # one lock for the folder all processes share
+            held.enter_context(runner.lock_output(out, log))
+        return _run_locked(spec, base, cfg, sharding, ah, bh, log, on_trace, extra_files)
+
+
+def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainConfig,
+                sharding: "MemberSharding", ah: io.Domain, bh: io.Domain,
+                log: Callable[[str], None], on_trace, extra_files) -> "PopulationResult":
     layout = encoding.Layout.fit(base.element_a, base.element_b, ah.structures + bh.structures,
                                  n_h=base.n_h, n_a=base.n_metal, n_b=base.n_metal)
 
@@ -410,7 +422,7 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
     if jax.process_index() == 0 or not base.overwrite:
         # process 0 deletes (--overwrite); every process refuses a folder holding a run
         # without --resume, so that none waits at the barrier for one that stopped
-        runner._prepare_output(base)
+        runner._prepare_output(base, log)
     _barrier("population: output folder ready")
     out.mkdir(parents=True, exist_ok=True)
     local = sharding.local_members()
@@ -418,7 +430,9 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
 
     state = init_population(spec.members, nets, cfg, sharding)
     weights = sharding.put(sharding.pad(weight_rows(spec.members)), sharding.members)
-    ckpt = Checkpoints(out / "checkpoints")
+    stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
+    ckpt = Checkpoints(out / "checkpoints", every=base.checkpoint_every, stage_ends=stage_ends,
+                       keep=[cfg.epochs] if cfg.stages[0] == "stage1" else [], log=log)
     config = _config_json(spec, layout, ah, bh, sharding)
     metrics: dict[int, list[dict]] = {i: [] for i in local}
     if base.resume and ckpt.latest_step() is not None:
@@ -501,23 +515,31 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
             run_chunk = make_population_runner(stage, nets, cfg, shifts, sizes, sharding,
                                                on_trace)
             names = training.metric_names(stage, cfg)
-            last_saved = epoch
             while epoch < start + cfg.epochs:
                 done = epoch - start
-                n = min(chunk, cfg.epochs - done)
+                n = runner.chunk_length(epoch, start + cfg.epochs, chunk, base.checkpoint_every)
                 tic = time.perf_counter()
                 active = sharding.put(np.arange(chunk) < n, sharding.replicated)
                 new_members, chunk_metrics = run_chunk(state.members, weights, data, active)
+                finite = bool(training.tree_all_finite((new_members, chunk_metrics)))
                 rows = local_rows(chunk_metrics)
-                jax.block_until_ready(new_members)
                 rate = n / (time.perf_counter() - tic)
+                if not finite:  # keep the last finite state, as a single run does
+                    ckpt.save(state, force=True)
+                    raise runner.DivergenceError(
+                        f"training diverged: NaN or inf in {stage_name} within epochs "
+                        f"{done + 1}..{done + n} of some member (see the members' "
+                        f"metrics.jsonl). The last finite state (epoch {epoch}) is the "
+                        f"checkpoint in {ckpt.directory} that --resume continues from.",
+                        stage_name, done + 1, start + done + 1, epoch)
                 for i, f in files.items():
                     for e in range(n):
                         row = {"stage": stage_name, "epoch": done + e + 1,
                                "global_epoch": start + done + e + 1}
-                        row.update(zip(names, map(float, rows[i][e])))
+                        row.update(zip(names, (runner._json_value(float(v))
+                                               for v in rows[i][e])))
                         metrics[i].append(row)
-                        f.write(json.dumps(row) + "\n")
+                        f.write(json.dumps(row, allow_nan=False) + "\n")
                     f.flush()
                 epoch += n
                 state = PopulationState(new_members,
@@ -527,11 +549,9 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                             for k in names}
                     log(runner._format_progress(stage_name, done + n, cfg.epochs, mean, rate)
                         + f"  (mean of {len(metrics)} members)")
-                if epoch == start + cfg.epochs or epoch - last_saved >= base.checkpoint_every:
-                    ckpt.save(state, end_of_stage1=runner._ends_stage1(epoch, cfg))
-                    last_saved = epoch
-    except KeyboardInterrupt:
-        runner._save_interrupted(ckpt, state, cfg, log)
+                ckpt.save(state)  # where the policies say: multiples of M, stage ends
+    except KeyboardInterrupt as err:
+        runner._save_interrupted(ckpt, state, err, log)
         raise
     finally:
         for f in files.values():

@@ -136,6 +136,8 @@ def _check_config_ranges(cfg: "TrainConfig") -> None:
         raise ValueError(f"depth must be at least 0, got {cfg.depth}")
     for field in dataclasses.fields(cfg.weights):
         value = getattr(cfg.weights, field.name)
+        if isinstance(value, jax.Array):  # a population's per-member weights, traced: each
+            continue                      # member's Weights were checked when it was made
         if not 0 <= value < float("inf"):
             flag = "occupancy_weight" if field.name == "occupancy" else field.name
             raise ValueError(f"{flag} must be finite and >= 0, got {value}")
