@@ -43,7 +43,8 @@ flags.DEFINE_string("element_a", "Pd", "Metal A.")
 flags.DEFINE_string("element_b", "Ni", "Metal B.")
 flags.DEFINE_string("output_dir", "runs/pdni", "Output directory.")
 flags.DEFINE_enum("method", "crystalgan", METHODS,
-                  "crystalgan | nocons (l5=l6=0) | discogan (stage 1 only) | gan (noise input).")
+                  "crystalgan | nocons (l5=l6=0) | discogan (stage 1 only) | gan (noise input) | "
+                  "crystalgan_plus (this project's improvements, each switchable by its flag).")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_integer("epochs", 1000, "Epochs per stage.")
 flags.DEFINE_integer("batch_size", 35, "Minibatch size.")
@@ -70,6 +71,24 @@ flags.DEFINE_integer("latent_dim", 32, "Noise size of the GAN baseline (--method
 flags.DEFINE_integer("max_images", 3, "Most lattice images per axis in the geometric penalty.")
 flags.DEFINE_bool("residual", False, "Generators predict a correction to their input "
                   "coordinates (not in the paper).")
+# crystalgan_plus ingredients (issue 13); unset = the method's default (training.PLUS_DEFAULTS
+# for crystalgan_plus, off for every other method).
+flags.DEFINE_bool("plus_clash", None, "crystalgan_plus: turn the clash term on (l7 = 1 where "
+                  "--l7 is 0).")
+flags.DEFINE_float("window_weight", None, "Weight of L_win: nearest-distance windows per "
+                   "class (A-H, B-H, H-metal, metal-metal, H-H) learned from the training data.")
+flags.DEFINE_list("window_percentiles", ["1", "99"], "Percentiles of the training distances "
+                  "bounding each learned window.")
+flags.DEFINE_float("spacing_weight", None, "Weight of L_cell, which keeps generated lattice "
+                   "planes at least --min_plane_spacing apart.")
+flags.DEFINE_float("min_plane_spacing", 0.0, "Angstrom; 0 = the training cells' smallest.")
+flags.DEFINE_float("input_noise", None, "Std (A) of Gaussian noise on the stage-3 inputs, "
+                   "in training and sampling.")
+flags.DEFINE_integer("samples_per_input", None, "Stage-3 samples drawn per input when "
+                     "generating.")
+flags.DEFINE_bool("random_pairings", None, "Later samples pair stage-1 outputs at random.")
+flags.DEFINE_float("snap_symprec", None, "Snap final structures with a space group above P1 "
+                   "at this tolerance (A) to it; 0 = off.")
 flags.DEFINE_integer("checkpoint_every", 100, "Epochs between checkpoints.")
 flags.DEFINE_integer("chunk_epochs", 50, "Epochs per compiled call (progress granularity).")
 flags.DEFINE_integer("n_h", None, "Rows of the H block (default: the most H in the data).")
@@ -114,7 +133,13 @@ def spec_from_flags() -> RunSpec:
                       classes=parse_classes(FLAGS.constrained),
                       geometry_form=FLAGS.geometry_form, chunk_epochs=FLAGS.chunk_epochs,
                       clash_factor=FLAGS.clash_factor, latent_dim=FLAGS.latent_dim,
-                      max_images=FLAGS.max_images, residual=FLAGS.residual)
+                      max_images=FLAGS.max_images, residual=FLAGS.residual,
+                      plus_clash=FLAGS.plus_clash, window_weight=FLAGS.window_weight,
+                      window_percentiles=tuple(float(v) for v in FLAGS.window_percentiles),
+                      spacing_weight=FLAGS.spacing_weight,
+                      min_plane_spacing=FLAGS.min_plane_spacing, input_noise=FLAGS.input_noise,
+                      samples_per_input=FLAGS.samples_per_input,
+                      random_pairings=FLAGS.random_pairings, snap_symprec=FLAGS.snap_symprec)
     return RunSpec(data_ah=data_path(FLAGS.data_ah), data_bh=data_path(FLAGS.data_bh), element_a=FLAGS.element_a,
                    element_b=FLAGS.element_b, output_dir=FLAGS.output_dir, train=cfg,
                    seed=FLAGS.seed, checkpoint_every=FLAGS.checkpoint_every,
