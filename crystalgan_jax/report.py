@@ -216,6 +216,10 @@ def _markdown(report: Mapping[str, Any], figures: Mapping[str, str | None]) -> s
     rows = [("**all**", report["counts"])] + list(report["counts_by_group"].items())
     for name, counts in rows:
         lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in keys) + " |")
+    if "novel" in report["counts"]:
+        lines += ["", f"Novel: {report['counts']['novel']} of the unique strictly good "
+                  "structures match (StructureMatcher) no substitution-baseline and no "
+                  "training structure."]
     lines += ["", "## Candidates for DFT", ""] + _candidates(report["structures"])
     lines += ["", "## Structures", "",
               "| file | set | formula | space group | V/atom (A^3) | min distances (A) | "

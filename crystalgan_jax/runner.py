@@ -151,7 +151,8 @@ def _read_metrics(path: Path, up_to_epoch: int, log: Callable[[str], None]) -> l
 
 
 def _format_progress(stage: str, epoch: int, epochs: int, row: dict, rate: float) -> str:
-    losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.startswith("L_"))
+    losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items()
+                       if k.startswith("L_") or k == "outside_images")
     eta = (epochs - epoch) / rate if rate > 0 else float("nan")
     return f"[{stage}] epoch {epoch}/{epochs}  {losses}  {rate:.1f} epochs/s  eta {eta:.0f}s"
 

@@ -42,6 +42,8 @@ flags.DEFINE_list("variants", ["crystalgan", "plus", "-clash", "-windows", "-spa
                   "Rows: crystalgan (the paper's method), plus (everything on), and -X "
                   "(crystalgan_plus with ingredient X off).")
 flags.DEFINE_bool("with_substitution", True, "Add the substitution baseline row.")
+flags.DEFINE_list("collect", [], "Instead of training: merge the ablation.json files of these "
+                  "folders (e.g. one per seed, run side by side) into --output_dir.")
 
 # Each "-X" row: the crystalgan_plus fields it changes.
 VARIANTS = {
@@ -75,6 +77,18 @@ def variant_config(base: training.TrainConfig, variant: str) -> training.TrainCo
     if variant == "-clash":
         weights = dataclasses.replace(weights, l7=0.0)
     return dataclasses.replace(base, method="crystalgan_plus", weights=weights, **fields)
+
+
+def outside_fraction(output_dir: str, last: int = 50) -> float | None:
+    """Mean ``outside_images`` over the last ``last`` stage-3 epochs of a run's metrics:
+    the fraction of generated cells needing more lattice images than the penalty had."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    values = [r["outside_images"] for r in rows
+              if r.get("stage") == "stage3" and "outside_images" in r][-last:]
+    return round(float(np.mean(values)), 4) if values else None
 
 
 def summarize(per_seed: list[dict]) -> dict:
@@ -116,8 +130,11 @@ def run_row(base: runner.RunSpec, variant: str, seed: int, out: Path,
         counts = result.report["counts"]
     wall = round(time.perf_counter() - tic, 1)
     print(f"   {variant} seed {seed}: {counts}, {wall} s", file=sys.stderr, flush=True)
-    return {"seed": seed, "output_dir": spec.output_dir, "wall_s": wall,
-            "counts": {**counts, "wall_s": wall}}
+    row = {"seed": seed, "output_dir": spec.output_dir, "wall_s": wall,
+           "counts": {**counts, "wall_s": wall}}
+    if variant not in SAMPLING_ONLY:
+        row["outside_images_last50"] = outside_fraction(spec.output_dir)
+    return row
 
 
 def substitution_row(base: runner.RunSpec) -> dict:
@@ -152,6 +169,9 @@ def markdown(table: dict, base: runner.RunSpec, seeds: list[int]) -> str:
                  for k in COLUMNS]
         wall = f"{s['wall_s']['mean']:.0f}" if "wall_s" in s else "-"
         star = " *" if variant in SAMPLING_ONLY else ""
+        n_runs = len(row.get("runs", []))
+        if variant != "substitution" and n_runs != len(seeds):
+            star += f" ({n_runs} of {len(seeds)} seeds)"
         lines.append(f"| {LABELS[variant]}{star} | " + " | ".join(cells) + f" | {wall} |")
     return "\n".join(lines) + "\n"
 
@@ -169,6 +189,8 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if FLAGS.collect:
+        return collect([Path(p) for p in FLAGS.collect], Path(FLAGS.output_dir), base)
     out = Path(FLAGS.output_dir)
     seeds = [int(s) for s in FLAGS.seeds]
     table: dict[str, dict] = {}
@@ -183,6 +205,41 @@ def main(argv: list[str]) -> int:
     except (StructureFileError, FileExistsError, runner.ResumeMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    text = _write(out, table, base, seeds)
+    print(text)
+    return 0
+
+
+def collect(folders: list[Path], out: Path, base: runner.RunSpec) -> int:
+    """Merges several ablation.json files (same system, other seeds) into one table.
+
+    A row keeps the runs of every folder that has it; the substitution row is taken once.
+    """
+    table: dict[str, dict] = {}
+    seeds: list[int] = []
+    for folder in folders:
+        path = folder / "ablation.json"
+        if not path.exists():
+            print(f"error: {path} not found", file=sys.stderr)
+            return 2
+        data = json.loads(path.read_text())
+        if data["system"] != [base.element_a, base.element_b]:
+            print(f"error: {path} holds {data['system']}, not "
+                  f"{[base.element_a, base.element_b]}", file=sys.stderr)
+            return 2
+        seeds += [s for s in data["seeds"] if s not in seeds]
+        for variant, row in data["rows"].items():
+            if variant == "substitution":
+                table.setdefault(variant, row)
+            else:
+                for r in row["runs"]:
+                    if variant not in SAMPLING_ONLY:
+                        r["outside_images_last50"] = outside_fraction(r["output_dir"])
+                table.setdefault(variant, {"runs": []})["runs"] += row["runs"]
+    for variant, row in table.items():
+        row["summary"] = summarize([r["counts"] for r in row["runs"]])
+    if "substitution" in table:  # keep it last, as a run writes it
+        table["substitution"] = table.pop("substitution")
     text = _write(out, table, base, seeds)
     print(text)
     return 0
