@@ -1,6 +1,5 @@
 """crystalgan_plus pieces: learned windows, cell terms, sampling, snapping and novelty."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import candidates, encoding, geometry, io, losses, substitution, training
+from crystalgan_jax import candidates, encoding, geometry, substitution, training
 from tests.conftest import REPO, small_domain
 
 
