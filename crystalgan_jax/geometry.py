@@ -439,3 +439,84 @@ def table_from_distances(d: np.ndarray, symbols: Sequence[str], cutoff: float = 
             pairs = pairs[:max_neighbours]
         table.append([(str(names[int(k)]), float(dist)) for dist, k in pairs])
     return table
+
+
+# --- crystalgan_plus: per-class distance windows and cell shape (issue 13) ---------------
+
+def cross_nearest(crystal: Crystal, shifts: jax.Array, source: Sequence[int],
+                  target: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Each atom of the ``source`` blocks' distance to its nearest atom of the ``target`` blocks.
+
+    Where source and target are the same blocks this is :func:`nearest_distances` within
+    the set (own images count); otherwise the nearest atom of the other set.
+
+    Args:
+      crystal: one structure, Cartesian Angstrom.
+      shifts: ``[S, 3]`` lattice shifts, zero shift first.
+      source, target: block indices (H=0, A=1, B=2).
+    Returns:
+      ``s [M]`` distances (Angstrom; ``inf`` where the target set is empty) and
+      ``valid [M]`` (the source row is an atom and some target atom exists).
+    """
+    if crystal.fractional:
+        raise ValueError("cross_nearest needs Cartesian positions; use to_cartesian")
+    positions, mask = class_rows(crystal, source)
+    if tuple(source) == tuple(target):
+        s = nearest_distances(crystal.lattice, positions, mask, shifts)
+    else:
+        t_pos, t_mask = class_rows(crystal, target)
+        s = nearest_distances(crystal.lattice, positions, mask, shifts, t_pos, t_mask)
+    return s, (mask > 0.5) & jnp.isfinite(s)
+
+
+def window_penalty(crystal: Crystal, shifts: jax.Array,
+                   windows: Sequence[tuple[Sequence[int], Sequence[int], float, float]]
+                   ) -> jax.Array:
+    """Sum over windows and source atoms of relu(lo - s)^2 + relu(s - hi)^2 (Angstrom^2).
+
+    Each window ``(source blocks, target blocks, lo, hi)`` asks every source atom's
+    nearest target atom (:func:`cross_nearest`) to lie in [lo, hi]; the windows are
+    learned from the training binaries (:func:`crystalgan_jax.candidates.learn_windows`).
+    Unlike the paper's classes this also covers metal-H pairs, in both directions.
+    """
+    total = jnp.zeros((), crystal.lattice.dtype)
+    for source, target, lo, hi in windows:
+        s, valid = cross_nearest(crystal, shifts, source, target)
+        s = jnp.where(valid, s, lo)  # finite filler: no NaN gradients from padding
+        total = total + jnp.sum(jnp.where(valid, jax.nn.relu(lo - s) ** 2
+                                          + jax.nn.relu(s - hi) ** 2, 0.0))
+    return total
+
+
+def plane_spacings_jax(lattice: jax.Array) -> jax.Array:
+    """:func:`plane_spacings` for one ``[3, 3]`` lattice in JAX (differentiable), ``[3]``."""
+    a, b, c = lattice[0], lattice[1], lattice[2]
+    volume = jnp.abs(jnp.dot(a, jnp.cross(b, c)))
+    areas = jnp.stack([jnp.linalg.norm(jnp.cross(b, c)), jnp.linalg.norm(jnp.cross(c, a)),
+                       jnp.linalg.norm(jnp.cross(a, b))])
+    return volume / jnp.maximum(areas, _TINY)
+
+
+def images_needed(lattice: jax.Array) -> jax.Array:
+    """In-graph :func:`image_range` (nearest-neighbour radius) of one lattice: ``[3]`` int."""
+    r = jnp.min(jnp.linalg.norm(lattice, axis=-1))
+    return jnp.floor(r / plane_spacings_jax(lattice) + 0.5 + 1e-9).astype(jnp.int32)
+
+
+def outside_image_range(lattice: jax.Array, shifts: jax.Array) -> jax.Array:
+    """True where a cell needs more images than ``shifts`` holds on some axis.
+
+    For such a cell the penalty's nearest distances are upper bounds, not exact.
+    """
+    compiled = jnp.max(jnp.abs(shifts), axis=0).astype(jnp.int32)
+    return jnp.any(images_needed(lattice) > compiled)
+
+
+def spacing_penalty(lattice: jax.Array, min_spacing: float) -> jax.Array:
+    """sum_m relu(min_spacing - h_m)^2 (Angstrom^2): keeps lattice planes apart.
+
+    A generated cell whose planes come closer than the training cells' do needs more
+    periodic images than the penalty was compiled with; this term stops cells from
+    flattening instead of growing the image set.
+    """
+    return jnp.sum(jax.nn.relu(min_spacing - plane_spacings_jax(lattice)) ** 2)

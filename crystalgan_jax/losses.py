@@ -210,3 +210,24 @@ def discriminator_objective(real_x: jax.Array, fake_x: jax.Array, real_y: jax.Ar
                             fake_y: jax.Array) -> jax.Array:
     """L_D = L_D(x domain) + L_D(y domain), each :func:`discriminator` on its logits."""
     return discriminator(real_x, fake_x) + discriminator(real_y, fake_y)
+
+
+# --- crystalgan_plus terms (issue 13); off unless their weights are set ------------------
+
+def windows(crystals: Crystal, shifts: jax.Array,
+            pair_windows: Sequence[tuple[Sequence[int], Sequence[int], float, float]]
+            ) -> jax.Array:
+    """L_win: :func:`crystalgan_jax.geometry.window_penalty` averaged over a batch ``[B]``."""
+    per = jax.vmap(lambda c: geometry.window_penalty(c, shifts, pair_windows))
+    return jnp.mean(per(crystals))
+
+
+def cell_spacing(crystals: Crystal, min_spacing: float) -> jax.Array:
+    """L_cell: :func:`crystalgan_jax.geometry.spacing_penalty` averaged over a batch ``[B]``."""
+    return jnp.mean(jax.vmap(lambda l: geometry.spacing_penalty(l, min_spacing))(crystals.lattice))
+
+
+def outside_image_fraction(crystals: Crystal, shifts: jax.Array) -> jax.Array:
+    """Fraction of a batch ``[B]`` whose cells need more images than ``shifts`` hold."""
+    out = jax.vmap(lambda l: geometry.outside_image_range(l, shifts))(crystals.lattice)
+    return jnp.mean(out.astype(jnp.float32))

@@ -215,6 +215,10 @@ def _markdown(report: Mapping[str, Any], figures: Mapping[str, str | None]) -> s
     rows = [("**all**", report["counts"])] + list(report["counts_by_group"].items())
     for name, counts in rows:
         lines.append(f"| {name} | " + " | ".join(str(counts[k]) for k in keys) + " |")
+    if "novel" in report["counts"]:
+        lines += ["", f"Novel: {report['counts']['novel']} of the unique strictly good "
+                  "structures match (StructureMatcher) no substitution-baseline and no "
+                  "training structure."]
     lines += ["", "## Candidates for DFT", ""] + _candidates(report["structures"])
     lines += ["", "## Structures", "",
               "| file | set | formula | space group | V/atom (A^3) | min distances (A) | "
@@ -249,6 +253,7 @@ def write_report(output_dir: str | os.PathLike,
                  classes: evaluation.Classes | None = None,
                  covalent_factor: float = evaluation.COVALENT_FACTOR,
                  volume_per_atom_range: tuple[float, float] = evaluation.VOLUME_PER_ATOM_RANGE,
+                 references: Sequence[Structure] | None = None,
                  ) -> dict[str, Any]:
     """Evaluates the final structures and writes report.json, report.md and the figures.
 
@@ -263,6 +268,9 @@ def write_report(output_dir: str | os.PathLike,
       metrics: optional loss records for :func:`plot_losses`.
       d1, d2, cutoff, symprec, classes, covalent_factor, volume_per_atom_range: as in
         :func:`crystalgan_jax.evaluation.evaluate_structure`.
+      references: structures a candidate must not match to be new (substitution baseline
+        and training; :func:`crystalgan_jax.candidates.reference_structures`); where
+        given, ``counts["novel"]`` counts the unique strictly good ones that match none.
     Returns:
       The report dict written to report.json.
     """
@@ -280,6 +288,10 @@ def write_report(output_dir: str | os.PathLike,
                                               **options)
 
     counts = evaluation.count_verdicts(structures, evaluations)
+    if references is not None:
+        from crystalgan_jax import candidates
+
+        counts["novel"] = candidates.count_novel(structures, evaluations, references)
     by_group = {}
     for group in generated:
         members = [k for k, (g, _, _) in enumerate(entries) if g == group]

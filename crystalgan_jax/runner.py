@@ -170,6 +170,7 @@ class RunResult:
     files: dict[str, dict[str, list[Path]]]
     metrics: list[dict]
     report: dict | None
+    spec: RunSpec | None = None  # as trained (learned settings filled in)
 
 
 def covalent_radii(element_a: str, element_b: str) -> tuple[float, float, float]:
@@ -398,7 +399,7 @@ def _read_metrics(path: Path, up_to_epoch: int, log: Callable[[str], None]) -> l
 
 def _format_progress(stage: str, epoch: int, epochs: int, row: dict, rate: float) -> str:
     losses = "  ".join(f"{k} {v:.4g}" for k, v in row.items()
-                       if k.startswith("L_") and v is not None)
+                       if (k.startswith("L_") or k == "outside_images") and v is not None)
     eta = (epochs - epoch) / rate if rate > 0 else float("nan")
     return f"[{stage}] epoch {epoch}/{epochs}  {losses}  {rate:.1f} epochs/s  eta {eta:.0f}s"
 
@@ -612,6 +613,29 @@ def _undecodable(crystal: encoding.Crystal) -> str | None:
     return None
 
 
+def prepare(spec: RunSpec, log: Callable[[str], None] | None = None):
+    """Reads, checks and encodes the domains and builds the networks.
+
+    Returns:
+      (spec with learned settings filled in, AH domain, BH domain, layout, x, y, networks);
+      x and y are the encoded domains (float32 JAX arrays).
+    """
+    ah, bh = load_domains(spec, log)
+    spec = _learned_settings(spec, ah, bh)
+    layout = encoding.Layout.fit(spec.element_a, spec.element_b, ah.structures + bh.structures,
+                                 n_h=spec.n_h, n_a=spec.n_metal, n_b=spec.n_metal)
+
+    def encode(domain: io.Domain) -> encoding.Crystal:
+        batch = encoding.encode_batch(domain.structures, layout, sources=domain.sources,
+                                      dtype=np.float32)
+        return jax.tree_util.tree_map(jnp.asarray, batch)
+
+    x, y = encode(ah), encode(bh)
+    lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
+    nets = training.Networks.build(layout.rows, training.length_scale(lattices), spec.train)
+    return spec, ah, bh, layout, x, y, nets
+
+
 def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
         extra_files: dict[str, str] | None = None) -> RunResult:
     """Trains ``spec.train.method`` on the two domains and writes every output.
@@ -641,26 +665,17 @@ def run(spec: RunSpec, log: Callable[[str], None] | None = None, on_trace=None,
             spec.train, clash_radii=covalent_radii(spec.element_a, spec.element_b)))
     out = Path(spec.output_dir)
     check_output(spec)
-    ah, bh = load_domains(spec, log)
+    prepared = prepare(spec, log)
     with _signals_interrupt(), lock_output(out, log):
-        return _run_locked(spec, ah, bh, log, on_trace, extra_files)
+        return _run_locked(prepared, log, on_trace, extra_files)
 
 
-def _run_locked(spec: RunSpec, ah: io.Domain, bh: io.Domain, log: Callable[[str], None],
-                on_trace, extra_files: dict[str, str] | None) -> RunResult:
+def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
+                extra_files: dict[str, str] | None) -> RunResult:
+    spec, ah, bh, layout, x, y, nets = prepared
     cfg = spec.train
-    layout = encoding.Layout.fit(spec.element_a, spec.element_b, ah.structures + bh.structures,
-                                 n_h=spec.n_h, n_a=spec.n_metal, n_b=spec.n_metal)
-
-    def encode(domain: io.Domain) -> encoding.Crystal:
-        batch = encoding.encode_batch(domain.structures, layout, sources=domain.sources,
-                                      dtype=np.float32)
-        return jax.tree_util.tree_map(jnp.asarray, batch)
-
-    x, y = encode(ah), encode(bh)
     out = _prepare_output(spec, log)
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
     state = training.init_state(jax.random.PRNGKey(spec.seed), nets, cfg)
     stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
     ckpt = Checkpoints(out / "checkpoints", every=spec.checkpoint_every, stage_ends=stage_ends,
@@ -687,16 +702,38 @@ def _run_locked(spec: RunSpec, ah: io.Domain, bh: io.Domain, log: Callable[[str]
                              on_trace)
     finally:
         ckpt.close()
+    files, report = write_outputs(spec, state, nets, x, y, layout, ah, bh, out, metrics, log)
+    return RunResult(out, layout, state, files, metrics, report, spec)
+
+
+def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Networks,
+                  x: encoding.Crystal, y: encoding.Crystal, layout: encoding.Layout,
+                  ah: io.Domain, bh: io.Domain, out: Path, metrics: list[dict],
+                  log: Callable[[str], None]) -> tuple[dict, dict | None]:
+    """Generates from a trained ``state`` with ``spec.train``'s sampling settings, writes the
+    structures (snapped where ``snap_symprec`` > 0) and, if ``spec.evaluate``, the report
+    with the novelty count. Returns (files, report).
+
+    Separate from training so that sampling-only variants (experiments/ablation.py) reuse
+    one trained state.
+    """
+    cfg = spec.train
     generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
     files = write_structures(generated, layout, out, log)
+    if cfg.snap_symprec > 0:
+        _snap_files(files.get("final", {}), cfg.snap_symprec, log)
     report = None
     if spec.evaluate:
+        from crystalgan_jax import candidates
         from crystalgan_jax import report as report_lib
 
         classes = encoding.class_symbols(cfg.classes, spec.element_a, spec.element_b)
+        references = candidates.reference_structures(ah.structures, bh.structures,
+                                                     spec.element_a, spec.element_b)
         report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
                                              spec.element_a, spec.element_b, metrics,
-                                             d1=cfg.d1, d2=cfg.d2, classes=classes)
+                                             d1=cfg.d1, d2=cfg.d2, classes=classes,
+                                             references=references)
     from crystalgan_jax import export
 
     extxyz, database = export.write_exports(
@@ -705,7 +742,48 @@ def _run_locked(spec: RunSpec, ah: io.Domain, bh: io.Domain, log: Callable[[str]
          "system": f"{spec.element_a}-{spec.element_b}-H"})
     log(f"final structures also in {extxyz} and {database} "
         f"(e.g. `ase db {database} good_strict=True`)")
-    return RunResult(out, layout, state, files, metrics, report)
+    return files, report
+
+
+def _learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
+    """crystalgan_plus: distance windows and the smallest plane spacing from the training data.
+
+    Only where the configuration asks for them and leaves them unset, so a resumed run
+    (whose config.json holds them) compares equal.
+    """
+    cfg = spec.train
+    changes = {}
+    if cfg.window_weight > 0 and not cfg.pair_windows:
+        from crystalgan_jax import candidates
+
+        changes["pair_windows"] = candidates.learn_windows(
+            ah.structures, bh.structures, spec.element_a, spec.element_b,
+            cfg.window_percentiles, cfg.d1, cfg.d2)
+    if cfg.spacing_weight > 0 and cfg.min_plane_spacing == 0:
+        lattices = np.array([s.lattice.matrix for s in ah.structures + bh.structures])
+        changes["min_plane_spacing"] = round(float(geometry.plane_spacings(lattices).min()), 4)
+    if not changes:
+        return spec
+    return dataclasses.replace(spec, train=dataclasses.replace(cfg, **changes))
+
+
+def _snap_files(files: dict[str, list[Path]], symprec: float,
+                log: Callable[[str], None]) -> None:
+    """Rewrites each structure file that has a space group above P1 at ``symprec`` as its
+    idealised primitive standard cell (:func:`crystalgan_jax.candidates.snap_to_symmetry`)."""
+    from crystalgan_jax import candidates
+
+    snapped = total = 0
+    for paths in files.values():
+        for path in paths:
+            total += 1
+            structure = io.read_structure(path)
+            new, number = candidates.snap_to_symmetry(structure, symprec)
+            if number > 1:
+                snapped += 1
+                io.write_poscar(new, path, comment=f"{path.stem} snapped to space group {number}")
+                io.write_cif(new, path.with_suffix(".cif"))
+    log(f"symmetry: {snapped} of {total} final structures snapped (symprec {symprec} A)")
 
 
 def _config_json(spec: RunSpec, layout: encoding.Layout, ah: io.Domain, bh: io.Domain) -> dict:

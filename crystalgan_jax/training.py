@@ -39,7 +39,17 @@ from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, Crystal, from_metal_view, 
 from crystalgan_jax.encoding import replace_block
 from crystalgan_jax.models import Discriminator, Generator, NoiseGenerator
 
-METHODS = ("crystalgan", "nocons", "discogan", "gan")
+METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
+
+# What "crystalgan_plus" switches on where a field is left at None (issue 13). Each can be
+# switched off alone (0 / 1 / False), which is how experiments/ablation.py measures it.
+PLUS_DEFAULTS = {"plus_clash": True, "window_weight": 1.0, "spacing_weight": 1.0,
+                 "input_noise": 0.3, "samples_per_input": 10, "random_pairings": True,
+                 "snap_symprec": 0.1}
+# The same fields for every other method: off, so the paper's method is unchanged.
+PLUS_OFF = {"plus_clash": False, "window_weight": 0.0, "spacing_weight": 0.0,
+            "input_noise": 0.0, "samples_per_input": 1, "random_pairings": False,
+            "snap_symprec": 0.0}
 GEOMETRY_FORMS = ("hinge", "paper")
 
 
@@ -50,7 +60,8 @@ class TrainConfig:
     Attributes:
       method: "crystalgan" (stages 1 and 3 with geometric terms), "nocons" (the same
         with l5 = l6 = l7 = 0), "discogan" (stage 1 only; its outputs are final), "gan"
-        (Gaussian noise -> crystal, trained on both domains together).
+        (Gaussian noise -> crystal, trained on both domains together), "crystalgan_plus"
+        (CrystalGAN with this project's improvements, each switchable by its flag).
       epochs: epochs per stage.
       batch_size: minibatch size (paper: 35).
       learning_rate: Adam's step size.
@@ -75,6 +86,26 @@ class TrainConfig:
       clash_factor: pairs closer than this x the radius sum are penalised by L_clash. 0.8
         leaves a margin over the strict criterion's 0.75, since a hinge settles on its
         boundary.
+      plus_clash: crystalgan_plus turns on the clash term with l7 = 1 where l7 is 0.
+      window_weight: weight of L_win, per-class nearest-distance windows learned from the
+        training binaries (``pair_windows``; stage 3 only).
+      pair_windows: ``((source blocks), (target blocks), lo, hi)`` per window, Angstrom;
+        empty: the runner learns them (:func:`crystalgan_jax.candidates.learn_windows`).
+      window_percentiles: percentiles of the training distances that bound each window.
+      spacing_weight: weight of L_cell = sum relu(min_plane_spacing - h_m)^2 on the
+        generated cells, which keeps them inside the penalty's compiled image range.
+      min_plane_spacing: Angstrom; 0: the runner takes the training cells' smallest.
+      input_noise: std (Angstrom) of Gaussian noise added to the stage-3 inputs' lattice
+        and positions, in training and when sampling.
+      samples_per_input: stage-3 samples drawn per input pair when generating.
+      random_pairings: samples after the first pair x_AHB1 and y_BHA1 at random (step 2
+        with other partners) instead of repeating the fixed pairing.
+      snap_symprec: Angstrom; > 0 snaps each generated structure with a space group above
+        P1 at this tolerance to its idealised primitive standard cell (0 = off).
+
+    The crystalgan_plus ingredients (plus_clash ... snap_symprec; issue 13) left at
+    ``None`` take the method's default: :data:`PLUS_DEFAULTS` for crystalgan_plus,
+    :data:`PLUS_OFF` (all off) for every other method.
     """
 
     method: str = "crystalgan"
@@ -97,8 +128,28 @@ class TrainConfig:
     residual: bool = False
     clash_radii: tuple[float, float, float] = (0.0, 0.0, 0.0)
     clash_factor: float = 0.8
+    plus_clash: bool | None = None
+    window_weight: float | None = None
+    pair_windows: tuple[tuple[tuple[int, ...], tuple[int, ...], float, float], ...] = ()
+    window_percentiles: tuple[float, float] = (1.0, 99.0)
+    spacing_weight: float | None = None
+    min_plane_spacing: float = 0.0
+    input_noise: float | None = None
+    samples_per_input: int | None = None
+    random_pairings: bool | None = None
+    snap_symprec: float | None = None
 
     def __post_init__(self):
+        defaults = PLUS_DEFAULTS if self.method == "crystalgan_plus" else PLUS_OFF
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if (self.plus_clash and not isinstance(self.weights.l7, jax.Array)
+                and self.weights.l7 == 0):
+            object.__setattr__(self, "weights", dataclasses.replace(self.weights, l7=1.0))
+        pw = tuple((tuple(map(int, s)), tuple(map(int, t)), float(lo), float(hi))
+                   for s, t, lo, hi in self.pair_windows)  # JSON lists -> hashable tuples
+        object.__setattr__(self, "pair_windows", pw)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("epochs", "batch_size", "generator_steps", "width", "chunk_epochs",
@@ -108,6 +159,12 @@ class TrainConfig:
         if not 0 < self.d1 < self.d2 < float("inf"):
             raise ValueError(f"need 0 < d1 < d2 (finite), got d1={self.d1}, d2={self.d2}")
         _check_config_ranges(self)
+        if self.samples_per_input < 1:
+            raise ValueError(f"samples_per_input must be at least 1, got {self.samples_per_input}")
+        for name in ("window_weight", "spacing_weight", "input_noise", "snap_symprec",
+                     "min_plane_spacing"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
         if self.geometry_form not in GEOMETRY_FORMS:
             raise ValueError(f"geometry_form must be one of {GEOMETRY_FORMS}, "
                              f"got {self.geometry_form!r}")
@@ -119,6 +176,7 @@ class TrainConfig:
     def stages(self) -> tuple[str, ...]:
         """Names of the trained stages, in order."""
         return {"crystalgan": ("stage1", "stage3"), "nocons": ("stage1", "stage3"),
+                "crystalgan_plus": ("stage1", "stage3"),
                 "discogan": ("stage1",), "gan": ("gan",)}[self.method]
 
 
@@ -220,8 +278,22 @@ class TrainState:
 
 
 def metric_names(stage: Stage, cfg: TrainConfig) -> tuple[str, ...]:
-    """What one epoch logs for ``stage``: its losses, plus L_clash where it is on."""
-    return stage.metric_names + (("L_clash",) if _uses_clash(stage, cfg) else ())
+    """What one epoch logs for ``stage``: its losses, plus L_clash where it is on, plus
+    crystalgan_plus's terms (L_win, L_cell, and ``outside_images``: the fraction of
+    generated cells that need more lattice images than the penalty was compiled with)."""
+    return stage.metric_names + (("L_clash",) if _uses_clash(stage, cfg) else ()) \
+        + _plus_metric_names(stage, cfg)
+
+
+def _plus_metric_names(stage: Stage, cfg: TrainConfig) -> tuple[str, ...]:
+    if not stage.geometric or cfg.method != "crystalgan_plus":
+        return ()
+    return ((("L_win",) if _uses_windows(cfg) else ())
+            + (("L_cell",) if cfg.spacing_weight > 0 else ()) + ("outside_images",))
+
+
+def _uses_windows(cfg: TrainConfig) -> bool:
+    return cfg.window_weight > 0 and len(cfg.pair_windows) > 0
 
 
 def _uses_clash(stage: Stage, cfg: TrainConfig) -> bool:
@@ -317,7 +389,26 @@ def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Cry
             clash = losses.clash(generated, shifts, cfg.clash_radii, cfg.clash_factor)
             terms += [clash]
     total = losses.generator_objective(gan_fwd, rec_xv, gan_bwd, rec_yv, geo1, geo2, w, clash)
+    if stage.geometric and cfg.method == "crystalgan_plus":
+        total, plus_terms = _plus_terms(total, generated, cfg, shifts)
+        terms += plus_terms
     return total, jnp.stack([total] + terms)
+
+
+def _plus_terms(total: jax.Array, generated: Crystal, cfg: TrainConfig,
+                shifts: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """crystalgan_plus's additions to L_G2 and what they log (:func:`_plus_metric_names`)."""
+    terms = []
+    if _uses_windows(cfg):
+        win = losses.windows(generated, shifts, cfg.pair_windows)
+        total = total + cfg.window_weight * win
+        terms.append(win)
+    if cfg.spacing_weight > 0:
+        cell = losses.cell_spacing(generated, cfg.min_plane_spacing)
+        total = total + cfg.spacing_weight * cell
+        terms.append(cell)
+    terms.append(jax.lax.stop_gradient(losses.outside_image_fraction(generated, shifts)))
+    return total, terms
 
 
 def cross_domain_discriminator_loss(dparams: dict, gparams: dict, x: Crystal, y: Crystal, *,
@@ -376,15 +467,35 @@ def _stage_losses(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Ar
             return gan_discriminator_loss(dp, gp, batch[0], key, nets=nets, cfg=cfg)
         return g_loss, d_loss
 
+    noisy = stage.geometric and cfg.input_noise > 0  # crystalgan_plus: noise into stage 3
+
     def g_loss(gp, dp, batch, key):
-        del key
+        batch = perturb_batch(batch, key, cfg.input_noise) if noisy else batch
         return cross_domain_generator_loss(gp, dp, *batch, stage=stage, nets=nets, cfg=cfg,
                                            shifts=shifts)
 
     def d_loss(dp, gp, batch, key):
-        del key
+        batch = perturb_batch(batch, key, cfg.input_noise) if noisy else batch
         return cross_domain_discriminator_loss(dp, gp, *batch, stage=stage, nets=nets)
     return g_loss, d_loss
+
+
+def perturb(crystals: Crystal, key: jax.Array, sigma: float) -> Crystal:
+    """Adds N(0, sigma^2) (Angstrom) to every lattice entry and position; masks unchanged.
+
+    The stage-3 generators are deterministic maps; noise on their input is what lets one
+    input pair give several distinct outputs (crystalgan_plus).
+    """
+    keys = jax.random.split(key, 1 + len(crystals.positions))
+    lattice = crystals.lattice + sigma * jax.random.normal(keys[0], crystals.lattice.shape)
+    positions = tuple(p + sigma * jax.random.normal(k, p.shape)
+                      for k, p in zip(keys[1:], crystals.positions))
+    return crystals.replace(lattice=lattice, positions=positions)
+
+
+def perturb_batch(batch: tuple, key: jax.Array, sigma: float) -> tuple:
+    """:func:`perturb` on each domain's minibatch with its own key."""
+    return tuple(perturb(c, k, sigma) for c, k in zip(batch, jax.random.split(key, len(batch))))
 
 
 def make_train_step(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Array):
@@ -553,9 +664,41 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
         return out
     x_g, y_g = feature_transfer(p, nets, x_ah, y_bh)
     gen = nets.stage3_generator
+    if cfg.samples_per_input > 1 or cfg.input_noise > 0:
+        key = key if key is not None else state.key
+        x_g, y_g = _sampled_inputs(x1, y1, x_g, y_g, key, cfg)
     out["final"] = {"AHB": apply_generator(gen, p["G_AHB2"], x_g)[0],
                     "BHA": apply_generator(gen, p["G_BHA2"], y_g)[0]}
     return out
+
+
+def _sampled_inputs(x1: Crystal, y1: Crystal, x_g: Crystal, y_g: Crystal, key: jax.Array,
+                    cfg: TrainConfig) -> tuple[Crystal, Crystal]:
+    """crystalgan_plus: ``samples_per_input`` noisy copies of the stage-3 inputs, ``[K n]``.
+
+    Sample 0 keeps step 2's fixed pairing; later samples pair stage-1 outputs at random
+    where ``random_pairings`` is set. Each sample gets its own input noise.
+    """
+    n_x, n_y = x1.lattice.shape[0], y1.lattice.shape[0]
+    n = x_g.lattice.shape[0]
+    xs, ys = [x_g], [y_g]
+    pair_key, noise_key = jax.random.split(key)
+    for k in range(1, cfg.samples_per_input):
+        if cfg.random_pairings:
+            kx, ky = jax.random.split(jax.random.fold_in(pair_key, k))
+            ix, iy = jax.random.randint(kx, (n,), 0, n_x), jax.random.randint(ky, (n,), 0, n_y)
+            xh = jax.tree_util.tree_map(lambda a: a[ix], harden(x1))
+            yh = jax.tree_util.tree_map(lambda a: a[iy], harden(y1))
+            xs.append(replace_block(xh, B_BLOCK, yh))
+            ys.append(replace_block(yh, A_BLOCK, xh))
+        else:
+            xs.append(x_g)
+            ys.append(y_g)
+    x_all = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *xs)
+    y_all = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *ys)
+    if cfg.input_noise > 0:
+        x_all, y_all = perturb_batch((x_all, y_all), noise_key, cfg.input_noise)
+    return x_all, y_all
 
 
 def stage_data(stage: str, state: TrainState, nets: Networks, x_ah: Crystal,

@@ -56,6 +56,7 @@ flags.DEFINE_bool("screen", False, "Screen each run's final structures and the s
 LABELS = {"gan": "GAN (noise input)", "discogan": "DiscoGAN (step 1 only)",
           "nocons": "CrystalGAN, no constraints", "crystalgan": "CrystalGAN, constraints",
           "crystalgan+clash": "CrystalGAN, constraints + clash (this project)",
+          "crystalgan_plus": "crystalgan_plus (this project; see the ablation)",
           "substitution": "Substitution + Vegard (not learned)"}
 # The paper's Table 2: good-quality ternary compositions per method.
 PAPER = {("Pd", "Ni"): {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9},
@@ -96,6 +97,11 @@ def method_config(base, method: str):
     if method == "crystalgan+clash":
         weights = dataclasses.replace(base.weights, l7=FLAGS.clash_weight)
         return dataclasses.replace(base, method="crystalgan", weights=weights)
+    if method == "crystalgan_plus":  # its ingredients at their defaults unless flags set them
+        from crystalgan_jax.training import PLUS_DEFAULTS
+
+        return dataclasses.replace(base, method=method,
+                                   **{k: getattr(FLAGS, k) for k in PLUS_DEFAULTS})
     return dataclasses.replace(base, method=method)
 
 

@@ -1,0 +1,152 @@
+"""Candidates worth a DFT calculation: learned distance windows, symmetry snapping, novelty.
+
+Host-side helpers of the ``crystalgan_plus`` method (issue 13), all on pymatgen
+structures:
+
+* :func:`learn_windows`: per-class nearest-neighbour windows (Angstrom) from the training
+  binaries, for the differentiable window term of training
+  (:func:`crystalgan_jax.geometry.window_penalty`);
+* :func:`snap_to_symmetry`: a near-symmetric generated structure -> its idealised
+  primitive standard cell (spglib through pymatgen), which the criteria then re-check;
+* :func:`novel_flags` / :func:`count_novel`: whether a candidate matches (pymatgen
+  StructureMatcher, default tolerances) any reference structure, i.e. the substitution
+  baseline's structures and the training structures (:func:`reference_structures`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Structure
+
+from crystalgan_jax import evaluation, substitution
+from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, H_BLOCK
+from crystalgan_jax.io import HYDROGEN
+
+Window = tuple[tuple[int, ...], tuple[int, ...], float, float]
+
+
+def nearest_to(evaluations: Sequence[evaluation.StructureEvaluation], source: set[str],
+               target: set[str]) -> np.ndarray:
+    """Every ``source`` atom's distance (Angstrom) to its nearest ``target`` atom, pooled.
+
+    Reads :attr:`StructureEvaluation.site_nearest` (periodic, own images included); an
+    atom whose structure holds no target atom gives no entry.
+    """
+    out = []
+    for ev in evaluations:
+        for symbol, row in zip(ev.symbols, ev.site_nearest):
+            if symbol in source:
+                d = min((v for s, v in row.items() if s in target), default=np.inf)
+                if np.isfinite(d):
+                    out.append(d)
+    return np.asarray(out, np.float64)
+
+
+def learn_windows(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
+                  element_b: str, percentiles: tuple[float, float], d1: float, d2: float
+                  ) -> tuple[Window, ...]:
+    """Nearest-neighbour windows learned from the binary training structures.
+
+    Windows, as ``(source blocks, target blocks, lo, hi)`` with lo..hi the given
+    percentiles of the training distances:
+
+    * A -> nearest H (from the A-H data), B -> nearest H (from the B-H data): the metal-H
+      pairs the paper leaves free;
+    * H -> nearest metal (both domains pooled);
+    * metal -> nearest metal and H -> nearest H (pooled), intersected with the paper's
+      [d1, d2] so that the window never contradicts the paper's criterion.
+
+    A window whose data are empty, or whose intersection with [d1, d2] is empty, is left
+    out.
+    """
+    ev_ah = evaluation.evaluate_structures(ah, element_a, element_b, d1=d1, d2=d2)
+    ev_bh = evaluation.evaluate_structures(bh, element_a, element_b, d1=d1, d2=d2)
+    both = ev_ah + ev_bh
+    metals = {element_a, element_b}
+    spec = [((A_BLOCK,), (H_BLOCK,), ev_ah, {element_a}, {HYDROGEN}, False),
+            ((B_BLOCK,), (H_BLOCK,), ev_bh, {element_b}, {HYDROGEN}, False),
+            ((H_BLOCK,), (A_BLOCK, B_BLOCK), both, {HYDROGEN}, metals, False),
+            ((A_BLOCK, B_BLOCK), (A_BLOCK, B_BLOCK), both, metals, metals, True),
+            ((H_BLOCK,), (H_BLOCK,), both, {HYDROGEN}, {HYDROGEN}, True)]
+    windows = []
+    for source, target, evs, src_sym, tgt_sym, paper_class in spec:
+        d = nearest_to(evs, src_sym, tgt_sym)
+        if d.size == 0:
+            continue
+        lo, hi = (float(v) for v in np.percentile(d, percentiles))
+        if paper_class:
+            lo, hi = max(lo, d1), min(hi, d2)
+        if lo < hi:
+            windows.append((source, target, round(lo, 4), round(hi, 4)))
+    return tuple(windows)
+
+
+def snap_to_symmetry(structure: Structure, symprec: float) -> tuple[Structure, int]:
+    """The idealised primitive standard cell where spglib finds more than P1 at ``symprec``.
+
+    Returns:
+      (structure, space-group number): the snapped structure, or the input unchanged with
+      number 1 where it is P1 at this tolerance or spglib fails on the cell.
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
+            number = int(analyzer.get_space_group_number())
+            if number <= 1:
+                return structure, 1
+            snapped = analyzer.get_primitive_standard_structure()
+    except Exception:  # spglib refuses some generated cells (overlapping atoms, ...)
+        return structure, 1
+    if len(snapped) == 0 or snapped.composition.reduced_formula != \
+            structure.composition.reduced_formula:
+        return structure, 1
+    return snapped, number
+
+
+def reference_structures(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
+                         element_b: str) -> list[Structure]:
+    """What a candidate must not match to count as new: substitution baseline + training."""
+    return (substitution.substitution(ah, bh, element_a, element_b) + list(ah) + list(bh))
+
+
+def novel_flags(candidates: Sequence[Structure], references: Sequence[Structure],
+                matcher: StructureMatcher | None = None) -> list[bool]:
+    """Per candidate, True where StructureMatcher matches no reference structure.
+
+    References are bucketed by reduced formula first: with the default (species)
+    comparator StructureMatcher never matches different reduced compositions, so only
+    the candidate's own bucket needs fitting.
+    """
+    matcher = matcher or StructureMatcher()
+    buckets: dict[str, list[Structure]] = {}
+    for ref in references:
+        buckets.setdefault(ref.composition.reduced_formula, []).append(ref)
+    flags = []
+    for candidate in candidates:
+        same = buckets.get(candidate.composition.reduced_formula, [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flags.append(not any(matcher.fit(ref, candidate) for ref in same))
+    return flags
+
+
+def count_novel(structures: Sequence[Structure],
+                evaluations: Sequence[evaluation.StructureEvaluation],
+                references: Sequence[Structure],
+                matcher: StructureMatcher | None = None) -> int:
+    """Unique strictly good structures (StructureMatcher groups) that match no reference.
+
+    One representative per group (its first member) is compared, as
+    :func:`crystalgan_jax.evaluation.unique_groups` groups them.
+    """
+    strict = [s for s, e in zip(structures, evaluations) if e.good_strict]
+    labels = evaluation.unique_groups(strict, matcher)
+    representatives = [strict[labels.index(g)] for g in sorted(set(labels))]
+    return sum(novel_flags(representatives, references, matcher))

@@ -1,0 +1,202 @@
+"""crystalgan_plus pieces: learned windows, cell terms, sampling, snapping and novelty."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crystalgan_jax import candidates, encoding, geometry, substitution, training
+from tests.conftest import REPO, small_domain
+
+
+def _rocksalt_pdh(a: float = 4.09) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Pd", "H"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+
+
+def _crystal(structure: Structure, element_b: str = "Ni") -> encoding.Crystal:
+    layout = encoding.Layout.fit("Pd", element_b, [structure])
+    c = encoding.encode(structure, layout)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), c)
+
+
+def _p1() -> Structure:
+    return Structure(Lattice([[4.0, 0.2, 0.0], [0.3, 3.8, 0.1], [0.0, 0.4, 5.0]]),
+                     ["H", "H", "Pd", "Ni"],
+                     [[0.1, 0.2, 0.3], [0.6, 0.45, 0.9], [0.02, 0.01, 0.03], [0.47, 0.55, 0.52]])
+
+
+def test_cross_nearest_matches_pymatgen():
+    s = _p1()
+    layout = encoding.Layout.fit("Pd", "Ni", [s])
+    c = encoding.encode(s, layout)
+    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(s.lattice.matrix, 6.0)),
+                         jnp.float64)
+    with jax.enable_x64(True):
+        c = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), c)
+        got, valid = geometry.cross_nearest(c, shifts, (encoding.H_BLOCK,),
+                                            (encoding.A_BLOCK, encoding.B_BLOCK))
+    h_sites = [i for i, site in enumerate(s) if site.specie.symbol == "H"]
+    for row, i in enumerate(h_sites):
+        ref = min(n.nn_distance for n in s.get_neighbors(s[i], 6.0)
+                  if n.specie.symbol in ("Pd", "Ni"))
+        assert abs(float(got[row]) - ref) < 1e-6
+    assert bool(valid[0]) and bool(valid[1])
+
+
+def test_window_penalty_zero_inside_and_gradient_matches_finite_differences():
+    s = _rocksalt_pdh()  # Pd-H 2.045 A, Pd-Pd and H-H 2.892 A
+    shifts = jnp.asarray(geometry.lattice_shifts((2, 2, 2)), jnp.float64)
+    with jax.enable_x64(True):
+        c = _crystal(s)
+        inside = (((1,), (0,), 1.9, 2.2), ((1, 2), (1, 2), 2.5, 3.0))
+        assert float(geometry.window_penalty(c, shifts, inside)) == 0.0
+        tight = (((1,), (0,), 2.2, 2.4),)  # Pd-H 2.045 is 0.155 below lo
+        value = float(geometry.window_penalty(c, shifts, tight))
+        assert value == pytest.approx((2.2 - 2.0450) ** 2, abs=2e-4)
+        c = _crystal(_p1())  # no ties between nearest neighbours: differentiable there
+        tight = (((0,), (1, 2), 2.4, 2.6), ((1, 2), (1, 2), 1.0, 2.0))
+
+        def f(lattice):
+            return geometry.window_penalty(c.replace(lattice=lattice), shifts, tight)
+
+        grad = jax.grad(f)(c.lattice)
+        eps = 1e-6
+        for i, j in ((0, 0), (1, 2), (2, 1)):
+            dl = jnp.zeros((3, 3)).at[i, j].set(eps)
+            fd = (f(c.lattice + dl) - f(c.lattice - dl)) / (2 * eps)
+            assert abs(float(grad[i, j]) - float(fd)) < 1e-5
+
+
+def test_plane_spacing_terms_agree_with_numpy_and_image_range():
+    thin = np.array([[4.0, 0.0, 0.0], [3.9, 0.4, 0.0], [0.0, 0.0, 5.0]])
+    cubic = 4.0 * np.eye(3)
+    with jax.enable_x64(True):
+        for lattice in (thin, cubic):
+            np.testing.assert_allclose(np.asarray(geometry.plane_spacings_jax(jnp.asarray(lattice))),
+                                       geometry.plane_spacings(lattice), rtol=1e-10)
+            np.testing.assert_array_equal(np.asarray(geometry.images_needed(jnp.asarray(lattice))),
+                                          geometry.image_range(lattice))
+        shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
+        assert bool(geometry.outside_image_range(jnp.asarray(thin), shifts))
+        assert not bool(geometry.outside_image_range(jnp.asarray(cubic), shifts))
+        h = geometry.plane_spacings(thin)
+        assert float(geometry.spacing_penalty(jnp.asarray(thin), 1.0)) == pytest.approx(
+            float(np.sum(np.maximum(1.0 - h, 0.0) ** 2)))
+        assert h.min() < 1.0
+        assert float(geometry.spacing_penalty(jnp.asarray(cubic), 1.0)) == 0.0
+
+
+def test_learn_windows_are_percentiles_of_training_distances(reference_domains):
+    pdh, nih = reference_domains
+    windows = candidates.learn_windows(pdh.structures, nih.structures, "Pd", "Ni",
+                                      (1.0, 99.0), 1.8, 3.0)
+    by_key = {(w[0], w[1]): (w[2], w[3]) for w in windows}
+    # Pd -> nearest H, independently from pymatgen neighbour lists
+    d = []
+    for s in pdh.structures:
+        for i, site in enumerate(s):
+            if site.specie.symbol == "Pd":
+                d.append(min(n.nn_distance for n in s.get_neighbors(site, 5.0)
+                             if n.specie.symbol == "H"))
+    lo, hi = np.percentile(d, (1, 99))
+    assert by_key[((1,), (0,))] == pytest.approx((lo, hi), abs=1e-3)
+    metal_lo, metal_hi = by_key[((1, 2), (1, 2))]
+    assert 1.8 <= metal_lo < metal_hi <= 3.0  # intersected with the paper's [d1, d2]
+
+
+def test_snap_to_symmetry_restores_space_group():
+    s = _rocksalt_pdh()
+    rng = np.random.default_rng(0)
+    noisy = s.copy()
+    for i in range(len(noisy)):
+        noisy.translate_sites([i], rng.normal(scale=0.01, size=3), frac_coords=False)
+    snapped, number = candidates.snap_to_symmetry(noisy, 0.1)
+    assert number == 225
+    assert snapped.composition.reduced_composition == s.composition.reduced_composition
+    assert abs(snapped.volume - s.volume) / s.volume < 0.02
+    p1 = Structure(Lattice([[4.0, 0.3, 0.1], [0.2, 3.7, 0.4], [0.5, 0.1, 5.1]]), ["Pd", "H", "H"],
+                   [[0.0, 0.0, 0.0], [0.31, 0.17, 0.42], [0.77, 0.58, 0.13]])
+    same, number = candidates.snap_to_symmetry(p1, 0.01)
+    assert number == 1 and same is p1
+
+
+def test_novelty_against_substitution_and_training():
+    pd = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.0), ["Pd"], [[0, 0, 0]])
+    pd.append("H", [0.5, 0.5, 0.5])  # conventional cell: 4 Pd, 1 H
+    refs = candidates.reference_structures([pd], [], "Pd", "Ni")
+    assert len(refs) == 3 + 1  # 1, 2, 3 of 4 Pd -> Ni, and the training structure
+    sub = substitution.substitute(pd, "Pd", "Ni", 2)
+    moved = sub.copy()
+    moved.translate_sites(list(range(len(moved))), [0.05, 0.0, 0.0])  # the same crystal
+    other = sub.copy()
+    other.replace(len(other) - 1, "H", [0.25, 0.25, 0.25])  # H in another site
+    flags = candidates.novel_flags([moved, other, pd], refs)
+    assert flags == [False, True, False]
+
+
+def test_config_defaults_keep_the_paper_method():
+    paper = training.TrainConfig()
+    for name, value in training.PLUS_OFF.items():
+        assert getattr(paper, name) == value
+    assert paper.weights.l7 == 0.0
+    plus = training.TrainConfig(method="crystalgan_plus")
+    for name, value in training.PLUS_DEFAULTS.items():
+        assert getattr(plus, name) == value
+    assert plus.weights.l7 == 1.0
+    off = training.TrainConfig(method="crystalgan_plus", plus_clash=False, input_noise=0.0)
+    assert off.weights.l7 == 0.0 and off.input_noise == 0.0 and off.window_weight == 1.0
+    with pytest.raises(ValueError, match="samples_per_input"):
+        training.TrainConfig(method="crystalgan_plus", samples_per_input=0)
+
+
+def test_perturb_and_sampling_shapes():
+    s = _rocksalt_pdh()
+    c = jax.tree_util.tree_map(lambda a: a[None], _crystal(s))
+    noisy = training.perturb(c, jax.random.PRNGKey(0), 0.3)
+    assert noisy.masks[0] is c.masks[0]
+    delta = np.asarray(noisy.positions[0] - c.positions[0])
+    assert 0 < np.abs(delta).max() < 3.0
+    cfg = training.TrainConfig(method="crystalgan_plus", samples_per_input=3)
+    x_all, y_all = training._sampled_inputs(c, c, c, c, jax.random.PRNGKey(1), cfg)
+    assert x_all.lattice.shape == (3, 3, 3) and y_all.positions[0].shape[0] == 3
+    assert not np.allclose(np.asarray(x_all.lattice[0]), np.asarray(x_all.lattice[1]))
+
+
+def test_ablation_tiny(tmp_path):
+    ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
+    out = tmp_path / "ablation"
+    cmd = [sys.executable, str(REPO / "experiments" / "ablation.py"), "--flagfile=pdni.flags",
+           f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--seeds=0",
+           "--epochs=2", "--chunk_epochs=2", "--depth=1", "--width=16", "--batch_size=5",
+           "--generator_steps=1", "--samples_per_input=2",
+           "--variants=crystalgan,plus,-windows,-sampling,-snap"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((out / "ablation.json").read_text())["rows"]
+    assert list(table) == ["crystalgan", "plus", "-windows", "-sampling", "-snap",
+                           "substitution"]
+    n = 5  # max(n_x, n_y) inputs per direction
+    assert table["crystalgan"]["runs"][0]["counts"]["generated"] <= 2 * n
+    assert table["plus"]["runs"][0]["counts"]["generated"] > 2 * n  # two samples per input
+    assert table["-sampling"]["runs"][0]["counts"]["generated"] <= 2 * n
+    for row in table.values():
+        c = row["runs"][0]["counts"]
+        assert c["good_strict"] >= c["unique"] >= c["novel"] >= 0
+    plus_dir = table["plus"]["runs"][0]["output_dir"]
+    config = json.loads((Path(plus_dir) / "config.json").read_text())["spec"]["train"]
+    assert config["method"] == "crystalgan_plus" and len(config["pair_windows"]) >= 3
+    last = json.loads((Path(plus_dir) / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"L_win", "L_cell", "outside_images", "L_clash"} <= set(last)
+    paper = json.loads((Path(table["crystalgan"]["runs"][0]["output_dir"]) / "config.json")
+                       .read_text())["spec"]["train"]
+    assert paper["method"] == "crystalgan" and paper["window_weight"] == 0.0
+    assert "novel" in json.loads((Path(plus_dir) / "report.json").read_text())["counts"]
