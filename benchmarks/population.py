@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import matmul_rate  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"
 PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate=1e-4,
@@ -133,22 +135,6 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     return out
 
 
-def matmul_rate(repeats: int) -> dict:
-    """Median GFLOP/s of a jitted float32 1024 x 1024 matmul on the default device."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (1024, 1024), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (1024, 1024), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    jax.block_until_ready(f(a, b))
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        times.append(time.perf_counter() - tic)
-    median = statistics.median(times)
-    return {"median_s": median, "gflops": 2 * 1024**3 / median / 1e9, "repeats": repeats}
 
 
 def main() -> int:
@@ -189,7 +175,7 @@ def main() -> int:
         print(f"S = {size:3d}: wall {r['wall_s']:.1f} s, training {r['train_s']:.1f} s "
               f"(steady state {steady:.1f} s), peak RSS {r['peak_rss_mib']:.0f} MiB, "
               f"{r['achieved_gflops']:.2f} GFLOP/s", flush=True)
-    mm = matmul_rate(args.repeats)
+    mm = matmul_rate(repeats=args.repeats)
     for r in results:
         r["fraction_of_matmul_rate"] = r["achieved_gflops"] / mm["gflops"]
     print(f"matmul 1024 x 1024 float32: {mm['gflops']:.2f} GFLOP/s (median of "

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from machine import matmul_rate  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "train.json"
 FLAGFILE = REPO / "experiments" / "pdni.flags"
@@ -77,22 +79,6 @@ def measure_import() -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def matmul_rate() -> dict:
-    """float32 GFLOP/s of a jitted ``[n, n] @ [n, n]`` (median of repeats)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (MATMUL_N, MATMUL_N), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (MATMUL_N, MATMUL_N), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    jax.block_until_ready(f(a, b))
-    times = []
-    for _ in range(MATMUL_REPEATS):
-        t = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    return {"n": MATMUL_N, "median_ms": 1e3 * med, "gflops": 2 * MATMUL_N**3 / med / 1e9}
 
 
 def jaxpr_matmul_flops(jaxpr) -> float:
@@ -211,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     imported = measure_import()
     with tempfile.TemporaryDirectory() as tmp:
         phases = bench_in_process(args.epochs, Path(tmp) / "inprocess")
-        rate = matmul_rate()
+        rate = matmul_rate(MATMUL_N, MATMUL_REPEATS)
         wall = wall_warm = None
         if not args.skip_wall:
             # cold: an empty compilation cache, as on a fresh machine; warm: run again
