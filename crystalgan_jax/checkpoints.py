@@ -18,10 +18,13 @@ silently.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -96,6 +99,31 @@ def _drop_closed_loop_noise(previous):
     return hook
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM that arrive inside the block are delivered when it ends.
+
+    A save cut short by a signal leaves Orbax's temporary folder behind, and the save that
+    the interrupt then makes of the same step fails on it; so a save always finishes, and
+    the signal's handler (the run's "save and stop") runs right after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    caught: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 class Checkpoints:
     """Saves and restores train states under ``directory``.
 
@@ -136,9 +164,10 @@ class Checkpoints:
         if step in self._manager.all_steps():
             return True
         meta = {"sha256": state_digest(state), "epoch": step}
-        return bool(self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)), force=force))
+        with _signals_held():
+            return bool(self._manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                              meta=ocp.args.JsonSave(meta)), force=force))
 
     def steps(self) -> list[int]:
         """Saved steps, oldest first."""
