@@ -366,3 +366,21 @@ def initialize_distributed(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         jax.distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
     elif fv.distributed:
         jax.distributed.initialize()
+
+
+def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The CHGNet screening flags shared by experiments/screen.py and table2.py --screen."""
+    from crystalgan_jax import screening  # no torch: that comes with load_calculator
+
+    flags.DEFINE_enum("only", "ternary", ["strict", "paper", "ternary", "all"],
+                      "Which candidates (verdicts before relaxation): good (strict), good "
+                      "(paper), ternary, or all.", flag_values=flag_values)
+    flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "FIRE convergence: largest force "
+                       "(eV/A).", flag_values=flag_values)
+    flags.DEFINE_integer("max_steps", screening.DEFAULT_MAX_STEPS, "FIRE steps at most.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("threads", 1, "PyTorch threads (torch.set_num_threads) and BLAS "
+                         "threads of the screening process.", flag_values=flag_values)
+    flags.DEFINE_float("stability_threshold", screening.STABILITY_THRESHOLD,
+                       "Stable: converged and E_hull <= this (eV/atom).",
+                       flag_values=flag_values)

@@ -490,7 +490,7 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
            hull: Hull, element_a: str, element_b: str, *,
            novelty_references: Mapping[str, Sequence[Structure]],
            stability_threshold: float = STABILITY_THRESHOLD,
-           evaluation_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+           evaluation_options: Mapping[str, Any]) -> dict[str, Any]:
     """Verdicts after relaxation and the S.U.N. counts.
 
     Args:
@@ -502,14 +502,15 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
         (e.g. "training" and "substitution"); StructureMatcher, default tolerances.
       stability_threshold: stable means E_hull <= this (eV/atom) and a converged
         relaxation.
-      evaluation_options: keyword options of :func:`evaluation.evaluate_structure`.
+      evaluation_options: keyword options of :func:`evaluation.evaluate_structure`, d1 and
+        d2 (Angstrom) at least.
     Returns:
       ``{"counts": ..., "structures": [...], "timing_s": ...}``; structures in input order,
       each with its relaxation, displacement, energetics and verdicts.
     """
     if len(candidates) != len(relaxations):
         raise ValueError(f"{len(candidates)} candidates but {len(relaxations)} relaxations")
-    options = dict(evaluation_options or {})
+    options = dict(evaluation_options)
     diagram = hull.phase_diagram()
     matcher = StructureMatcher()
     system = set(hull.elements)

@@ -28,10 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import screen  # noqa: E402  (TEMPORARY: moved into the package next)
-
-from crystalgan_jax import cli, encoding, evaluation, population, substitution
+from crystalgan_jax import cli, encoding, evaluation, population, screen_runs, substitution
 from crystalgan_jax.io import StructureFileError
 from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError, check_output,
                                    load_domains)
@@ -52,6 +49,7 @@ flags.DEFINE_bool("screen", False, "Screen each run's final structures and the s
                   "baseline with CHGNet (screen.py's --only, --fmax, --max_steps, --threads, "
                   "--stability_threshold); adds the columns stable and S.U.N. Needs the "
                   "screen extra.")
+cli.define_screen_flags(FLAGS)  # --only, --fmax, --max_steps, --threads, ...
 
 LABELS = {"gan": "GAN (noise input)", "discogan": "DiscoGAN (step 1 only)",
           "nocons": "CrystalGAN, no constraints", "crystalgan": "CrystalGAN, constraints",
@@ -108,7 +106,7 @@ def method_config(base, method: str):
 def summarize(per_seed: list[dict[str, int]]) -> dict[str, dict[str, float]]:
     """Mean, standard deviation (population), min and max of each count over seeds."""
     out = {}
-    for key in ("generated",) + COLUMNS + tuple(k for k in screen.COLUMNS if k in per_seed[0]):
+    for key in ("generated",) + COLUMNS + tuple(k for k in screen_runs.COLUMNS if k in per_seed[0]):
         values = np.array([c[key] for c in per_seed], float)
         out[key] = {"mean": float(values.mean()), "std": float(values.std()),
                     "min": float(values.min()), "max": float(values.max())}
@@ -118,7 +116,7 @@ def summarize(per_seed: list[dict[str, int]]) -> dict[str, dict[str, float]]:
 def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
              epochs: int) -> str:
     paper = PAPER.get((element_a, element_b), {})
-    screened = [k for k in screen.COLUMNS if all(k in r["summary"] for r in table.values())]
+    screened = [k for k in screen_runs.COLUMNS if all(k in r["summary"] for r in table.values())]
     lines = [f"# Table 2: {element_a}-{element_b}-H",
              "",
              f"Seeds {', '.join(map(str, seeds))}; {epochs} epochs per stage. Counts over the "
@@ -127,7 +125,7 @@ def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
              "ternary compositions.",
              "",
              "| method | generated | ternary | good (paper) | good (strict) | unique | paper |"
-             + "".join(f" {screen.COLUMNS[k]} |" for k in screened),
+             + "".join(f" {screen_runs.COLUMNS[k]} |" for k in screened),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(screened)]
     for method, row in table.items():
         s = row["summary"]
@@ -227,7 +225,9 @@ def make_table(base, specs: dict) -> dict[str, dict] | None:
         table["substitution"] = {"runs": [{"seed": None, "counts": counts}],
                                  "summary": summarize([counts])}
     if FLAGS.screen:
-        screen.screen_table(table, base, out)
+        screen_runs.screen_table(table, base, out, threads=FLAGS.threads, fmax=FLAGS.fmax,
+                                 max_steps=FLAGS.max_steps, only=FLAGS.only,
+                                 stability_threshold=FLAGS.stability_threshold)
         for row in table.values():
             row["summary"] = summarize([r["counts"] for r in row["runs"]])
     return table

@@ -93,7 +93,8 @@ def test_unrelaxable_structure_is_reported_not_fatal(calculator):
     hull = screening.Hull.build(["Pd", "Ni", "H"], {"Pd": -5.0, "Ni": -5.5, "H": -3.3}, [])
     result = screening.screen(named, relaxations, hull, "Pd", "Ni",
                               novelty_references={"training": [rocksalt("Pd", 4.1)],
-                                                  "substitution": [ternary()]})
+                                                  "substitution": [ternary()]},
+                              evaluation_options={"d1": 1.8, "d2": 3.0})
     counts = result["counts"]
     assert counts["screened"] == 2 and counts["failed"] == 1 and counts["relaxed"] == 1
     rows = {row["name"]: row for row in result["structures"]}

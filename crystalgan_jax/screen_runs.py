@@ -1,0 +1,293 @@
+"""Screening of whole runs and folders with CHGNet: journals, one system's hull, tables.
+
+:mod:`crystalgan_jax.screening` holds the physics (relaxation, references, hull,
+verdicts); this module applies it to what the scripts hand over: a run folder, any
+folder of structures, or every run of a Table 2 (``experiments/screen.py`` and
+``experiments/table2.py --screen``). Each relaxation is appended to a journal as it ends,
+so an interrupted screening run again with the same settings continues where it stopped.
+Importing it loads no torch; :func:`crystalgan_jax.screening.load_calculator` does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pymatgen.core import Structure
+
+from crystalgan_jax import encoding, evaluation, io, screening, substitution
+
+Log = Callable[[str], None]
+SECTION = "## Screening (CHGNet)"
+# Counts table2.py --screen adds per run, with their column titles.
+COLUMNS = {"screened": "screened", "stable": "stable", "sun": "S.U.N."}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def structure_files(folder: Path) -> list[Path]:
+    """Every structure file under ``folder`` (recursive, sorted; ``screening/`` skipped)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and io.is_structure_file(p)
+                  and "screening" not in p.relative_to(folder).parts
+                  and not (p.suffix == ".cif" and p.with_suffix(".vasp").exists()))
+
+
+def select(named: Sequence[tuple[str, Structure]], element_a: str, element_b: str, only: str,
+           options: dict[str, Any]) -> list[tuple[str, Structure]]:
+    """The candidates ``--only`` keeps, by their verdicts before relaxation."""
+    if only == "all":
+        return list(named)
+    key = {"ternary": "ternary", "paper": "good_paper", "strict": "good_strict"}[only]
+    return [(n, s) for n, s in named
+            if getattr(evaluation.evaluate_structure(s, element_a, element_b, **options), key)]
+
+
+class Journal:
+    """Relaxations saved one JSON line each as they end, read back by an identical rerun.
+
+    The first line holds the settings; a journal written with other settings is replaced.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any], log: Log):
+        self.path = path
+        self.settings = settings
+        self.entries: dict[str, dict] = {}
+        if path.exists():
+            lines = path.read_text().splitlines()
+            try:
+                same = lines and json.loads(lines[0]) == {"settings": settings}
+            except json.JSONDecodeError:
+                same = False
+            if same:
+                for number, line in enumerate(lines[1:], start=2):
+                    try:
+                        entry = json.loads(line)
+                        self.entries[entry["name"]] = entry
+                    except (json.JSONDecodeError, KeyError):  # cut short by a hard kill
+                        log(f"{path}, line {number}: incomplete line dropped")
+                log(f"{path}: {len(self.entries)} relaxations reused")
+            else:
+                log(f"{path}: made with other settings, starting again")
+        if not self.entries:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"settings": settings}) + "\n")
+
+    def done(self, named: Sequence[tuple[str, Structure]]) -> dict[str, screening.Relaxation]:
+        """Relaxations of ``named`` already in the journal (same name and same structure)."""
+        out = {}
+        for name, structure in named:
+            entry = self.entries.get(name)
+            if entry is None or Structure.from_dict(entry["initial"]) != structure:
+                continue
+            final = Structure.from_dict(entry["final"]) if entry["final"] else None
+            out[name] = screening.relaxation_from_json(entry["relaxation"], structure, final)
+        return out
+
+    def add(self, name: str, r: screening.Relaxation) -> None:
+        entry = {"name": name, "relaxation": screening.relaxation_json(r),
+                 "initial": r.initial.as_dict(),
+                 "final": r.final.as_dict() if r.final is not None else None}
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def relax_journaled(named: Sequence[tuple[str, Structure]], calculator, journal: Journal,
+                    fmax: float, max_steps: int, log: Log, label: str,
+                    on_done: Callable[[str, screening.Relaxation], None] | None = None
+                    ) -> list[screening.Relaxation]:
+    def save(name: str, r: screening.Relaxation) -> None:
+        journal.add(name, r)
+        if on_done:
+            on_done(name, r)
+
+    return screening.relax_all(named, calculator, fmax=fmax, max_steps=max_steps,
+                               progress=log, label=label, done=journal.done(named),
+                               on_done=save)
+
+
+class System:
+    """One chemical system's references for screening: elements, training data, hull.
+
+    Built once and reused for every set of candidates of the system (table2.py screens
+    several runs against one hull).
+    """
+
+    def __init__(self, element_a: str, element_b: str, data_ah: str, data_bh: str,
+                 options: dict[str, Any], calculator, fmax: float, max_steps: int,
+                 hull_journal: Path, log: Log = _log):
+        self.element_a, self.element_b, self.options = element_a, element_b, options
+        self.fmax, self.max_steps, self.calculator = fmax, max_steps, calculator
+        self.settings = {"fmax": fmax, "max_steps": max_steps,
+                         "model": screening.model_version(calculator)}
+        ah = io.read_domain(data_ah, element_a, mat_block=encoding.A_BLOCK + 1)
+        bh = io.read_domain(data_bh, element_b, mat_block=encoding.B_BLOCK + 1)
+        self.training = ah.structures + bh.structures
+        self.substitution = substitution.substitution(ah.structures, bh.structures,
+                                                      element_a, element_b)
+        tic = time.perf_counter()
+        elements = [element_a, element_b, io.HYDROGEN]
+        self.references = screening.elemental_references(elements, calculator, fmax=fmax,
+                                                         max_steps=max_steps)
+        self.timing = {"references": time.perf_counter() - tic}
+        tic = time.perf_counter()
+        named = [(f"{d.sources[i] if i < len(d.sources) else i}", s)
+                 for d in (ah, bh) for i, s in enumerate(d.structures)]
+        named = [(f"{k:03d} {n}", s) for k, (n, s) in enumerate(named)]
+        journal = Journal(hull_journal, self.settings, log)
+        log(f"relaxing the {len(named)} training structures for the hull "
+            f"(journal {journal.path})")
+        relaxed = relax_journaled(named, calculator, journal, fmax, max_steps, log, "hull")
+        self.training_relaxed = [r.final for r in relaxed if r.ok]
+        failed = [(n, r.reason) for (n, _), r in zip(named, relaxed) if not r.ok]
+        for name, reason in failed:
+            log(f"training structure {name} left out of the hull: {reason}")
+        self.hull = screening.hull_from_relaxations(elements, self.references,
+                                                    list(zip((n for n, _ in named), relaxed)))
+        self.timing["training_relaxation"] = time.perf_counter() - tic
+        self.data = [str(data_ah), str(data_bh)]
+
+    def novelty_references(self, with_substitution: bool = True) -> dict[str, list[Structure]]:
+        refs = {"training": self.training, "training (relaxed)": self.training_relaxed}
+        if with_substitution:
+            refs["substitution"] = self.substitution
+        return refs
+
+    def screen(self, named: Sequence[tuple[str, Structure]], out: Path, title: str,
+               stability_threshold: float, log: Log = _log,
+               with_substitution: bool = True) -> dict[str, Any]:
+        """Relaxes ``named``, judges them, writes everything into ``out``; the result dict."""
+        out.mkdir(parents=True, exist_ok=True)
+        seconds = self.calculator.seconds
+        tic = time.perf_counter()
+        journal = Journal(out / "relaxations.jsonl", self.settings, log)
+
+        def write(name: str, r: screening.Relaxation) -> None:
+            if r.final is not None:
+                path = out / "relaxed" / Path(name).with_suffix(".vasp")
+                io.write_poscar(r.final, path, comment=f"{name} relaxed (CHGNet, {r.status})")
+                io.write_cif(r.final, path.with_suffix(".cif"))
+
+        log(f"screening {len(named)} structures into {out}")
+        relaxations = relax_journaled(named, self.calculator, journal, self.fmax,
+                                      self.max_steps, log, "screen", on_done=write)
+        for (name, _), r in zip(named, relaxations):  # journaled ones too: files complete
+            if r.final is not None and not (out / "relaxed" / name).with_suffix(".vasp").exists():
+                write(name, r)
+        relax_s = time.perf_counter() - tic
+        result = screening.screen(named, relaxations, self.hull, self.element_a,
+                                  self.element_b,
+                                  novelty_references=self.novelty_references(with_substitution),
+                                  stability_threshold=stability_threshold,
+                                  evaluation_options=self.options)
+        timing = {"relaxation": round(relax_s, 2),
+                  "of_which_chgnet": round(self.calculator.seconds - seconds, 2),
+                  **result["timing_s"], **{f"system_{k}": round(v, 2)
+                                           for k, v in self.timing.items()}}
+        for row in result["structures"]:
+            if (out / "relaxed" / row["name"]).with_suffix(".vasp").exists():
+                row["relaxed_file"] = str(Path("relaxed") / Path(row["name"]).with_suffix(".vasp"))
+        settings = {**self.settings, "model_version": self.settings["model"],
+                    "data": self.data, "novelty_references":
+                    list(self.novelty_references(with_substitution)),
+                    "elemental_references": {s: screening.relaxation_json(r)
+                                             for s, r in self.references.items()},
+                    "hull": self.hull.to_json(), "timing_s": timing}
+        result = {"system": f"{self.element_a}-{self.element_b}-H", "settings": settings,
+                  **result, "timing_s": timing}
+        (out / "screening.json").write_text(json.dumps(result, indent=1))
+        (out / "screening.md").write_text(screening.markdown(result, title, settings))
+        c = result["counts"]
+        log(f"screened {c['screened']}: {c['converged']} converged, {c['failed']} failed, "
+            f"{c['stable']} stable (E_hull <= {stability_threshold:g}), "
+            f"{c['sun']} S.U.N.; {out / 'screening.md'}")
+        return result
+
+
+def link_from_report(report_md: Path, screening_md: Path, counts: dict[str, int]) -> None:
+    """Adds (or replaces) the "Screening" section of a run's report.md."""
+    if not report_md.exists():
+        return
+    text = report_md.read_text()
+    if SECTION in text:
+        text = text[:text.index(SECTION)].rstrip() + "\n"
+    rel = screening_md.relative_to(report_md.parent)
+    text += (f"\n{SECTION}\n\n[{rel}]({rel}): {counts['screened']} screened, "
+             f"{counts['converged']} converged, {counts['stable']} stable, "
+             f"{counts['unique']} unique, {counts['novel']} novel, "
+             f"{counts['sun']} S.U.N.\n")
+    report_md.write_text(text)
+
+
+def run_system(run_dir: Path) -> dict[str, Any]:
+    """A run's element_a, element_b, data_ah, data_bh and evaluation options (config.json).
+
+    Raises:
+      FileNotFoundError: ``run_dir`` holds no config.json.
+    """
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --run_dir must be a training run's folder")
+    spec = json.loads(path.read_text())["spec"]
+    a, b, cfg = spec["element_a"], spec["element_b"], spec["train"]
+    classes = encoding.class_symbols(cfg["classes"], a, b)
+    return {"element_a": a, "element_b": b, "data_ah": spec["data_ah"],
+            "data_bh": spec["data_bh"],
+            "options": {"d1": cfg["d1"], "d2": cfg["d2"], "classes": classes}}
+
+
+def spec_system(base) -> dict[str, Any]:
+    """The same from a :class:`crystalgan_jax.runner.RunSpec` (flags or a flagfile)."""
+    classes = encoding.class_symbols(base.train.classes, base.element_a, base.element_b)
+    return {"element_a": base.element_a, "element_b": base.element_b,
+            "data_ah": base.data_ah, "data_bh": base.data_bh,
+            "options": {"d1": base.train.d1, "d2": base.train.d2, "classes": classes}}
+
+
+def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax: float,
+                 max_steps: int, only: str, stability_threshold: float,
+                 log: Log = _log) -> None:
+    """table2.py --screen: every run's final structures and the substitution baseline.
+
+    One CHGNet model and one hull (journal ``out/screening/training_relaxations.jsonl``)
+    for all; each run's screening goes into ``RUN/screening`` (linked from its report.md),
+    the baseline's into ``out/substitution/screening``, where novelty is judged against
+    the training set only. Adds ``screened``, ``stable``, ``sun`` to each run's counts
+    and the screening's wall time as ``screen_s``.
+    """
+    tic = time.perf_counter()
+    calculator = screening.load_calculator(threads)
+    log(f"CHGNet {screening.model_version(calculator)} loaded in "
+        f"{time.perf_counter() - tic:.1f}s ({threads} torch thread(s))")
+    a, b = base.element_a, base.element_b
+    options = {"d1": base.train.d1, "d2": base.train.d2,
+               "classes": encoding.class_symbols(base.train.classes, a, b)}
+    system = System(a, b, base.data_ah, base.data_bh, options, calculator, fmax,
+                    max_steps, out / "screening" / "training_relaxations.jsonl", log)
+    for method, row in table.items():
+        for run in row["runs"]:
+            tic = time.perf_counter()
+            if method == "substitution":
+                named = [(f"{k:03d}.vasp", s) for k, s in enumerate(system.substitution)]
+                dest, run_dir, title = out / "substitution" / "screening", None, "substitution"
+            else:
+                run_dir = Path(run["output_dir"])
+                folder = run_dir / "structures" / "final"
+                named = [(str(p.relative_to(folder)), io.read_structure(p))
+                         for p in structure_files(folder)]
+                dest, title = run_dir / "screening", f"{method}, seed {run['seed']}"
+            candidates = select(named, a, b, only, options)
+            log(f"== screening {title}: {len(candidates)} of {len(named)} pass "
+                f"--only={only}")
+            result = system.screen(candidates, dest, title, stability_threshold, log,
+                                   with_substitution=method != "substitution")
+            if run_dir is not None:
+                link_from_report(run_dir / "report.md", dest / "screening.md",
+                                 result["counts"])
+            run["counts"].update({k: result["counts"][k] for k in COLUMNS})
+            run["screen_s"] = round(time.perf_counter() - tic, 1)
+            run["screening"] = str(dest / "screening.json")
