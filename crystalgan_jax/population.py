@@ -75,6 +75,11 @@ class Member:
     weights: losses.Weights
     swept: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        if not 0 <= self.seed <= runner.MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {runner.MAX_SEED}], "
+                             f"got {self.seed}")
+
     @property
     def name(self) -> str:
         """Folder name: ``seed_3``, or ``seed_3_l5_0.1`` with the swept weights."""

@@ -33,6 +33,9 @@ FLAGS = flags.FLAGS
 cli.define_flags(FLAGS)  # the system's flags (elements, data, d1, d2, classes), as train.py
 flags.adopt_module_key_flags(cli)
 cli.define_screen_flags(FLAGS)
+# The system comes from the run flags; their --output_dir (a training run's folder) has no
+# use here, where --output says where the screening goes.
+FLAGS.set_default("output_dir", ".")
 flags.DEFINE_string("run_dir", None, "A training run's output folder: screen its final "
                     "structures, with the system of its config.json.")
 flags.DEFINE_string("structures", None, "Any folder of POSCAR/CIF files to screen "
