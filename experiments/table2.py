@@ -225,7 +225,8 @@ def make_table(base, specs: dict) -> dict[str, dict] | None:
         table["substitution"] = {"runs": [{"seed": None, "counts": counts}],
                                  "summary": summarize([counts])}
     if FLAGS.screen:
-        screen_runs.screen_table(table, base, out, threads=FLAGS.threads, fmax=FLAGS.fmax,
+        screen_runs.screen_table(table, base, Path(FLAGS.output_dir), threads=FLAGS.threads,
+                                 fmax=FLAGS.fmax,
                                  max_steps=FLAGS.max_steps, only=FLAGS.only,
                                  stability_threshold=FLAGS.stability_threshold)
         for row in table.values():
