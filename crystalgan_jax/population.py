@@ -231,7 +231,9 @@ def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict
         ckpt.close()
     path = ckpt.directory / str(step) / "state"
     checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
+    metadata = checkpointer.metadata(path)
+    # orbax >= 0.11.2x wraps the tree metadata in a CheckpointMetadata; older returns it
+    tree = getattr(metadata, "item_metadata", metadata).tree
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), tree)
