@@ -342,9 +342,27 @@ class PopulationResult:
     pooled: dict | None
 
 
+_BARRIERS = itertools.count()  # every process passes the same barriers in the same order
+
+
 def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
+    """Waits until every process gets here (no-op with one process).
+
+    Uses the coordination service's barrier, which needs no collective: the first
+    collective between CPU processes sets up a gloo context that gives up after 30 s, and
+    on a loaded machine one process can reach the first barrier that much later (it
+    reads and checks the data files itself). Falls back to a device sync where JAX has no
+    such client.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client jax.distributed.initialize made
+
+    client = getattr(distributed.global_state, "client", None)
+    if client is None or not hasattr(client, "wait_at_barrier"):
         multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(f"crystalgan_jax/{next(_BARRIERS)}/{name}", 30 * 60 * 1000)
 
 
 def _config_json(spec: PopulationSpec, layout, ah, bh, sharding: MemberSharding) -> dict:
