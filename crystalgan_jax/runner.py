@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 import warnings

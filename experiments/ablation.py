@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from crystalgan_jax import candidates, cli, encoding, evaluation, runner, substitution
 from crystalgan_jax import training
