@@ -9,7 +9,11 @@ One Orbax ``CheckpointManager`` under the run's ``checkpoints/``, one folder per
 * preservation: the newest ``max_to_keep`` steps (``LatestN``) and, for good, the end
   of stage 1 (``CustomSteps``), so that stage 3 can be re-run or varied from it.
 
-Each step holds the state and a small JSON item with the SHA-256 of the state's arrays.
+Each step holds the state *packed* (:func:`pack`: one array per dtype, the leaves
+concatenated) and a small JSON item with the packing layout and the SHA-256 of the
+arrays. Packed, a save of the ~200 arrays of a CrystalGAN state takes ~0.05 s instead of
+~0.6 s (Orbax's cost is per array), which at a save every 100 epochs was a fifth of a
+paper-configuration run. Steps written unpacked (before the packing) are still restored.
 :meth:`Checkpoints.restore` recomputes it and checks that every value is finite; a step
 that fails (or that Orbax cannot read) is reported in one line, moved aside to
 ``<step>.damaged`` and the next older step is tried, so damaged state is never restored
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy, save_decision_policy
@@ -57,6 +62,105 @@ def state_digest(state) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def _key_name(entry) -> str:
+    for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+        if hasattr(entry, attribute):
+            return str(getattr(entry, attribute))
+    return str(entry)
+
+
+def _lead(leaf: jax.Array) -> tuple[int, ...]:
+    """``leaf.shape[:1]`` where axis 0 is split over devices (a population's member
+    axis), else ``()``: packing keeps that axis, so the packed array stays split the same
+    way and no process needs another's rows."""
+    sharding = getattr(leaf, "sharding", None)
+    if leaf.ndim and sharding is not None and not sharding.is_fully_replicated:
+        return tuple(leaf.shape[:1])
+    return ()
+
+
+def pack(state) -> tuple[dict[str, jax.Array], list[dict]]:
+    """The leaves of ``state`` concatenated into one array per (dtype, split axis).
+
+    Returns:
+      ``arrays``: group name -> ``[total]`` (or ``[P, total]`` for leaves whose axis 0
+      of size P is split over devices); ``layout``: per leaf, in tree order, its path
+      (list of key names), group, offset and shape (JSON-serialisable), which
+      :func:`unpack` and :func:`unpack_as_dicts` read back.
+    """
+    groups: dict[str, list[jax.Array]] = {}
+    sizes: dict[str, int] = {}
+    layout = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        leaf = jnp.asarray(leaf)
+        lead = _lead(leaf)
+        group = leaf.dtype.name + (f"_split{lead[0]}" if lead else "")
+        size = int(np.prod(leaf.shape[len(lead):], dtype=np.int64))
+        layout.append({"path": [_key_name(k) for k in path], "group": group,
+                       "offset": sizes.get(group, 0), "shape": list(leaf.shape),
+                       "dtype": leaf.dtype.name})
+        sizes[group] = sizes.get(group, 0) + size
+        groups.setdefault(group, []).append(leaf.reshape(lead + (size,)))
+    return {g: jnp.concatenate(parts, axis=-1) for g, parts in groups.items()}, layout
+
+
+def _leaf(arrays: dict, entry: dict):
+    packed = arrays[entry["group"]]
+    lead = 1 if "_split" in entry["group"] else 0
+    size = int(np.prod(entry["shape"][lead:], dtype=np.int64))
+    return packed[..., entry["offset"]: entry["offset"] + size].reshape(entry["shape"])
+
+
+def unpack(arrays: dict, layout: list[dict], template):
+    """:func:`pack` undone into the structure (and shardings) of ``template``.
+
+    Raises:
+      ValueError: the layout is not that of ``template`` (another configuration).
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    if len(flat) != len(layout):
+        raise ValueError(f"it holds {len(layout)} arrays, this run's state {len(flat)}")
+    leaves = []
+    for (path, like), entry in zip(flat, layout):
+        like = jnp.asarray(like)
+        if ([_key_name(k) for k in path] != entry["path"] or list(like.shape) != entry["shape"]
+                or like.dtype.name != entry["dtype"]):
+            raise ValueError(f"it holds {'/'.join(entry['path'])} {entry['shape']} "
+                             f"{entry['dtype']}, this run's state "
+                             f"{jax.tree_util.keystr(path)} {list(like.shape)} {like.dtype}")
+        leaves.append(jax.device_put(_leaf(arrays, entry), like.sharding))
+    return jax.tree_util.tree_unflatten(treedef, [leaf for leaf in leaves])
+
+
+def _packed_shapes(layout: list[dict]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Group -> (shape, dtype) of the arrays :func:`pack` made, from its layout alone."""
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for entry in layout:
+        lead = tuple(entry["shape"][:1]) if "_split" in entry["group"] else ()
+        end = entry["offset"] + int(np.prod(entry["shape"][len(lead):], dtype=np.int64))
+        old = shapes.get(entry["group"], (lead + (0,), entry["dtype"]))[0][-1]
+        shapes[entry["group"]] = (lead + (max(old, end),), entry["dtype"])
+    return shapes
+
+
+def unpack_as_dicts(arrays: dict, layout: list[dict]) -> dict:
+    """:func:`pack` undone without a template: nested dicts keyed by the path names."""
+    tree: dict = {}
+    for entry in layout:
+        node = tree
+        for name in entry["path"][:-1]:
+            node = node.setdefault(name, {})
+        node[entry["path"][-1]] = np.asarray(_leaf(arrays, entry))
+    return tree
+
+
+def _digest_of(stored, meta: dict) -> str:
+    """:func:`state_digest` of what :meth:`Checkpoints.save` hashed (``meta["hashed"]``)."""
+    if "hashed" in meta:
+        return state_digest({g: stored[g] for g in meta["hashed"] if g in stored})
+    return state_digest(stored)
 
 
 def all_finite(state) -> bool:
@@ -163,10 +267,17 @@ class Checkpoints:
         step = int(state.epoch)
         if step in self._manager.all_steps():
             return True
-        meta = {"sha256": state_digest(state), "epoch": step}
+        if not force and not self._manager.should_save(step):
+            return False  # no packing work for the chunks the policies skip
+        arrays, layout = pack(state)
+        # arrays split over processes are not hashed (no process holds them whole); the
+        # names of those that are let a reader on one machine check the same bytes
+        hashed = sorted(g for g, a in arrays.items() if len(_host_leaves(a)) == 1)
+        meta = {"sha256": state_digest({g: arrays[g] for g in hashed}), "hashed": hashed,
+                "epoch": step, "layout": layout}
         with _signals_held():
             return bool(self._manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                               meta=ocp.args.JsonSave(meta)), force=force))
 
     def steps(self) -> list[int]:
@@ -178,23 +289,60 @@ class Checkpoints:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def _read(self, step: int, abstract):
+    def _read(self, step: int, template):
         """The verified state of ``step``; raises ValueError saying what is wrong."""
         try:
             with _QuietOrbax():
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                meta = self._manager.restore(step, args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore()))["meta"]
+                if isinstance(meta, dict) and "layout" in meta:
+                    like = pack(template)[0]
+                else:  # written unpacked, by an earlier version
+                    like = template
+                abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+                stored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as err:  # Orbax raises many types for damaged files
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
             raise ValueError(f"unreadable ({type(err).__name__}: {first})") from None
-        state, meta = restored["state"], restored["meta"]
         if not isinstance(meta, dict) or "sha256" not in meta:
             raise ValueError("no checksum saved with it")
-        if state_digest(state) != meta["sha256"]:
+        if _digest_of(stored, meta) != meta["sha256"]:
             raise ValueError("checksum mismatch: its arrays changed after saving")
-        if not all_finite(state):
+        if not all_finite(stored):
             raise ValueError("it holds NaN or inf")
-        return state
+        return unpack(stored, meta["layout"], template) if "layout" in meta else stored
+
+    def read_as_dicts(self, step: int | None = None) -> dict:
+        """The state of ``step`` (default: the newest) as nested dicts of NumPy arrays,
+        without a template and on one device, whatever devices or processes wrote it.
+
+        Keys are the names of the state's fields and dict keys (e.g.
+        ``["members"]["params"]``). Raises ValueError where the step is damaged.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint under {self.directory}")
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        meta = self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        if "layout" in meta:
+            abstract = {group: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
+                        for group, (shape, dtype) in _packed_shapes(meta["layout"]).items()}
+        else:  # written unpacked, by an earlier version: the tree as Orbax recorded it
+            checkpointer = ocp.StandardCheckpointer()
+            tree = checkpointer.metadata(self.directory / str(step) / "state")
+            checkpointer.close()
+            tree = getattr(tree, "item_metadata", tree).tree  # older Orbax: the tree itself
+            abstract = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), tree)
+        stored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+        if _digest_of(stored, meta) != meta.get("sha256"):
+            raise ValueError(f"checkpoint {self.directory / str(step)}: checksum mismatch")
+        if "layout" in meta:
+            return unpack_as_dicts(stored, meta["layout"])
+        return jax.tree_util.tree_map(np.asarray, stored)
 
     def restore(self, template, step: int | None = None):
         """The newest intact state (or that of ``step``), shaped like ``template``.
@@ -205,7 +353,6 @@ class Checkpoints:
         Raises:
           CheckpointError: no step left, or ``step`` damaged.
         """
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
             raise CheckpointError(f"no checkpoint under {self.directory}")
@@ -215,7 +362,7 @@ class Checkpoints:
         problems = 0
         for i, candidate in enumerate(candidates):
             try:
-                return self._read(candidate, abstract)
+                return self._read(candidate, template)
             except ValueError as err:
                 older = candidates[i + 1] if i + 1 < len(candidates) else None
                 then = f"falling back to step {older}" if older is not None else "none older"

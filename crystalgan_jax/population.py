@@ -220,26 +220,11 @@ def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict
     "epoch": ...} (each leaf [P, ...]), "epoch": scalar}``; rows beyond the population's
     members (see its config.json) are padding.
     """
-    import orbax.checkpoint as ocp
-
     ckpt = Checkpoints(checkpoint_dir)
     try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+        return ckpt.read_as_dicts(step)
     finally:
         ckpt.close()
-    path = ckpt.directory / str(step) / "state"
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(path)
-    # orbax >= 0.11.2x wraps the tree metadata in a CheckpointMetadata; older returns it
-    tree = getattr(metadata, "item_metadata", metadata).tree
-    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), tree)
-    restored = checkpointer.restore(path, abstract)
-    checkpointer.close()
-    return jax.tree_util.tree_map(np.asarray, restored)
 
 
 # --- the compiled population --------------------------------------------------------------
@@ -446,7 +431,9 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     out = Path(base.output_dir)
     if jax.process_index() == 0 or not base.overwrite:
         # process 0 deletes (--overwrite); every process refuses a folder holding a run
-        # without --resume, so that none waits at the barrier for one that stopped
+        # without --resume, so that none waits at the barrier for one that stopped. The
+        # folder may not exist yet for a process that gets here before process 0 made it.
+        out.mkdir(parents=True, exist_ok=True)
         runner._prepare_output(base, log)
     _barrier("population: output folder ready")
     out.mkdir(parents=True, exist_ok=True)

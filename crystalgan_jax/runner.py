@@ -22,6 +22,7 @@ takes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -36,7 +37,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -224,11 +225,16 @@ def _is_run(out: Path) -> bool:
     return any((out / name).exists() for name in RUN_MARKERS)
 
 
+WRITE_PROBE = ".write-test-"  # + pid: the file that shows a folder is writable
+
+
 def _foreign_contents(out: Path) -> list[str]:
-    """Names in ``out`` (besides our lock) when ``out`` is not a run of ours, else []."""
+    """Names in ``out`` (besides our lock and write probes) when ``out`` is not a run of
+    ours, else []. (The processes of a population probe the folder at the same time.)"""
     if not out.is_dir() or _is_run(out):
         return []
-    return sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    return sorted(p.name for p in out.iterdir()
+                  if p.name != LOCK_NAME and not p.name.startswith(WRITE_PROBE))
 
 
 def _output_error(out: Path, err: OSError) -> OutputDirError:
@@ -328,7 +334,7 @@ def _prepare_output(spec: RunSpec, log: Callable[[str], None]) -> Path:
             f"{out} already holds a run; pass resume=True (--resume) to continue it or "
             "overwrite=True (--overwrite) to start again")
     try:
-        probe = out / f".write-test-{os.getpid()}"
+        probe = out / f"{WRITE_PROBE}{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
@@ -455,10 +461,14 @@ def chunk_length(epoch: int, stage_end: int, chunk: int, every: int) -> int:
 def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
                  nets: training.Networks, state: training.TrainState, shifts: jax.Array,
                  metrics: list[dict], ckpt: Checkpoints,
-                 log: Callable[[str], None], on_trace=None) -> training.TrainState:
+                 log: Callable[[str], None], on_trace=None,
+                 compiling: dict[str, concurrent.futures.Future] | None = None
+                 ) -> training.TrainState:
     """Runs every stage of ``spec.train`` from ``state.epoch`` on, checkpointing as it goes.
 
     ``shifts``: the geometric penalty's lattice shifts (:func:`training.penalty_shifts`).
+    ``compiling``: the stages' programs from :func:`compile_stages`, started earlier;
+    by default they are started here.
     Chunks end at multiples of ``spec.checkpoint_every`` (global epochs), where ``ckpt``'s
     save policy writes a checkpoint, and at stage ends.
 
@@ -469,6 +479,11 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
     """
     cfg = spec.train
     every = spec.checkpoint_every
+    chunk = max(1, min(cfg.chunk_epochs, every, cfg.epochs))
+    if compiling is None:
+        todo = [name for i, name in enumerate(cfg.stages)
+                if int(state.epoch) < (i + 1) * cfg.epochs]
+        compiling = compile_stages(spec, todo, state, nets, x, y, shifts, on_trace)
     metrics_file = (out / "metrics.jsonl").open("a")
     try:
         for s_index, stage_name in enumerate(cfg.stages):
@@ -477,10 +492,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 continue
             stage = training.STAGES[stage_name]
             data = training.stage_data(stage_name, state, nets, x, y)
-            sizes = [d.lattice.shape[0] for d in data]
-            chunk = max(1, min(cfg.chunk_epochs, every, cfg.epochs))
-            runner = training.make_chunk_runner(stage, nets, cfg, shifts, sizes, on_trace)
-            runner, compile_s = _compile_ahead(runner, state, data, jnp.arange(chunk) < chunk)
+            runner, compile_s = compiling[stage_name].result()
             if compile_s is not None:
                 log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call)")
             ahead = compile_s is not None
@@ -528,6 +540,40 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
     finally:
         metrics_file.close()
     return state
+
+
+def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.Networks,
+                   x: encoding.Crystal, y: encoding.Crystal, shifts: jax.Array, on_trace=None
+                   ) -> dict[str, concurrent.futures.Future]:
+    """Starts compiling the stages' chunk runners, one after the other, in a thread.
+
+    XLA compiles without the GIL, so the first stage's compilation overlaps whatever the
+    caller does next (the initialisation), and stage 3's overlaps stage 1's training. One
+    thread, not one per stage: on a 2-core machine, compiling both stages at once delayed
+    the start of training by the whole of stage 3's compilation. ``state`` may be
+    abstract (``jax.eval_shape`` of :func:`training.init_state`): only shapes are used.
+    Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_ahead`).
+    """
+    cfg = spec.train
+    chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
+    compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+    futures = {name: compiler.submit(_compile_stage, name, state, nets, x, y, cfg, shifts,
+                                     chunk, on_trace) for name in stages}
+    compiler.shutdown(wait=False)  # the threads end with their compilations
+    return futures
+
+
+def _compile_stage(stage_name: str, state: training.TrainState, nets: training.Networks,
+                   x: encoding.Crystal, y: encoding.Crystal, cfg: training.TrainConfig,
+                   shifts: jax.Array, chunk: int, on_trace=None) -> tuple[Callable, float | None]:
+    """The chunk runner of one stage, compiled for the shapes of its data (see
+    :func:`_compile_ahead`); needs no trained parameters, so it can run ahead."""
+    data = jax.eval_shape(lambda s, a, b: training.stage_data(stage_name, s, nets, a, b),
+                          state, x, y)
+    sizes = [d.lattice.shape[0] for d in data]
+    runner = training.make_chunk_runner(training.STAGES[stage_name], nets, cfg, shifts, sizes,
+                                        on_trace)
+    return _compile_ahead(runner, state, data, jnp.arange(chunk) < chunk)
 
 
 def _compile_ahead(runner: Callable, *args) -> tuple[Callable, float | None]:
@@ -675,7 +721,11 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     cfg = spec.train
     out = _prepare_output(spec, log)
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    state = training.init_state(jax.random.PRNGKey(spec.seed), nets, cfg)
+    shifts = training.penalty_shifts(lattices, cfg)
+    key = jax.random.PRNGKey(spec.seed)
+    compiling = compile_stages(spec, cfg.stages, jax.eval_shape(
+        lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace)
+    state = training.init_state(key, nets, cfg)
     stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
     ckpt = Checkpoints(out / "checkpoints", every=spec.checkpoint_every, stage_ends=stage_ends,
                        keep=[cfg.epochs] if cfg.stages[0] == "stage1" else [], log=log)
@@ -696,9 +746,8 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
             (out / name).write_text(text)
         log(f"{len(ah)} {spec.element_a}-H and {len(bh)} {spec.element_b}-H structures; "
             f"rows H/A/B = {layout.rows}; method {cfg.method}, {cfg.epochs} epochs per stage")
-        state = train_stages(spec, out, x, y, nets, state,
-                             training.penalty_shifts(lattices, cfg), metrics, ckpt, log,
-                             on_trace)
+        state = train_stages(spec, out, x, y, nets, state, shifts, metrics, ckpt, log,
+                             on_trace, compiling)
     finally:
         ckpt.close()
     files, report = write_outputs(spec, state, nets, x, y, layout, ah, bh, out, metrics, log)

@@ -222,3 +222,26 @@ def test_clash_penalty_zero_for_reference_structures_positive_when_h_moved(refer
     grad = jax.grad(lambda h: jnp.sum(per(batch.replace(positions=(h,) + batch.positions[1:]))))(h)
     assert np.all(np.isfinite(grad))
     assert float(jnp.min(grad[:, 0, 0])) < 0  # descent moves each H further along +x
+
+
+def test_table_from_distances_matches_a_plain_python_table_with_many_repeats():
+    # Many images at few distinct distances: the bounded table must look past the
+    # repeats (the partition step widens its window) and still give the nearest shells.
+    rng = np.random.default_rng(7)
+    n, s = 5, 400
+    d = rng.choice([1.23456, 1.5, 2.0, 2.71828, 2.9999], size=(n, n, s))
+    d[:, :, -3:] = rng.uniform(0.5, 3.5, size=(n, n, 3))
+    d[np.arange(n), np.arange(n), 0] = np.inf
+    symbols = ["Pd", "H", "Ni", "H", "Pd"]
+
+    def plain(i):
+        pairs = {(round(float(v), 4), symbols[j]) for j in range(n) for v in d[i, j] if v <= 3.0}
+        return [(sym, dist) for dist, sym in sorted(pairs)]
+
+    full = geometry.table_from_distances(d, symbols, 3.0)
+    bounded = geometry.table_from_distances(d, symbols, 3.0, max_neighbours=12)
+    for i in range(n):
+        expected = plain(i)
+        assert [sym for sym, _ in full[i]] == [sym for sym, _ in expected]
+        np.testing.assert_allclose([v for _, v in full[i]], [v for _, v in expected], atol=1e-9)
+        assert bounded[i] == full[i][:12]

@@ -291,6 +291,29 @@ def test_damaged_newest_checkpoint_falls_back_in_one_line(tmp_path, how, capfd):
     assert capfd.readouterr().err.count("Traceback") == 0
 
 
+def test_checkpoint_is_packed_and_reads_back_with_or_without_a_template(tmp_path):
+    states = _states()
+    ckpt = Checkpoints(tmp_path, every=1)
+    ckpt.save(states[3])
+    # packed: one array per dtype (float32, uint32 key, int32 epoch), not one per leaf
+    layout = json.loads((tmp_path / "4" / "meta" / "metadata").read_text())["layout"]
+    assert len(layout) == len(jax.tree_util.tree_leaves(states[3]))
+    assert {entry["group"] for entry in layout} == {"float32", "uint32", "int32"}
+    restored = ckpt.restore(states[0])
+    for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(states[3])):
+        np.testing.assert_array_equal(got, want)
+        assert got.shape == want.shape and got.dtype == want.dtype
+    plain = ckpt.read_as_dicts()
+    np.testing.assert_array_equal(plain["params"]["w"], states[3].params["w"])
+    np.testing.assert_array_equal(plain["key"], states[3].key)
+    assert int(plain["epoch"]) == 4
+    # a template of another shape is not silently filled
+    other = states[0].replace(params={"w": jnp.zeros((8, 8))})
+    with pytest.raises(CheckpointError):
+        ckpt.restore(other)
+    ckpt.close()
+
+
 def test_non_finite_checkpoint_is_not_restored(tmp_path):
     states = _states()
     ckpt = Checkpoints(tmp_path, every=1)
