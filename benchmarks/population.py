@@ -56,11 +56,13 @@ def _spec(out: Path, epochs: int):
                           checkpoint_every=epochs, evaluate=False)
 
 
-def child(size: int, epochs: int) -> dict:
+def child(size: int, epochs: int, cpu_devices: int) -> dict:
     """One population of ``size`` members, timed; runs in its own process."""
     import jax
 
-    from crystalgan_jax import population
+    from crystalgan_jax import cli, population
+
+    cli.use_cpu_cores(min(size, cpu_devices))  # as train.py does; a lone run: one device
 
     calls: list[tuple[str, int, float]] = []
     make = population.make_population_runner
@@ -142,10 +144,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=200, help="epochs per stage")
     parser.add_argument("--repeats", type=int, default=20, help="matmul repeats")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "population.json"))
+    parser.add_argument("--cpu_devices", type=int, default=os.cpu_count() or 1,
+                        help="CPU devices (threads) a population is split over, as train.py's "
+                             "--cpu_devices (default: one per core; S = 1 uses one)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.epochs)))
+        print(json.dumps(child(args.child, args.epochs, args.cpu_devices)))
         return 0
     if not REFERENCE.exists():
         print(f"reference data not found: {REFERENCE}", file=sys.stderr)
@@ -158,7 +163,8 @@ def main() -> int:
     results, failed = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         proc = subprocess.run([sys.executable, __file__, f"--child={size}",
-                               f"--epochs={args.epochs}"], capture_output=True, text=True)
+                               f"--epochs={args.epochs}", f"--cpu_devices={args.cpu_devices}"],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
                    if proc.returncode < 0 else f"exit status {proc.returncode}")
@@ -188,6 +194,7 @@ def main() -> int:
                     "chunk of each stage; FLOPs from XLA cost analysis of D and G "
                     "value_and_grad per minibatch",
         "epochs_per_stage": args.epochs,
+        "cpu_devices": args.cpu_devices,
         "epoch_flops_per_member": flops,
         "matmul": mm,
         "results": results,
