@@ -11,7 +11,7 @@ One Orbax ``CheckpointManager`` under the run's ``checkpoints/``, one folder per
 
 Each step holds the state *packed* (:func:`pack`: one array per dtype, the leaves
 concatenated) and a small JSON item with the packing layout and the SHA-256 of the
-arrays. Packed, a save of the ~200 arrays of a CrystalGAN state takes ~0.05 s instead of
+arrays. Packed, a save of the ~200 arrays of a CrystalGAN state takes ~0.05-0.1 s instead of
 ~0.6 s (Orbax's cost is per array), which at a save every 100 epochs was a fifth of a
 paper-configuration run. Steps written unpacked (before the packing) are still restored.
 :meth:`Checkpoints.restore` recomputes it and checks that every value is finite; a step
