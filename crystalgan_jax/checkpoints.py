@@ -131,7 +131,7 @@ def unpack(arrays: dict, layout: list[dict], template):
                              f"{entry['dtype']}, this run's state "
                              f"{jax.tree_util.keystr(path)} {list(like.shape)} {like.dtype}")
         leaves.append(jax.device_put(_leaf(arrays, entry), like.sharding))
-    return jax.tree_util.tree_unflatten(treedef, [leaf for leaf in leaves])
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _packed_shapes(layout: list[dict]) -> dict[str, tuple[tuple[int, ...], str]]:

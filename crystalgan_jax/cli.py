@@ -24,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
 
 from crystalgan_jax.encoding import BLOCKS
@@ -283,6 +283,18 @@ class _LibraryLevels(logging_std.Filter):
         verbosity = absl_logging.get_verbosity()
         lowest = {0: logging_std.WARNING, 1: logging_std.INFO}.get(verbosity, logging_std.NOTSET)
         return record.levelno >= (logging_std.WARNING if verbosity < 0 else lowest)
+
+
+def start_script(argv: list[str], flag_values: flags.FlagValues,
+                 script_folder: str | Path) -> None:
+    """What each training script's ``main`` does first, once absl has parsed the flags:
+    refuses leftover arguments (``app.UsageError``), sets up logging
+    (:func:`configure_logging`) and the compilation cache (:func:`enable_compilation_cache`).
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    configure_logging(flag_values, script_folder)
+    enable_compilation_cache()
 
 
 def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,

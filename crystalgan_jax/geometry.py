@@ -102,13 +102,19 @@ def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
       shifts: ``[S, 3]`` integer lattice translations (as floats); shift 0 is the
         minimum-image pair.
     """
+    return jnp.sqrt(jnp.maximum(_image_sq(lattice, pos_i, pos_j, shifts), _TINY))
+
+
+def _image_sq(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
+              shifts: jax.Array) -> jax.Array:
+    """``[Ni, Nj, S]`` squared distances (A^2) of :func:`pair_distances`."""
     frac = times3(pos_j[None, :, :] - pos_i[:, None, :], inverse3(lattice))
     # Wrapping with round() makes the needed image range independent of where atoms sit
     # (generated atoms can lie outside the cell); round() has zero gradient, as it should.
     v = times3(frac - jax.lax.stop_gradient(jnp.round(frac)), lattice)  # [Ni, Nj, 3]
     t = times3(shifts, lattice)  # [S, 3]
-    sq = sum(jnp.square(v[:, :, None, m] + t[None, None, :, m]) for m in range(3))
-    return jnp.sqrt(jnp.maximum(sq, _TINY))
+    # per component, so that XLA emits one fused loop (no [Ni, Nj, S, 3] temporary)
+    return sum(jnp.square(v[:, :, None, m] + t[None, None, :, m]) for m in range(3))
 
 
 def times3(x: jax.Array, matrix: jax.Array) -> jax.Array:
@@ -162,12 +168,8 @@ def _nearest_image(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
       ``inf`` where every pair is excluded.
     """
     lat0, pi0, pj0 = (jax.lax.stop_gradient(x) for x in (lattice, pos_i, pos_j))
-    frac = times3(pj0[None, :, :] - pi0[:, None, :], inverse3(lat0))
-    v = times3(frac - jnp.round(frac), lat0)  # [Ni, Nj, 3] minimum-image vectors
-    t = times3(shifts, lat0)  # [S, 3]
-    # per component, so that XLA emits one fused loop (no [Ni, Nj, S, 3] temporary)
-    sq = sum(jnp.square(v[:, :, None, m] + t[None, None, :, m]) for m in range(3))
-    sq = jnp.where(excluded, jnp.inf, sq).reshape(pos_i.shape[0], -1)
+    sq = jnp.where(excluded, jnp.inf, _image_sq(lat0, pi0, pj0, shifts))
+    sq = sq.reshape(pos_i.shape[0], -1)
     # min, then the first index attaining it as an integer min: several times faster on
     # CPU than argmin, or argmax of the equality, whose variadic reductions XLA does not
     # vectorise (measured: the penalty's value + gradient took 2-3x as long)

@@ -468,7 +468,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
 
     ``shifts``: the geometric penalty's lattice shifts (:func:`training.penalty_shifts`).
     ``compiling``: the stages' programs from :func:`compile_stages`, started earlier;
-    by default they are started here.
+    a stage missing from it is started here, with the stages after it.
     Chunks end at multiples of ``spec.checkpoint_every`` (global epochs), where ``ckpt``'s
     save policy writes a checkpoint, and at stage ends.
 
@@ -480,10 +480,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
     cfg = spec.train
     every = spec.checkpoint_every
     chunk = max(1, min(cfg.chunk_epochs, every, cfg.epochs))
-    if compiling is None:
-        todo = [name for i, name in enumerate(cfg.stages)
-                if int(state.epoch) < (i + 1) * cfg.epochs]
-        compiling = compile_stages(spec, todo, state, nets, x, y, shifts, on_trace)
+    compiling = dict(compiling or {})
     metrics_file = (out / "metrics.jsonl").open("a")
     try:
         for s_index, stage_name in enumerate(cfg.stages):
@@ -492,6 +489,12 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 continue
             stage = training.STAGES[stage_name]
             data = training.stage_data(stage_name, state, nets, x, y)
+            # not started by the caller (or a resume fell back to an older checkpoint):
+            # this stage and the later ones start compiling now
+            missing = [name for name in cfg.stages[s_index:] if name not in compiling]
+            if missing:
+                compiling.update(compile_stages(spec, missing, state, nets, x, y, shifts,
+                                                on_trace))
             runner, compile_s = compiling[stage_name].result()
             if compile_s is not None:
                 log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call)")
@@ -723,12 +726,16 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
     shifts = training.penalty_shifts(lattices, cfg)
     key = jax.random.PRNGKey(spec.seed)
-    compiling = compile_stages(spec, cfg.stages, jax.eval_shape(
-        lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace)
-    state = training.init_state(key, nets, cfg)
     stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
     ckpt = Checkpoints(out / "checkpoints", every=spec.checkpoint_every, stage_ends=stage_ends,
                        keep=[cfg.epochs] if cfg.stages[0] == "stage1" else [], log=log)
+    # a resumed run past a stage's end does not compile that stage (should its newest
+    # checkpoint prove damaged, train_stages compiles what it then needs)
+    resumed = (ckpt.latest_step() or 0) if spec.resume else 0
+    todo = [name for name, end in zip(cfg.stages, stage_ends) if resumed < end]
+    compiling = compile_stages(spec, todo, jax.eval_shape(
+        lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace)
+    state = training.init_state(key, nets, cfg)
     metrics: list[dict] = []
     config = _config_json(spec, layout, ah, bh)
     try:

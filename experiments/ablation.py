@@ -181,10 +181,7 @@ def markdown(table: dict, base: runner.RunSpec, seeds: list[int]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.configure_logging(FLAGS, HERE)
-    cli.enable_compilation_cache()
+    cli.start_script(argv, FLAGS, HERE)
     unknown = [v for v in FLAGS.variants if v != "crystalgan" and v not in VARIANTS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; choose from "

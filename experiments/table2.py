@@ -137,10 +137,7 @@ def markdown(table: dict, element_a: str, element_b: str, seeds: list[int],
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.configure_logging(FLAGS, HERE)
-    cli.enable_compilation_cache()
+    cli.start_script(argv, FLAGS, HERE)
     if not FLAGS.evaluate:
         raise app.UsageError("--noevaluate: the table is made of the runs' evaluations")
     try:

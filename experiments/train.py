@@ -72,10 +72,7 @@ def run_population(spec) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.configure_logging(FLAGS, HERE)
-    cli.enable_compilation_cache()
+    cli.start_script(argv, FLAGS, HERE)
     try:
         spec = cli.spec_from_flags(FLAGS, data_root=HERE.parent)
     except cli.UsageError as err:
