@@ -108,13 +108,29 @@ def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
 def _image_sq(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
               shifts: jax.Array) -> jax.Array:
     """``[Ni, Nj, S]`` squared distances (A^2) of :func:`pair_distances`."""
-    frac = times3(pos_j[None, :, :] - pos_i[:, None, :], inverse3(lattice))
-    # Wrapping with round() makes the needed image range independent of where atoms sit
-    # (generated atoms can lie outside the cell); round() has zero gradient, as it should.
-    v = times3(frac - jax.lax.stop_gradient(jnp.round(frac)), lattice)  # [Ni, Nj, 3]
-    t = times3(shifts, lattice)  # [S, 3]
+    v = wrap(lattice, pos_j[None, :, :] - pos_i[:, None, :])  # [Ni, Nj, 3]
+    return _shifted_sq(v, times3(shifts, lattice))
+
+
+def _shifted_sq(v: jax.Array, t: jax.Array) -> jax.Array:
+    """``[Ni, Nj, S]`` = ``|v_ij + t_k|^2`` for ``v [Ni, Nj, 3]``, ``t [S, 3]`` (Angstrom)."""
     # per component, so that XLA emits one fused loop (no [Ni, Nj, S, 3] temporary)
     return sum(jnp.square(v[:, :, None, m] + t[None, None, :, m]) for m in range(3))
+
+
+def wrap(lattice: jax.Array, delta: jax.Array) -> jax.Array:
+    """Cartesian pair vectors ``delta [..., 3]`` moved to their minimum image (Angstrom).
+
+    ``delta - round(delta @ L^-1) @ L``: the fractional difference wrapped into
+    [-0.5, 0.5], which makes the image range needed independent of where atoms sit
+    (generated atoms can lie outside the cell). round() has zero gradient, as it should,
+    so the gradient is the identity in ``delta`` and ``-round(.)`` in the lattice. Written
+    this way, not as ``(frac - round(frac)) @ L``, the backward pass never goes through
+    the inverse: the same value, and 5x faster value + gradient of an all-pairs
+    ``[70, 30, 30, 3]`` batch on CPU (measured).
+    """
+    n = jax.lax.stop_gradient(jnp.round(times3(delta, inverse3(lattice))))
+    return delta - times3(n, lattice)
 
 
 def times3(x: jax.Array, matrix: jax.Array) -> jax.Array:
@@ -180,8 +196,7 @@ def _nearest_image(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
     found = jnp.isfinite(smallest)
     j, k = flat // shifts.shape[0], flat % shifts.shape[0]
     # the same wrap as above (round() of the same numbers), now with gradients
-    f = times3(pos_j[j] - pos_i, inverse3(lattice))
-    vec = times3(f - jax.lax.stop_gradient(jnp.round(f)) + shifts[k], lattice)
+    vec = wrap(lattice, pos_j[j] - pos_i) + times3(shifts[k], lattice)
     d = jnp.sqrt(jnp.maximum(jnp.sum(vec * vec, axis=-1), _TINY))
     return jnp.where(found, d, jnp.inf)
 
@@ -342,7 +357,8 @@ def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radi
 
     The array-level form of :func:`clash_penalty`. Pairs run over periodic images (an
     atom's own images included) and each unordered pair counts once; padding rows
-    (mask <= 0.5) count nothing.
+    (mask <= 0.5) count nothing. The gradient is exact (a custom VJP; see
+    :func:`_repulsion`).
 
     Args:
       lattice: ``[3, 3]``; positions ``[N, 3]`` (Cartesian Angstrom); mask ``[N]``.
@@ -350,13 +366,52 @@ def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radi
       shifts: ``[S, 3]`` lattice shifts, zero shift first.
       factor: fraction of the radius sum below which a pair is penalised.
     """
-    present = mask > 0.5
-    d = pair_distances(lattice, positions, positions, shifts)  # [N, N, S]
-    n = positions.shape[0]
-    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, shifts.shape[0])
-    limit = factor * (radii[:, None] + radii[None, :])[:, :, None]
-    # (i, j, k) and (j, i, -k) are the same pair: halve the sum over ordered pairs
-    return 0.5 * jnp.sum(jnp.where(counted, jax.nn.relu(limit - d) ** 2, 0.0))
+    v = wrap(lattice, positions[None, :, :] - positions[:, None, :])  # [N, N, 3]
+    limit = factor * (radii[:, None] + radii[None, :])
+    return _repulsion(v, times3(shifts, lattice), limit, mask > 0.5)
+
+
+@jax.custom_vjp
+def _repulsion(v: jax.Array, t: jax.Array, limit: jax.Array, present: jax.Array) -> jax.Array:
+    """``0.5 sum_ijk relu(limit_ij - |v_ij + t_k|)^2`` over present pairs but (i, i, 0).
+
+    ``v [N, N, 3]`` wrapped pair vectors, ``t [S, 3]`` Cartesian shifts (zero first),
+    ``limit [N, N]`` (Angstrom), ``present [N]`` bool. (i, j, k) and (j, i, -k) are the
+    same pair, hence the half.
+
+    Why a custom VJP: autodiff of the ``[N, N, S]`` expression keeps several temporaries
+    of that size and reduces each back to v and t (32 ms for value + gradient of a batch
+    of 70 generated Pd-Ni-H cells, against 0.5 ms for the value). Here the forward pass
+    also forms the two small cotangents, ``sum_k c (v + t)`` and ``sum_ij c (v + t)``
+    with ``c = dE/d|u| / |u|``, and the backward pass only scales them.
+    """
+    return _repulsion_fwd(v, t, limit, present)[0]
+
+
+def _repulsion_fwd(v, t, limit, present):
+    n, n_shifts = v.shape[0], t.shape[0]
+    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, n_shifts)
+    sq = _shifted_sq(v, t)
+    d = jnp.sqrt(jnp.maximum(sq, _TINY))
+    gap = jnp.where(counted, jax.nn.relu(limit[:, :, None] - d), 0.0)
+    energy = 0.5 * jnp.sum(gap * gap)
+    # dE/du_ijk = c_ijk u_ijk. Coincident atoms (|u|^2 below _TINY) get 0, the
+    # subgradient that autodiff through the clamp gives. The barrier keeps c in memory:
+    # without it XLA recomputes the distances inside each of the six reductions below.
+    c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -gap / d, 0.0))
+    d_v = jnp.stack([jnp.sum(c * (v[:, :, None, m] + t[None, None, :, m]), axis=2)
+                     for m in range(3)], axis=-1)
+    d_t = jnp.stack([jnp.sum(c * (v[:, :, None, m] + t[None, None, :, m]), axis=(0, 1))
+                     for m in range(3)], axis=-1)
+    return energy, (d_v, d_t, jnp.sum(gap, axis=2), present)
+
+
+def _repulsion_bwd(residuals, g):
+    d_v, d_t, d_limit, present = residuals
+    return g * d_v, g * d_t, g * d_limit, np.zeros(present.shape, jax.dtypes.float0)
+
+
+_repulsion.defvjp(_repulsion_fwd, _repulsion_bwd)
 
 
 def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
