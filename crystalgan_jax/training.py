@@ -46,11 +46,11 @@ METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
 # switched off alone (0 / 1 / False), which is how experiments/ablation.py measures it.
 PLUS_DEFAULTS = {"plus_clash": True, "window_weight": 1.0, "spacing_weight": 1.0,
                  "input_noise": 0.3, "samples_per_input": 10, "random_pairings": True,
-                 "snap_symprec": 0.1}
+                 "snap_symprec": 0.1, "snapshots": 5}
 # The same fields for every other method: off, so the paper's method is unchanged.
 PLUS_OFF = {"plus_clash": False, "window_weight": 0.0, "spacing_weight": 0.0,
             "input_noise": 0.0, "samples_per_input": 1, "random_pairings": False,
-            "snap_symprec": 0.0}
+            "snap_symprec": 0.0, "snapshots": 1}
 GEOMETRY_FORMS = ("hinge", "paper")
 
 
@@ -103,6 +103,12 @@ class TrainConfig:
         with other partners) instead of repeating the fixed pairing.
       snap_symprec: Angstrom; > 0 snaps each generated structure with a space group above
         P1 at this tolerance to its idealised primitive standard cell (0 = off).
+      snapshots: K stage-3 generator states that generation draws from: the parameters
+        after epochs E/K, 2E/K, ..., E of stage 3 (:func:`snapshot_epochs`; the last is
+        the final state). Sample k of each input comes from state K-1-(k mod K), so
+        sample 0 is the final generators' and ``samples_per_input`` stays the total.
+        Long training collapses the stage-3 samples onto a few structures; the earlier
+        states keep their spread.
 
     The crystalgan_plus ingredients (plus_clash ... snap_symprec; issue 13) left at
     ``None`` take the method's default: :data:`PLUS_DEFAULTS` for crystalgan_plus,
@@ -139,9 +145,12 @@ class TrainConfig:
     samples_per_input: int | None = None
     random_pairings: bool | None = None
     snap_symprec: float | None = None
+    snapshots: int | None = None
 
     def __post_init__(self):
         defaults = PLUS_DEFAULTS if self.method == "crystalgan_plus" else PLUS_OFF
+        if self.snapshots is None:  # the default never asks for more states than epochs
+            object.__setattr__(self, "snapshots", min(defaults["snapshots"], max(self.epochs, 1)))
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -162,6 +171,9 @@ class TrainConfig:
         _check_config_ranges(self)
         if self.samples_per_input < 1:
             raise ValueError(f"samples_per_input must be at least 1, got {self.samples_per_input}")
+        if not 1 <= self.snapshots <= self.epochs:
+            raise ValueError(f"snapshots must be in [1, epochs = {self.epochs}], "
+                             f"got {self.snapshots}")
         for name in ("window_weight", "spacing_weight", "input_noise", "snap_symprec",
                      "min_plane_spacing"):
             if not 0 <= getattr(self, name) < float("inf"):
@@ -270,12 +282,15 @@ class TrainState:
       opt_state: "<stage>/G" and "<stage>/D" -> optax state of that stage's networks.
       key: PRNG key, split once per epoch.
       epoch: epochs completed over all stages (int32 scalar).
+      snapshots: stage-3 generator name -> its parameters at :func:`snapshot_epochs`,
+        stacked on a leading axis ``[K - 1, ...]``; empty unless ``cfg.snapshots > 1``.
     """
 
     params: dict
     opt_state: dict
     key: jax.Array
     epoch: jax.Array
+    snapshots: dict = dataclasses.field(default_factory=dict)
 
 
 def metric_names(stage: Stage, cfg: TrainConfig) -> tuple[str, ...]:
@@ -344,7 +359,35 @@ def init_state(key: jax.Array, nets: Networks, cfg: TrainConfig) -> TrainState:
         spec = STAGES[stage]
         opt_state[f"{stage}/G"] = tx.init(_subset(params, spec.generators))
         opt_state[f"{stage}/D"] = tx.init(_subset(params, spec.discriminators))
-    return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32))
+    snapshots = {}
+    if cfg.snapshots > 1 and "stage3" in cfg.stages:
+        snapshots = {name: jax.tree_util.tree_map(
+            lambda a: jnp.zeros((cfg.snapshots - 1,) + a.shape, a.dtype), params[name])
+            for name in STAGES["stage3"].generators}
+    return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32), snapshots)
+
+
+def snapshot_epochs(cfg: TrainConfig) -> np.ndarray:
+    """``[K - 1]`` int32: stage-3 epoch counts after which the generators are kept.
+
+    ``round(E k / K)`` for k = 1 .. K-1 (E = ``cfg.epochs``, K = ``cfg.snapshots``); the
+    K-th state is the final one, kept in ``params``.
+    """
+    k = np.arange(1, cfg.snapshots)
+    return np.rint(cfg.epochs * k / cfg.snapshots).astype(np.int32)
+
+
+def _record_snapshots(state: TrainState, stage: Stage, cfg: TrainConfig) -> TrainState:
+    """Copies the stage's generators into their snapshot slot after a snapshot epoch."""
+    done = state.epoch - cfg.stages.index(stage.name) * cfg.epochs  # this stage's epochs
+    hit = done == jnp.asarray(snapshot_epochs(cfg))  # [K - 1], at most one True
+
+    def keep(stack: jax.Array, current: jax.Array) -> jax.Array:
+        return jnp.where(hit.reshape((-1,) + (1,) * current.ndim), current[None], stack)
+
+    return state.replace(snapshots={
+        name: jax.tree_util.tree_map(keep, state.snapshots[name], state.params[name])
+        for name in stage.generators})
 
 
 def _param_shapes(module, example):
@@ -616,7 +659,10 @@ def make_epoch(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Array
         batches = sample_minibatches(batch_key, data, cfg.batch_size, steps)
         state, metrics = jax.lax.scan(lambda s, xs: step(s, *xs), state,
                                       (batches, jax.random.split(step_key, steps)))
-        return state.replace(key=key, epoch=state.epoch + 1), jnp.mean(metrics, axis=0)
+        state = state.replace(key=key, epoch=state.epoch + 1)
+        if stage.geometric and state.snapshots:
+            state = _record_snapshots(state, stage, cfg)
+        return state, jnp.mean(metrics, axis=0)
 
     return epoch
 
@@ -714,9 +760,32 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
     if cfg.samples_per_input > 1 or cfg.input_noise > 0:
         key = key if key is not None else state.key
         x_g, y_g = _sampled_inputs(x1, y1, x_g, y_g, key, cfg)
-    out["final"] = {"AHB": apply_generator(gen, p["G_AHB2"], x_g)[0],
-                    "BHA": apply_generator(gen, p["G_BHA2"], y_g)[0]}
+    out["final"] = {"AHB": _apply_snapshots(gen, state, "G_AHB2", x_g, cfg),
+                    "BHA": _apply_snapshots(gen, state, "G_BHA2", y_g, cfg)}
     return out
+
+
+def _apply_snapshots(gen: Generator, state: TrainState, name: str, inputs: Crystal,
+                     cfg: TrainConfig) -> Crystal:
+    """Generator ``name`` over ``samples_per_input`` blocks of inputs ``[K' n]``.
+
+    Block k runs the state K-1-(k mod K) of :func:`snapshot_epochs` (block 0: the final
+    parameters); without snapshots every block runs the final parameters.
+    """
+    if cfg.snapshots == 1 or not state.snapshots:
+        return apply_generator(gen, state.params[name], inputs)[0]
+    states = jax.tree_util.tree_map(lambda s, p: jnp.concatenate([s, p[None]]),
+                                    state.snapshots[name], state.params[name])  # [K, ...]
+    kept = jax.tree_util.tree_leaves(states)[0].shape[0]
+    if kept != cfg.snapshots:
+        raise ValueError(f"the state holds {kept} generator snapshots, cfg.snapshots is "
+                         f"{cfg.snapshots}")
+    blocks = cfg.samples_per_input
+    which = cfg.snapshots - 1 - np.arange(blocks) % cfg.snapshots
+    per_block = jax.tree_util.tree_map(lambda a: a[which], states)
+    split = jax.tree_util.tree_map(lambda a: a.reshape((blocks, -1) + a.shape[1:]), inputs)
+    out = jax.vmap(lambda p, c: apply_generator(gen, p, c)[0])(per_block, split)
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
 
 def _sampled_inputs(x1: Crystal, y1: Crystal, x_g: Crystal, y_g: Crystal, key: jax.Array,

@@ -38,7 +38,7 @@ cli.define_flags(FLAGS)  # train.py's flags: one per RunSpec / TrainConfig / Wei
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every training row runs once per seed.")
 flags.DEFINE_list("variants", ["crystalgan", "plus", "-clash", "-windows", "-spacing",
-                               "-noise", "-sampling", "-pairings", "-snap"],
+                               "-noise", "-sampling", "-pairings", "-snapshots", "-snap"],
                   "Rows: crystalgan (the paper's method), plus (everything on), and -X "
                   "(crystalgan_plus with ingredient X off).")
 flags.DEFINE_bool("with_substitution", True, "Add the substitution baseline row.")
@@ -54,13 +54,15 @@ VARIANTS = {
     "-noise": {"input_noise": 0.0},
     "-sampling": {"samples_per_input": 1, "random_pairings": False},
     "-pairings": {"random_pairings": False},
+    "-snapshots": {"snapshots": 1},
     "-snap": {"snap_symprec": 0.0},
 }
-SAMPLING_ONLY = ("-sampling", "-pairings", "-snap")
+SAMPLING_ONLY = ("-sampling", "-pairings", "-snapshots", "-snap")
 LABELS = {"crystalgan": "CrystalGAN (paper's method)", "plus": "crystalgan_plus (all on)",
           "-clash": "plus, no clash term", "-windows": "plus, no learned windows",
           "-spacing": "plus, no plane-spacing term", "-noise": "plus, no input noise",
           "-sampling": "plus, one sample per input", "-pairings": "plus, fixed pairing only",
+          "-snapshots": "plus, final generators only",
           "-snap": "plus, no symmetry snapping",
           "substitution": "Substitution + Vegard (not learned)"}
 COLUMNS = ("generated", "ternary", "good_paper", "good_strict", "unique", "novel")

@@ -170,6 +170,49 @@ def test_perturb_and_sampling_shapes():
     assert not np.allclose(np.asarray(x_all.lattice[0]), np.asarray(x_all.lattice[1]))
 
 
+def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
+    from crystalgan_jax import checkpoints, runner
+
+    ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
+    cfg = training.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,
+                               width=16, chunk_epochs=2, generator_steps=1,
+                               samples_per_input=3, snapshots=2, snap_symprec=0.0)
+    spec = runner.RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
+                          output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=2,
+                          seed=0, evaluate=False)
+    result = runner.run(spec, log=lambda m: None)
+    assert list(training.snapshot_epochs(cfg)) == [2]
+    # global epoch 6 = stage-3 epoch 2: the checkpoint of that epoch holds the snapshot
+    ckpt = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints")
+    try:
+        at_6 = ckpt.read_as_dicts(6)["params"]
+    finally:
+        ckpt.close()
+    for name in ("G_AHB2", "G_BHA2"):
+        kept = result.state.snapshots[name]
+        for a, b, final in zip(jax.tree_util.tree_leaves(kept),
+                               jax.tree_util.tree_leaves(at_6[name]),
+                               jax.tree_util.tree_leaves(result.state.params[name])):
+            assert a.shape == (1,) + b.shape
+            np.testing.assert_allclose(np.asarray(a[0]), b, rtol=1e-6, atol=1e-7)
+            assert not np.allclose(np.asarray(a[0]), np.asarray(final))  # trained on
+    # sample block 0 runs the final generators, block 1 the snapshot, block 2 the final
+    spec, _, _, _, x, y, nets = runner.prepare(spec, lambda m: None)
+    cfg, key = spec.train, jax.random.PRNGKey(5)
+    out = training.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
+    p = result.state.params
+    x1, y1 = training._stage1_outputs(p, nets, x, y)
+    x_g, y_g = training.feature_transfer(p, nets, x, y)
+    inputs, _ = training._sampled_inputs(x1, y1, x_g, y_g, key, cfg)
+    n = x_g.lattice.shape[0]
+    snapshot = jax.tree_util.tree_map(lambda a: a[0], result.state.snapshots["G_AHB2"])
+    for block, params in enumerate((p["G_AHB2"], snapshot, p["G_AHB2"])):
+        part = jax.tree_util.tree_map(lambda a: a[block * n:(block + 1) * n], inputs)
+        expected = training.apply_generator(nets.stage3_generator, params, part)[0]
+        np.testing.assert_allclose(np.asarray(out.lattice[block * n:(block + 1) * n]),
+                                   np.asarray(expected.lattice), rtol=1e-5, atol=1e-5)
+
+
 def test_ablation_tiny(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     out = tmp_path / "ablation"
@@ -177,17 +220,18 @@ def test_ablation_tiny(tmp_path):
            f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--seeds=0",
            "--epochs=2", "--chunk_epochs=2", "--depth=1", "--width=16", "--batch_size=5",
            "--generator_steps=1", "--samples_per_input=2",
-           "--variants=crystalgan,plus,-windows,-sampling,-snap"]
+           "--variants=crystalgan,plus,-windows,-sampling,-snapshots,-snap"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads((out / "ablation.json").read_text())["rows"]
-    assert list(table) == ["crystalgan", "plus", "-windows", "-sampling", "-snap",
-                           "substitution"]
+    assert list(table) == ["crystalgan", "plus", "-windows", "-sampling", "-snapshots",
+                           "-snap", "substitution"]
     n = 5  # max(n_x, n_y) inputs per direction
     assert table["crystalgan"]["runs"][0]["counts"]["generated"] <= 2 * n
     assert table["plus"]["runs"][0]["counts"]["generated"] > 2 * n  # two samples per input
     assert table["-sampling"]["runs"][0]["counts"]["generated"] <= 2 * n
+    assert table["-snapshots"]["runs"][0]["counts"]["generated"] > 2 * n
     for row in table.values():
         c = row["runs"][0]["counts"]
         assert c["good_strict"] >= c["unique"] >= c["novel"] >= 0
