@@ -407,9 +407,10 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The CHGNet screening flags shared by experiments/screen.py and table2.py --screen."""
     from crystalgan_jax import screening  # no torch: that comes with load_calculator
 
-    flags.DEFINE_enum("only", "ternary", ["strict", "paper", "ternary", "all"],
-                      "Which candidates (verdicts before relaxation): good (strict), good "
-                      "(paper), ternary, or all.", flag_values=flag_values)
+    flags.DEFINE_enum("only", "ternary", ["unique", "strict", "paper", "ternary", "all"],
+                      "Which candidates (verdicts before relaxation): one per StructureMatcher "
+                      "group of the good (strict) ones, good (strict), good (paper), ternary, "
+                      "or all.", flag_values=flag_values)
     flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "FIRE convergence: largest force "
                        "(eV/A).", flag_values=flag_values)
     flags.DEFINE_integer("max_steps", screening.DEFAULT_MAX_STEPS, "FIRE steps at most.",

@@ -39,12 +39,21 @@ def structure_files(folder: Path) -> list[Path]:
 
 def select(named: Sequence[tuple[str, Structure]], element_a: str, element_b: str, only: str,
            options: dict[str, Any]) -> list[tuple[str, Structure]]:
-    """The candidates ``--only`` keeps, by their verdicts before relaxation."""
+    """The candidates ``--only`` keeps, by their verdicts before relaxation.
+
+    ``unique``: the strictly good ones, one per StructureMatcher group (its first member
+    in ``named`` order), the set a run's ``unique`` count counts.
+    """
     if only == "all":
         return list(named)
-    key = {"ternary": "ternary", "paper": "good_paper", "strict": "good_strict"}[only]
-    return [(n, s) for n, s in named
+    key = {"ternary": "ternary", "paper": "good_paper", "strict": "good_strict",
+           "unique": "good_strict"}[only]
+    kept = [(n, s) for n, s in named
             if getattr(evaluation.evaluate_structure(s, element_a, element_b, **options), key)]
+    if only == "unique":
+        groups = evaluation.unique_groups([s for _, s in kept])
+        kept = [kept[groups.index(g)] for g in dict.fromkeys(groups)]
+    return kept
 
 
 class Journal:

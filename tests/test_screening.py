@@ -206,3 +206,24 @@ def test_dense_cell_is_refused_before_chgnet():
     assert r.status == "error" and r.reason.startswith("refused") and r.final is None
     sparse = Structure(Lattice.cubic(20.0), ["Pd"], [[0, 0, 0]])
     assert screening.relax(sparse, calculator=None).reason.startswith("refused: volume")
+
+
+def test_select_unique_keeps_one_strictly_good_structure_per_group():
+    from crystalgan_jax import evaluation, screen_runs
+
+    good = ternary()
+    shifted = good.copy()
+    shifted.translate_sites(range(len(shifted)), [0.13, 0.02, 0.3])  # same crystal
+    other = good.copy()
+    other.replace(1, "Pd")
+    other.replace(0, "Ni")  # Pd and Ni swapped: another structure
+    named = [("a", good), ("bad", clash()), ("b", shifted), ("c", other)]
+    options = {"d1": 1.8, "d2": 3.0}
+    strict = screen_runs.select(named, "Pd", "Ni", "strict", options)
+    assert [n for n, _ in strict] == [n for n, s in named
+                                      if evaluation.evaluate_structure(s, "Pd", "Ni",
+                                                                       **options).good_strict]
+    unique = screen_runs.select(named, "Pd", "Ni", "unique", options)
+    groups = evaluation.unique_groups([s for _, s in strict])
+    assert len(unique) == len(set(groups)) < len(strict)
+    assert [n for n, _ in unique] == [strict[groups.index(g)][0] for g in dict.fromkeys(groups)]
