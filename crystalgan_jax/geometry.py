@@ -366,49 +366,59 @@ def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radi
       shifts: ``[S, 3]`` lattice shifts, zero shift first.
       factor: fraction of the radius sum below which a pair is penalised.
     """
-    v = wrap(lattice, positions[None, :, :] - positions[:, None, :])  # [N, N, 3]
-    limit = factor * (radii[:, None] + radii[None, :])
-    return _repulsion(v, times3(shifts, lattice), limit, mask > 0.5)
+    # Each unordered pair once: (i, j, k) and (j, i, -k) are the same pair, so the rows
+    # i <= j with every shift hold each pair once, except that an atom's own images
+    # (i = j) appear at k and -k and count half. Half the work of all ordered pairs.
+    n, n_shifts = positions.shape[0], shifts.shape[0]
+    first, second = np.triu_indices(n)
+    v = wrap(lattice, positions[second] - positions[first])  # [P, 3], P = n (n + 1) / 2
+    present = (mask[first] > 0.5) & (mask[second] > 0.5)
+    weight = jnp.where(present, jnp.where(first == second, 0.5, 1.0), 0.0).astype(v.dtype)
+    itself = (first == second)[:, None] & (np.arange(n_shifts) == 0)[None, :]  # [P, S]
+    limit = factor * (radii[first] + radii[second])
+    return _repulsion(v, times3(shifts, lattice), limit, weight, itself)
 
 
 @jax.custom_vjp
-def _repulsion(v: jax.Array, t: jax.Array, limit: jax.Array, present: jax.Array) -> jax.Array:
-    """``0.5 sum_ijk relu(limit_ij - |v_ij + t_k|)^2`` over present pairs but (i, i, 0).
+def _repulsion(v: jax.Array, t: jax.Array, limit: jax.Array, weight: jax.Array,
+               itself: jax.Array) -> jax.Array:
+    """``sum_pk w_p relu(limit_p - |v_p + t_k|)^2``, but where ``itself``.
 
-    ``v [N, N, 3]`` wrapped pair vectors, ``t [S, 3]`` Cartesian shifts (zero first),
-    ``limit [N, N]`` (Angstrom), ``present [N]`` bool. (i, j, k) and (j, i, -k) are the
-    same pair, hence the half.
+    ``v [P, 3]`` wrapped pair vectors, ``t [S, 3]`` Cartesian shifts, ``limit [P]``
+    (Angstrom), ``weight [P]`` (0 for pairs with padding), ``itself [P, S]`` bool (an
+    atom at zero shift from itself).
 
-    Why a custom VJP: autodiff of the ``[N, N, S]`` expression keeps several temporaries
-    of that size and reduces each back to v and t (32 ms for value + gradient of a batch
-    of 70 generated Pd-Ni-H cells, against 0.5 ms for the value). Here the forward pass
-    also forms the two small cotangents, ``sum_k c (v + t)`` and ``sum_ij c (v + t)``
-    with ``c = dE/d|u| / |u|``, and the backward pass only scales them.
+    Why a custom VJP: autodiff of the ``[P, S]`` expression keeps several temporaries of
+    that size and reduces each back to v and t (32 ms for value + gradient of a batch of
+    70 generated Pd-Ni-H cells, over all ordered pairs, against 0.5 ms for the value).
+    Here the forward pass also forms the two small cotangents, ``sum_k c (v + t)`` and
+    ``sum_p c (v + t)`` with ``c = dE/d|u| / |u|``, and the backward pass only scales
+    them. ``weight`` and ``itself`` get no gradient.
     """
-    return _repulsion_fwd(v, t, limit, present)[0]
+    return _repulsion_fwd(v, t, limit, weight, itself)[0]
 
 
-def _repulsion_fwd(v, t, limit, present):
-    n, n_shifts = v.shape[0], t.shape[0]
-    counted = (present[:, None] & present[None, :])[:, :, None] & ~self_pairs(n, n_shifts)
-    sq = _shifted_sq(v, t)
+def _repulsion_fwd(v, t, limit, weight, itself):
+    sq = _shifted_sq(v[:, None, :], t)[:, 0, :]  # [P, S]
     d = jnp.sqrt(jnp.maximum(sq, _TINY))
-    gap = jnp.where(counted, jax.nn.relu(limit[:, :, None] - d), 0.0)
-    energy = 0.5 * jnp.sum(gap * gap)
-    # dE/du_ijk = c_ijk u_ijk. Coincident atoms (|u|^2 below _TINY) get 0, the
-    # subgradient that autodiff through the clamp gives. The barrier keeps c in memory:
-    # without it XLA recomputes the distances inside each of the six reductions below.
-    c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -gap / d, 0.0))
-    d_v = jnp.stack([jnp.sum(c * (v[:, :, None, m] + t[None, None, :, m]), axis=2)
-                     for m in range(3)], axis=-1)
-    d_t = jnp.stack([jnp.sum(c * (v[:, :, None, m] + t[None, None, :, m]), axis=(0, 1))
-                     for m in range(3)], axis=-1)
-    return energy, (d_v, d_t, jnp.sum(gap, axis=2), present)
+    gap = jnp.where(itself, 0.0, jax.nn.relu(limit[:, None] - d))
+    energy = jnp.sum(weight[:, None] * gap * gap)
+    # dE/du_pk = c_pk u_pk. Coincident atoms (|u|^2 below _TINY) get 0, the subgradient
+    # that autodiff through the clamp gives. The barrier keeps c in memory: without it
+    # XLA recomputes the distances inside each of the six reductions below.
+    c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -2.0 * weight[:, None] * gap / d, 0.0))
+    d_v = jnp.stack([jnp.sum(c * (v[:, None, m] + t[None, :, m]), axis=1) for m in range(3)],
+                    axis=-1)
+    d_t = jnp.stack([jnp.sum(c * (v[:, None, m] + t[None, :, m]), axis=0) for m in range(3)],
+                    axis=-1)
+    d_limit = jnp.sum(2.0 * weight[:, None] * gap, axis=1)
+    return energy, (d_v, d_t, d_limit, weight, itself)
 
 
 def _repulsion_bwd(residuals, g):
-    d_v, d_t, d_limit, present = residuals
-    return g * d_v, g * d_t, g * d_limit, np.zeros(present.shape, jax.dtypes.float0)
+    d_v, d_t, d_limit, weight, itself = residuals
+    return (g * d_v, g * d_t, g * d_limit, jnp.zeros_like(weight),
+            np.zeros(itself.shape, jax.dtypes.float0))
 
 
 _repulsion.defvjp(_repulsion_fwd, _repulsion_bwd)
