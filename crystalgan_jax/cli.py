@@ -197,16 +197,28 @@ def _hints(item: FlagField) -> Any:
     return typing.get_type_hints(item.owner)[item.field.name]
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[FlagField]:
-    """Defines one flag per field (see the module docstring) in ``flag_values``."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 required: bool = True) -> list[FlagField]:
+    """Defines one flag per field (see the module docstring) in ``flag_values``.
+
+    ``required=False`` leaves the fields without a default optional, for a script that
+    can take them from elsewhere (screen.py reads a run's system from its config.json);
+    :func:`missing_required` then names the ones not given.
+    """
     items = flag_fields()
     for item in items:
         define, to_flag, _ = _converters(item, _hints(item))
         default = to_flag(item.default) if item.has_default and item.default is not None else None
         define(item.flag, default, item.help, flag_values=flag_values)
-        if not item.has_default:
+        if required and not item.has_default:
             flags.mark_flag_as_required(item.flag, flag_values=flag_values)
     return items
+
+
+def missing_required(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """The flags of fields without a default that have no value (``--name`` each)."""
+    return [f"--{item.flag}" for item in flag_fields()
+            if not item.has_default and flag_values[item.flag].value is None]
 
 
 def _build(cls: type, values: dict[tuple[str, ...], Any], path: tuple[str, ...]) -> Any:

@@ -30,7 +30,9 @@ from crystalgan_jax import cli, io, screening, screen_runs
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
-cli.define_flags(FLAGS)  # the system's flags (elements, data, d1, d2, classes), as train.py
+# the system's flags (elements, data, d1, d2, classes), as train.py; needed only with
+# --structures (a run folder's config.json says what its system is)
+cli.define_flags(FLAGS, required=False)
 flags.adopt_module_key_flags(cli)
 cli.define_screen_flags(FLAGS)
 # The system comes from the run flags; their --output_dir (a training run's folder) has no
@@ -57,6 +59,10 @@ def main(argv: list[str]) -> int:
     folder = run_dir / "structures" / "final" if run_dir else Path(FLAGS.structures)
     if not folder.is_dir():
         raise app.UsageError(f"{folder} is not a folder of structures")
+    missing = cli.missing_required(FLAGS)
+    if run_dir is None and missing:
+        raise app.UsageError(f"--structures needs the system: give {', '.join(missing)} (or "
+                             "a flagfile such as --flagfile=experiments/pdni.flags)")
     out = Path(FLAGS.output) if FLAGS.output else (run_dir or folder) / "screening"
     try:
         system = (screen_runs.run_system(run_dir) if run_dir is not None else

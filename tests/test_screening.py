@@ -227,3 +227,18 @@ def test_select_unique_keeps_one_strictly_good_structure_per_group():
     groups = evaluation.unique_groups([s for _, s in strict])
     assert len(unique) == len(set(groups)) < len(strict)
     assert [n for n, _ in unique] == [strict[groups.index(g)][0] for g in dict.fromkeys(groups)]
+
+
+def test_screen_script_takes_the_system_from_the_run_or_asks_for_it(tmp_path):
+    # --run_dir needs no system flags (config.json has them); --structures does
+    script = str(REPO / "experiments" / "screen.py")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    (tmp_path / "run" / "structures" / "final").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, script, f"--run_dir={tmp_path / 'run'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "config.json" in proc.stderr, proc.stderr[-2000:]
+    assert "Flags parsing error" not in proc.stderr
+    proc = subprocess.run([sys.executable, script, f"--structures={tmp_path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1
+    assert "--structures needs the system: give --data_ah, --data_bh, --element_a" in proc.stderr
