@@ -407,10 +407,9 @@ def _repulsion_fwd(v, t, limit, weight, itself):
     # that autodiff through the clamp gives. The barrier keeps c in memory: without it
     # XLA recomputes the distances inside each of the six reductions below.
     c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -2.0 * weight[:, None] * gap / d, 0.0))
-    d_v = jnp.stack([jnp.sum(c * (v[:, None, m] + t[None, :, m]), axis=1) for m in range(3)],
-                    axis=-1)
-    d_t = jnp.stack([jnp.sum(c * (v[:, None, m] + t[None, :, m]), axis=0) for m in range(3)],
-                    axis=-1)
+    cu = [c * (v[:, None, m] + t[None, :, m]) for m in range(3)]  # dE/du, per component
+    d_v = jnp.stack([jnp.sum(x, axis=1) for x in cu], axis=-1)
+    d_t = jnp.stack([jnp.sum(x, axis=0) for x in cu], axis=-1)
     d_limit = jnp.sum(2.0 * weight[:, None] * gap, axis=1)
     return energy, (d_v, d_t, d_limit, weight, itself)
 

@@ -192,7 +192,7 @@ def clash(crystals: Crystal, shifts: jax.Array, radii: Sequence[float],
     radius of each block's element (Angstrom).
     """
     # lax.map over chunks of CLASH_CHUNK structures, each chunk vmapped: the term keeps
-    # an [N, N, S] array per structure (see geometry._repulsion), and a whole batch of
+    # a [P, S] array per structure (see geometry._repulsion), and a whole batch of
     # them outgrows the CPU caches (value + gradient of 140 Pd-Ni-H cells took 34 ms at
     # once against 14 ms in chunks; 70 cells: the same either way)
     per = jax.lax.map(lambda c: geometry.clash_penalty(c, shifts, radii, factor), crystals,

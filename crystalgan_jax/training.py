@@ -110,7 +110,7 @@ class TrainConfig:
         Long training collapses the stage-3 samples onto a few structures; the earlier
         states keep their spread.
 
-    The crystalgan_plus ingredients (plus_clash ... snap_symprec; issue 13) left at
+    The crystalgan_plus ingredients (plus_clash ... snapshots; issue 13) left at
     ``None`` take the method's default: :data:`PLUS_DEFAULTS` for crystalgan_plus,
     :data:`PLUS_OFF` (all off) for every other method.
     """
