@@ -56,7 +56,7 @@ def _spec(out: Path, epochs: int):
                           checkpoint_every=epochs, evaluate=False)
 
 
-def child(size: int, epochs: int, cpu_devices: int) -> dict:
+def child(size: int, epochs: int, cpu_devices: int, group: int) -> dict:
     """One population of ``size`` members, timed; runs in its own process."""
     import jax
 
@@ -68,7 +68,7 @@ def child(size: int, epochs: int, cpu_devices: int) -> dict:
     make = population.make_population_runner
 
     def timed(stage, *args, **kwargs):
-        run_chunk = make(stage, *args, **kwargs)
+        run_chunk = make(stage, *args, group=group, **kwargs)
 
         def wrapped(members, weights, data, active):
             tic = time.perf_counter()
@@ -138,6 +138,13 @@ def epoch_flops(epochs: int) -> dict[str, float]:
 
 
 
+def population_group() -> int:
+    """The library's default members per vmapped group (importing it pulls in JAX)."""
+    from crystalgan_jax import population
+
+    return population.MEMBER_GROUP
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,8,64")
@@ -147,10 +154,13 @@ def main() -> int:
     parser.add_argument("--cpu_devices", type=int, default=os.cpu_count() or 1,
                         help="CPU devices (threads) a population is split over, as train.py's "
                              "--cpu_devices (default: one per core; S = 1 uses one)")
+    parser.add_argument("--group", type=int, default=population_group(),
+                        help="members vmapped together per device (default: the library's "
+                             "MEMBER_GROUP)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.epochs, args.cpu_devices)))
+        print(json.dumps(child(args.child, args.epochs, args.cpu_devices, args.group)))
         return 0
     if not REFERENCE.exists():
         print(f"reference data not found: {REFERENCE}", file=sys.stderr)
@@ -163,7 +173,8 @@ def main() -> int:
     results, failed = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         proc = subprocess.run([sys.executable, __file__, f"--child={size}",
-                               f"--epochs={args.epochs}", f"--cpu_devices={args.cpu_devices}"],
+                               f"--epochs={args.epochs}", f"--cpu_devices={args.cpu_devices}",
+                               f"--group={args.group}"],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
@@ -195,6 +206,7 @@ def main() -> int:
                     "value_and_grad per minibatch",
         "epochs_per_stage": args.epochs,
         "cpu_devices": args.cpu_devices,
+        "member_group": args.group,
         "epoch_flops_per_member": flops,
         "matmul": mm,
         "results": results,

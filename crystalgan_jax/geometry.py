@@ -185,20 +185,65 @@ def _nearest_image(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
     """
     lat0, pi0, pj0 = (jax.lax.stop_gradient(x) for x in (lattice, pos_i, pos_j))
     sq = jnp.where(excluded, jnp.inf, _image_sq(lat0, pi0, pj0, shifts))
-    sq = sq.reshape(pos_i.shape[0], -1)
-    # min, then the first index attaining it as an integer min: several times faster on
-    # CPU than argmin, or argmax of the equality, whose variadic reductions XLA does not
-    # vectorise (measured: the penalty's value + gradient took 2-3x as long)
-    smallest = jnp.min(sq, axis=1)
-    n = sq.shape[1]
-    index = jnp.arange(n, dtype=jnp.int32)[None, :]
-    flat = jnp.minimum(jnp.min(jnp.where(sq == smallest[:, None], index, n), axis=1), n - 1)
+    smallest, flat = _min_and_first_index(sq.reshape(pos_i.shape[0], -1))
     found = jnp.isfinite(smallest)
     j, k = flat // shifts.shape[0], flat % shifts.shape[0]
     # the same wrap as above (round() of the same numbers), now with gradients
     vec = wrap(lattice, pos_j[j] - pos_i) + times3(shifts[k], lattice)
     d = jnp.sqrt(jnp.maximum(jnp.sum(vec * vec, axis=-1), _TINY))
     return jnp.where(found, d, jnp.inf)
+
+
+def _nearest_within(lattice: jax.Array, positions: jax.Array, allowed: jax.Array,
+                    shifts: jax.Array) -> jax.Array:
+    """``[N]`` distance from each atom to its nearest allowed image within the SAME set.
+
+    :func:`_nearest_image` with ``pos_j = pos_i``, at half the search: the image k of j
+    seen from i and the image -k of i seen from j are the same pair, so the search runs
+    over the unordered rows a <= b with every shift (``[P, S]``, P = N (N + 1) / 2; an
+    atom's own images are the rows a = b, without k = 0), takes each pair's nearest
+    image, then each atom's nearest pair. Only the selected pair per atom is recomputed
+    with gradients, from i's side: ``wrap(r_j - r_i) + sign t_k`` where the pair's search
+    ran from j's side (sign -1; wrap is odd, so it is the same vector). Value and gradient
+    equal :func:`_nearest_image`'s (away from ties, where it may select another of the
+    equally near images).
+
+    Args:
+      lattice: ``[3, 3]``; positions ``[N, 3]`` (Cartesian Angstrom).
+      allowed: ``[N, N]`` symmetric bool, pairs that count (both rows atoms, same class).
+      shifts: ``[S, 3]`` integer lattice translations, zero shift first.
+    Returns:
+      ``inf`` where an atom has no allowed pair.
+    """
+    n, n_shifts = positions.shape[0], shifts.shape[0]
+    first, second = np.triu_indices(n)
+    lat0, pos0 = jax.lax.stop_gradient(lattice), jax.lax.stop_gradient(positions)
+    v = wrap(lat0, pos0[second] - pos0[first])  # [P, 3]
+    itself = (first == second)[:, None] & (np.arange(n_shifts) == 0)[None, :]
+    excluded = ~allowed[first, second][:, None] | itself
+    sq = jnp.where(excluded, jnp.inf, _shifted_sq(v[:, None, :], times3(shifts, lat0))[:, 0, :])
+    pair_sq, pair_k = _min_and_first_index(sq)  # [P]
+    # back to [N, N] (a static gather of P values) and each atom's nearest pair
+    index = np.zeros((n, n), np.int32)
+    index[first, second] = index[second, first] = np.arange(first.size)
+    smallest, j = _min_and_first_index(pair_sq[index])
+    k = pair_k[index][np.arange(n), j]
+    sign = jnp.where(np.arange(n) > j, -1.0, 1.0).astype(positions.dtype)
+    vec = wrap(lattice, positions[j] - positions) + sign[:, None] * times3(shifts[k], lattice)
+    d = jnp.sqrt(jnp.maximum(jnp.sum(vec * vec, axis=-1), _TINY))
+    return jnp.where(jnp.isfinite(smallest), d, jnp.inf)
+
+
+def _min_and_first_index(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row minima of ``x [R, C]`` and the first column attaining each (int32, < C)."""
+    # min, then the first index attaining it as an integer min: several times faster on
+    # CPU than argmin, or argmax of the equality, whose variadic reductions XLA does not
+    # vectorise (measured: the penalty's value + gradient took 2-3x as long)
+    smallest = jnp.min(x, axis=1)
+    c = x.shape[1]
+    column = jnp.arange(c, dtype=jnp.int32)[None, :]
+    first = jnp.min(jnp.where(x == smallest[:, None], column, c), axis=1)
+    return smallest, jnp.minimum(first, c - 1)
 
 
 def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
@@ -221,14 +266,13 @@ def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
       ``[N]`` distances (Angstrom); ``inf`` for padding rows and where the target set
       is empty.
     """
-    same = target_positions is None
-    if same:
-        target_positions, target_mask = positions, mask
-    shape = (positions.shape[0], target_positions.shape[0], shifts.shape[0])
-    excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], shape)
-    if same:
-        excluded = excluded | self_pairs(positions.shape[0], shifts.shape[0])
-    nearest = _nearest_image(lattice, positions, target_positions, excluded, shifts)
+    if target_positions is None:
+        atom = mask > 0.5
+        nearest = _nearest_within(lattice, positions, atom[:, None] & atom[None, :], shifts)
+    else:
+        shape = (positions.shape[0], target_positions.shape[0], shifts.shape[0])
+        excluded = jnp.broadcast_to(~(target_mask > 0.5)[None, :, None], shape)
+        nearest = _nearest_image(lattice, positions, target_positions, excluded, shifts)
     return jnp.where(mask > 0.5, nearest, jnp.inf)
 
 
@@ -249,10 +293,9 @@ def class_nearest(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
       alone in their class with no own image in ``shifts``.
     """
     class_ids = jnp.asarray(class_ids)
-    n, n_shifts = positions.shape[0], shifts.shape[0]
-    other = (class_ids[:, None] != class_ids[None, :]) | ~(mask > 0.5)[None, :]
-    excluded = other[:, :, None] | self_pairs(n, n_shifts)
-    nearest = _nearest_image(lattice, positions, positions, excluded, shifts)
+    atom = mask > 0.5
+    allowed = (class_ids[:, None] == class_ids[None, :]) & atom[:, None] & atom[None, :]
+    nearest = _nearest_within(lattice, positions, allowed, shifts)
     return jnp.where((mask > 0.5) & (class_ids >= 0), nearest, jnp.inf)
 
 

@@ -57,6 +57,8 @@ from crystalgan_jax.checkpoints import Checkpoints
 AXIS = "members"
 WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
 SWEEPABLE = tuple(f"l{i}" for i in range(1, 8))
+# Members vmapped together on one device (make_population_runner); measured below.
+MEMBER_GROUP = 4
 
 
 # --- members ------------------------------------------------------------------------------
@@ -261,22 +263,36 @@ def traced_weights(row: jax.Array, cfg: training.TrainConfig) -> losses.Weights:
 def make_population_runner(stage: training.Stage, nets: training.Networks,
                            cfg: training.TrainConfig, shifts: jax.Array,
                            sizes: Sequence[int], sharding: MemberSharding,
-                           on_trace: Callable[[str], None] | None = None):
+                           on_trace: Callable[[str], None] | None = None,
+                           group: int = MEMBER_GROUP):
     """Jitted ``run(members, weights[P, 8], data, active[chunk])`` -> (members, metrics).
 
     ``members`` and ``data`` are stacked ``[P, ...]``, metrics ``[P, chunk, n_metrics]``;
     each member runs :func:`training.make_chunk_runner`'s chunk with its own weights.
-    ``cfg`` is :func:`static_config` of the population.
+    ``cfg`` is :func:`static_config` of the population. Each device runs its members
+    in vmapped groups of at most ``group`` (the largest divisor of its member count),
+    one group's whole chunk after the other.
     """
     def member(state, weights, data, active):
         member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
         chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
         return chunk(state, data, active)
 
+    def device_members(states, weights, data, active):
+        # Groups, not one vmap over all local members: a group's parameters and Adam
+        # moments (~1 MB per member in the paper configuration) stay in the core's cache
+        # for the whole chunk, where 32 vmapped members stream ~30 MB through it per layer
+        # (benchmarks/population.py: 64 members at 58 -> see MEMBER_GROUP).
+        local = weights.shape[0]  # this device's members
+        size = max(g for g in range(1, min(group, local) + 1) if local % g == 0)
+        # a divisor of the local count: lax.map traces a remainder group separately
+        return jax.lax.map(lambda m: member(*m, active), (states, weights, data),
+                           batch_size=size)
+
     split = P(AXIS)
-    # shard_map: each device runs the vmapped chunk on its own members, no communication.
+    # shard_map: each device runs its own members, no communication.
     # check_vma is off because an inactive epoch's zero metrics are not per-device values.
-    return jax.jit(jax.shard_map(jax.vmap(member, in_axes=(0, 0, 0, None)),
+    return jax.jit(jax.shard_map(device_members,
                                  mesh=sharding.mesh, in_specs=(split, split, split, P()),
                                  out_specs=(split, split), check_vma=False))
 
