@@ -414,7 +414,12 @@ def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radi
     # (i = j) appear at k and -k and count half. Half the work of all ordered pairs.
     n, n_shifts = positions.shape[0], shifts.shape[0]
     first, second = np.triu_indices(n)
-    v = wrap(lattice, positions[second] - positions[first])  # [P, 3], P = n (n + 1) / 2
+    # r_b - r_a as a product with a constant [P, N] matrix of +-1, not a gather: the
+    # gather's gradient is a scatter-add, which XLA's CPU backend runs element by element
+    difference = np.zeros((first.size, n), np.float32)
+    np.add.at(difference, (np.arange(first.size), second), 1.0)
+    np.add.at(difference, (np.arange(first.size), first), -1.0)
+    v = wrap(lattice, jnp.asarray(difference, positions.dtype) @ positions)  # [P, 3]
     present = (mask[first] > 0.5) & (mask[second] > 0.5)
     weight = jnp.where(present, jnp.where(first == second, 0.5, 1.0), 0.0).astype(v.dtype)
     itself = (first == second)[:, None] & (np.arange(n_shifts) == 0)[None, :]  # [P, S]
@@ -450,9 +455,11 @@ def _repulsion_fwd(v, t, limit, weight, itself):
     # that autodiff through the clamp gives. The barrier keeps c in memory: without it
     # XLA recomputes the distances inside each of the six reductions below.
     c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -2.0 * weight[:, None] * gap / d, 0.0))
-    cu = [c * (v[:, None, m] + t[None, :, m]) for m in range(3)]  # dE/du, per component
-    d_v = jnp.stack([jnp.sum(x, axis=1) for x in cu], axis=-1)
-    d_t = jnp.stack([jnp.sum(x, axis=0) for x in cu], axis=-1)
+    # sum_k c (v + t) and sum_p c (v + t) as row and column sums of c and two thin
+    # products: fewer passes over [P, S] than one reduction per component and axis
+    # (value + gradient of 70 cells 4.2-5.2 -> 2.8-3.1 ms with the matrix difference above)
+    d_v = v * jnp.sum(c, axis=1)[:, None] + c @ t
+    d_t = c.T @ v + t * jnp.sum(c, axis=0)[:, None]
     d_limit = jnp.sum(2.0 * weight[:, None] * gap, axis=1)
     return energy, (d_v, d_t, d_limit, weight, itself)
 
