@@ -40,6 +40,7 @@ import json
 import math
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -397,7 +398,8 @@ def _check_resumable(path: Path, config: dict) -> None:
 
 def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace=None,
         extra_files: dict[str, str] | None = None,
-        devices: Sequence[jax.Device] | None = None) -> PopulationResult:
+        devices: Sequence[jax.Device] | None = None,
+        stop: threading.Event | None = None) -> PopulationResult:
     """Trains every member of ``spec`` in one program and writes every output.
 
     Args:
@@ -407,6 +409,9 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
       on_trace: called with the stage name whenever a stage's epochs are traced.
       extra_files: file name -> text, written into the population folder (process 0).
       devices: the mesh's devices (default: all devices of all processes).
+      stop: once set, training stops before its next chunk as on Ctrl-C (the state is
+        saved, :class:`runner.Interrupted` raised): how a run in another thread is
+        interrupted, as signals reach the main thread only.
     """
     if log is None:
         prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
@@ -426,12 +431,13 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
         held.enter_context(runner._signals_interrupt())  # SIGTERM saves like Ctrl-C
         if jax.process_index() == 0:  # one lock for the folder all processes share
             held.enter_context(runner.lock_output(out, log))
-        return _run_locked(spec, base, cfg, sharding, ah, bh, log, on_trace, extra_files)
+        return _run_locked(spec, base, cfg, sharding, ah, bh, log, on_trace, extra_files, stop)
 
 
 def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainConfig,
                 sharding: "MemberSharding", ah: io.Domain, bh: io.Domain,
-                log: Callable[[str], None], on_trace, extra_files) -> "PopulationResult":
+                log: Callable[[str], None], on_trace, extra_files,
+                stop: threading.Event | None = None) -> "PopulationResult":
     layout = encoding.Layout.fit(base.element_a, base.element_b, ah.structures + bh.structures,
                                  n_h=base.n_h, n_a=base.n_metal, n_b=base.n_metal)
 
@@ -491,7 +497,7 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     try:
         state = train_stages(base, cfg, out, member_dirs, x, y, nets, state, weights,
                              training.penalty_shifts(lattices, cfg), sharding, metrics, ckpt,
-                             log, on_trace)
+                             log, on_trace, stop)
     finally:
         ckpt.close()
 
@@ -522,8 +528,8 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                  member_dirs: dict[int, Path], x: encoding.Crystal, y: encoding.Crystal,
                  nets: training.Networks, state: PopulationState, weights: jax.Array,
                  shifts: jax.Array, sharding: MemberSharding, metrics: dict[int, list[dict]],
-                 ckpt: Checkpoints, log: Callable[[str], None], on_trace=None
-                 ) -> PopulationState:
+                 ckpt: Checkpoints, log: Callable[[str], None], on_trace=None,
+                 stop: threading.Event | None = None) -> PopulationState:
     """:func:`runner.train_stages` for a population: every stage from ``state.epoch`` on.
 
     Each chunk's metrics are appended to each local member's ``metrics.jsonl`` before the
@@ -544,6 +550,8 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                                                on_trace)
             names = training.metric_names(stage, cfg)
             while epoch < start + cfg.epochs:
+                if stop is not None and stop.is_set():
+                    raise runner.Interrupted()  # saved below, as on Ctrl-C
                 done = epoch - start
                 n = runner.chunk_length(epoch, start + cfg.epochs, chunk, base.checkpoint_every)
                 tic = time.perf_counter()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,18 +188,85 @@ def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, "populati
     return specs
 
 
+# Relative cost of one method's population, for sharing the methods out over devices
+# (wall times of the rows of Table 2 on the 2-core machine, runs/table2_v5).
+COST = {"gan": 1.0, "discogan": 1.5, "nocons": 3.5, "crystalgan": 3.5,
+        "crystalgan+clash": 6.0, "crystalgan_plus": 7.0}
+
+
+def device_queues(methods: list[str], n_devices: int) -> list[list[str]]:
+    """The methods shared out over ``n_devices``: costliest first, each to the device
+    with the least work so far (longest processing time first)."""
+    queues: list[list[str]] = [[] for _ in range(n_devices)]
+    load = [0.0] * n_devices
+    for method in sorted(methods, key=lambda m: -COST[m]):
+        i = load.index(min(load))
+        queues[i].append(method)
+        load[i] += COST[method]
+    return queues
+
+
+def train_methods(specs: dict) -> dict[str, tuple["population.PopulationResult", float]]:
+    """Method -> (its trained population, wall seconds).
+
+    A method's seeds are split over all devices when they divide evenly. Otherwise
+    (3 seeds on a 2-core machine) a device would train padding, and the methods run
+    side by side instead, one device each (:func:`device_queues`); the device in the
+    main thread, the others in threads. Ctrl-C or an error in one stops the others
+    before their next chunk, each saving its state as on Ctrl-C.
+    """
+    devices = jax.devices()
+    n_seeds = len(next(iter(specs.values())).members)
+    if (jax.process_count() > 1 or len(devices) == 1 or len(specs) == 1
+            or n_seeds % len(devices) == 0):
+        return {method: _train(method, spec) for method, spec in specs.items()}
+    queues = device_queues(list(specs), len(devices))
+    stop, results, errors = threading.Event(), {}, []
+
+    def work(queue: list[str], device) -> None:
+        try:
+            for method in queue:
+                if stop.is_set():
+                    return
+                results[method] = _train(method, specs[method], device, stop)
+        except BaseException as err:  # Ctrl-C included: the others stop and save
+            errors.append(err)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(q, d), name=f"table2-{d}")
+               for q, d in zip(queues[1:], devices[1:]) if q]
+    for thread in threads:
+        thread.start()
+    work(queues[0], devices[0])  # signals reach the main thread
+    for thread in threads:
+        thread.join()
+    if errors:  # an interrupt first: the exit code says which signal
+        raise next((e for e in errors if isinstance(e, KeyboardInterrupt)), errors[0])
+    return results
+
+
+def _train(method: str, spec, device=None, stop=None):
+    seeds = [m.seed for m in spec.members]
+    where = f" on {device}" if device is not None else ""
+    logging.info("== %s, seeds %s%s", method, ", ".join(map(str, seeds)), where)
+    tic = time.perf_counter()
+    if device is None:
+        result = population.run(spec)
+    else:  # side by side: which method each line is about
+        result = population.run(spec, devices=[device], stop=stop,
+                                log=lambda msg: logging.info("[%s] %s", method, msg))
+    return result, round(time.perf_counter() - tic, 1)
+
+
 def make_table(base, specs: dict) -> dict[str, dict] | None:
     """Every method's population (``specs``: method -> PopulationSpec), then substitution.
 
     With several processes only process 0 returns the table (the others None).
     """
     table: dict[str, dict] = {}
-    for method, spec in specs.items():
-        seeds = [m.seed for m in spec.members]
-        logging.info("== %s, seeds %s", method, ", ".join(map(str, seeds)))
-        tic = time.perf_counter()
-        result = population.run(spec)
-        wall = round(time.perf_counter() - tic, 1)
+    trained = train_methods(specs)
+    for method in specs:
+        result, wall = trained[method]
         if jax.process_index() != 0:
             continue
         runs = []
