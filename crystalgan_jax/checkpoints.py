@@ -23,9 +23,11 @@ silently.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -90,9 +92,9 @@ def pack(state) -> tuple[dict[str, jax.Array], list[dict]]:
       (list of key names), group, offset and shape (JSON-serialisable), which
       :func:`unpack` and :func:`unpack_as_dicts` read back.
     """
-    groups: dict[str, list[jax.Array]] = {}
+    members: dict[str, list[int]] = {}  # group -> indices of its leaves
     sizes: dict[str, int] = {}
-    layout = []
+    layout, leaves, leads = [], [], []
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         leaf = jnp.asarray(leaf)
         lead = _lead(leaf)
@@ -102,8 +104,24 @@ def pack(state) -> tuple[dict[str, jax.Array], list[dict]]:
                        "offset": sizes.get(group, 0), "shape": list(leaf.shape),
                        "dtype": leaf.dtype.name})
         sizes[group] = sizes.get(group, 0) + size
-        groups.setdefault(group, []).append(leaf.reshape(lead + (size,)))
-    return {g: jnp.concatenate(parts, axis=-1) for g, parts in groups.items()}, layout
+        members.setdefault(group, []).append(len(leaves))
+        leaves.append(leaf)
+        leads.append(len(lead))
+    plan = tuple((g, tuple(i), tuple(leads[k] for k in i)) for g, i in members.items())
+    return _concatenate_groups(tuple(leaves), plan), layout
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _concatenate_groups(leaves: tuple[jax.Array, ...], plan: tuple) -> dict[str, jax.Array]:
+    """:func:`pack`'s arrays as one program: eagerly, each leaf's reshape and each
+    concatenation was an XLA program of its own (some 300 dispatches, 0.8 s per save of
+    a single run's state on the 2-core machine)."""
+    out = {}
+    for group, indices, leads in plan:
+        parts = [leaves[i].reshape(leaves[i].shape[:n] + (math.prod(leaves[i].shape[n:]),))
+                 for i, n in zip(indices, leads)]
+        out[group] = jnp.concatenate(parts, axis=-1)
+    return out
 
 
 def _leaf(arrays: dict, entry: dict):

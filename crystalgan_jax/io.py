@@ -14,6 +14,7 @@ file (and the line, where one is to blame) and says what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import pickle
@@ -82,11 +83,14 @@ def is_structure_file(path: Path) -> bool:
     )
 
 
-def _check_poscar_text(path: Path, text: str) -> None:
+def _check_poscar_text(path: Path, text: str) -> Structure | None:
     """Line-numbered validation of the POSCAR header and coordinate lines.
 
     pymatgen's own errors rarely say where a POSCAR is broken; this catches the
-    usual faults first so that the user is told the line.
+    usual faults first so that the user is told the line. Returns the structure too
+    where the file is plain (one positive scale factor, no ``#`` comments): what
+    pymatgen's reader would build, without importing ``pymatgen.io.vasp`` (about 1 s:
+    it pulls in its VASP output parsers and scipy.signal); otherwise None.
     """
     lines = text.splitlines()
 
@@ -139,8 +143,8 @@ def _check_poscar_text(path: Path, text: str) -> None:
     if lines[mode_line - 1].strip()[:1].lower() not in ("c", "k", "d"):
         raise StructureFileError(
             path, f"expected 'Direct' or 'Cartesian', got {lines[mode_line - 1]!r}", mode_line)
-    for k in range(sum(counts)):
-        floats(mode_line + 1 + k, 3, f"coordinates of atom {k + 1}")
+    coords = [floats(mode_line + 1 + k, 3, f"coordinates of atom {k + 1}")
+              for k in range(sum(counts))]
     # One more coordinate line right after the last counted atom means the counts line
     # undercounts (a blank line ends the positions; velocities may follow it).
     extra = mode_line + sum(counts) + 1
@@ -151,6 +155,16 @@ def _check_poscar_text(path: Path, text: str) -> None:
         raise StructureFileError(
             path, f"the counts line says {sum(counts)} atoms but {sum(counts) + more} "
             f"coordinate lines follow line {mode_line}", extra)
+    scale = lines[1].split()
+    if len(scale) != 1 or float(scale[0]) <= 0 or "#" in text:
+        return None  # a volume, per-axis scales or comments: pymatgen reads those
+    lattice = np.array([floats(3 + i, 3, "") for i in range(3)]) * float(scale[0])
+    cartesian = lines[mode_line - 1].strip()[:1].lower() in ("c", "k")
+    symbols = [s.split("/")[0].split("_")[0] for s in species]
+    return Structure(lattice, [e for e, n in zip(symbols, counts) for _ in range(n)],
+                     np.array(coords) * (float(scale[0]) if cartesian else 1.0),
+                     coords_are_cartesian=cartesian, to_unit_cell=False,
+                     validate_proximity=False)
 
 
 def _is_coordinate_line(line: str) -> bool:
@@ -214,14 +228,13 @@ def read_structure(path: str | os.PathLike) -> Structure:
     except (OSError, UnicodeDecodeError) as err:
         raise StructureFileError(path, f"cannot read file: {err}") from None
     is_cif = path.suffix.lower() == ".cif"
-    if not is_cif:
-        _check_poscar_text(path, text)
+    structure = None if is_cif else _check_poscar_text(path, text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if is_cif:
                 structure = Structure.from_str(text, fmt="cif")
-            else:
+            elif structure is None:
                 structure = Structure.from_str(text, fmt="poscar")
     except Exception as err:  # pymatgen raises many types for malformed files
         raise StructureFileError(path, f"malformed {'CIF' if is_cif else 'POSCAR'}: {err}") from None
@@ -655,14 +668,25 @@ def write_poscar(structure: Structure, path: str | os.PathLike, comment: str | N
 
     The cell is made right-handed first (:func:`right_handed`).
     """
-    from pymatgen.io.vasp import Poscar
-
     structure = right_handed(structure)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    poscar = Poscar(structure, comment=comment or structure.composition.reduced_formula,
-                    sort_structure=False)
     Path(path).write_text(without_negative_zero(
-        poscar.get_str(direct=False, significant_figures=10), padded=True))
+        poscar_text(structure, comment or structure.composition.reduced_formula), padded=True))
+
+
+def poscar_text(structure: Structure, comment: str) -> str:
+    """The POSCAR of ``structure`` as pymatgen's ``Poscar.get_str(direct=False,
+    significant_figures=10)`` prints it (species in runs of equal neighbours, Cartesian
+    Angstrom, 10 decimals), without importing ``pymatgen.io.vasp`` (about 1 s)."""
+    number = "{:15.10f}".format
+    symbols = [site.specie.symbol for site in structure]
+    runs = [(symbol, len(list(group))) for symbol, group in itertools.groupby(symbols)]
+    lines = [comment, "1.0"]
+    lines += [" ".join(number(c) for c in row) for row in structure.lattice.matrix]
+    lines += [" ".join(s for s, _ in runs), " ".join(str(n) for _, n in runs), "cartesian"]
+    lines += [" ".join(number(c) for c in site.coords) + f" {site.species_string}"
+              for site in structure]
+    return "\n".join(lines) + "\n"
 
 
 def write_cif(structure: Structure, path: str | os.PathLike) -> None:

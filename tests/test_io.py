@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,62 @@ def test_negative_zero_normalisation_leaves_other_numbers_alone():
     assert (io.without_negative_zero(text, padded=True)
             == "  0.0000000000 -0.0000000001   1.5 -0.05 x-0.0  0.00\n")
     assert io.without_negative_zero(text) == " 0.0000000000 -0.0000000001   1.5 -0.05 x-0.0 0.00\n"
+
+
+_POSCAR = """{comment}
+{scale}
+   3.1 0.0 0.0
+   0.2 3.3 0.0
+   0.1 -0.3 3.6
+{species}
+2 1
+{mode}
+0.1 0.2 0.3{sd}
+0.6 0.5 0.9{sd}
+1.0 1.7 -0.4{sd}
+"""
+
+
+@pytest.mark.parametrize("scale, species, mode, sd", [
+    ("1.0", "Pd H", "Direct", ""),
+    ("1.1", "Pd H", "Cartesian", ""),
+    ("0.9", "Pd_pv H", "direct", ""),
+    ("1.0", "Pd/abc123 H", "kartesian", ""),
+    ("1.0", "Pd H", "Selective dynamics\nDirect", " T F T"),
+    ("-40.0", "Pd H", "Direct", ""),  # a volume: read by pymatgen
+])
+def test_poscar_reader_builds_what_pymatgen_builds(tmp_path, scale, species, mode, sd):
+    text = _POSCAR.format(comment="test", scale=scale, species=species, mode=mode, sd=sd)
+    path = tmp_path / "POSCAR"
+    path.write_text(text)
+    got = io.read_structure(path)
+    want = Structure.from_str(text, fmt="poscar")
+    np.testing.assert_allclose(got.lattice.matrix, want.lattice.matrix, atol=1e-12)
+    np.testing.assert_allclose(got.cart_coords, want.cart_coords, atol=1e-12)
+    assert [s.species_string for s in got] == [s.species_string for s in want]
+
+
+def test_poscar_reader_matches_pymatgen_on_the_embedded_data():
+    files = sorted(p for p in (Path(__file__).parents[1] / "data").rglob("*")
+                   if io.is_structure_file(p) and p.suffix.lower() != ".cif")
+    assert len(files) >= 100
+    for path in files:
+        got = io.read_structure(path)
+        want = Structure.from_str(path.read_text(), fmt="poscar")
+        np.testing.assert_allclose(got.lattice.matrix, want.lattice.matrix, atol=1e-12)
+        np.testing.assert_allclose(got.cart_coords, want.cart_coords, atol=1e-12)
+        assert [s.species_string for s in got] == [s.species_string for s in want], path
+
+
+def test_poscar_writer_prints_what_pymatgen_prints():
+    from pymatgen.io.vasp import Poscar
+
+    rng = np.random.default_rng(0)
+    lattice = Lattice(np.eye(3) * 4.0 + rng.normal(0, 0.3, (3, 3)))
+    # species in runs, one of them repeated later: the species line lists runs
+    structure = io.right_handed(Structure(lattice, ["Pd", "Pd", "H", "Ni", "H", "H"],
+                                          rng.random((6, 3)) * 1.3 - 0.1))
+    want = Poscar(structure, comment="c 1", sort_structure=False).get_str(
+        direct=False, significant_figures=10)
+    assert io.poscar_text(structure, "c 1") == want
+    assert want.splitlines()[5:7] == ["Pd H Ni H", "2 1 1 2"]
