@@ -399,7 +399,8 @@ def _check_resumable(path: Path, config: dict) -> None:
 def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace=None,
         extra_files: dict[str, str] | None = None,
         devices: Sequence[jax.Device] | None = None,
-        stop: threading.Event | None = None) -> PopulationResult:
+        stop: threading.Event | None = None,
+        until_epoch: int | None = None) -> PopulationResult | None:
     """Trains every member of ``spec`` in one program and writes every output.
 
     Args:
@@ -412,6 +413,9 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
       stop: once set, training stops before its next chunk as on Ctrl-C (the state is
         saved, :class:`runner.Interrupted` raised): how a run in another thread is
         interrupted, as signals reach the main thread only.
+      until_epoch: train only up to this global epoch (e.g. ``epochs``: stage 1), save
+        the state there and return None without writing outputs; a later run with
+        ``resume`` goes on from it (experiments/table2.py shares stage 1 this way).
     """
     if log is None:
         prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
@@ -431,13 +435,15 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
         held.enter_context(runner._signals_interrupt())  # SIGTERM saves like Ctrl-C
         if jax.process_index() == 0:  # one lock for the folder all processes share
             held.enter_context(runner.lock_output(out, log))
-        return _run_locked(spec, base, cfg, sharding, ah, bh, log, on_trace, extra_files, stop)
+        return _run_locked(spec, base, cfg, sharding, ah, bh, log, on_trace, extra_files, stop,
+                           until_epoch)
 
 
 def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainConfig,
                 sharding: "MemberSharding", ah: io.Domain, bh: io.Domain,
                 log: Callable[[str], None], on_trace, extra_files,
-                stop: threading.Event | None = None) -> "PopulationResult":
+                stop: threading.Event | None = None,
+                until_epoch: int | None = None) -> "PopulationResult | None":
     layout = encoding.Layout.fit(base.element_a, base.element_b, ah.structures + bh.structures,
                                  n_h=base.n_h, n_a=base.n_metal, n_b=base.n_metal)
 
@@ -497,7 +503,10 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     try:
         state = train_stages(base, cfg, out, member_dirs, x, y, nets, state, weights,
                              training.penalty_shifts(lattices, cfg), sharding, metrics, ckpt,
-                             log, on_trace, stop)
+                             log, on_trace, stop, until_epoch)
+        if until_epoch is not None and until_epoch < len(cfg.stages) * cfg.epochs:
+            ckpt.save(state, force=True)  # (a no-op where this epoch is saved already)
+            return None
     finally:
         ckpt.close()
 
@@ -529,7 +538,8 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                  nets: training.Networks, state: PopulationState, weights: jax.Array,
                  shifts: jax.Array, sharding: MemberSharding, metrics: dict[int, list[dict]],
                  ckpt: Checkpoints, log: Callable[[str], None], on_trace=None,
-                 stop: threading.Event | None = None) -> PopulationState:
+                 stop: threading.Event | None = None, until: int | None = None
+                 ) -> PopulationState:
     """:func:`runner.train_stages` for a population: every stage from ``state.epoch`` on.
 
     Each chunk's metrics are appended to each local member's ``metrics.jsonl`` before the
@@ -540,7 +550,8 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
     try:
         for s_index, stage_name in enumerate(cfg.stages):
             start = s_index * cfg.epochs
-            if epoch >= start + cfg.epochs:
+            end = start + cfg.epochs if until is None else min(start + cfg.epochs, until)
+            if epoch >= end:
                 continue
             stage = training.STAGES[stage_name]
             data = _stage_data(stage_name, state.members, nets, x, y, sharding)
@@ -549,11 +560,11 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
             run_chunk = make_population_runner(stage, nets, cfg, shifts, sizes, sharding,
                                                on_trace)
             names = training.metric_names(stage, cfg)
-            while epoch < start + cfg.epochs:
+            while epoch < end:
                 if stop is not None and stop.is_set():
                     raise runner.Interrupted()  # saved below, as on Ctrl-C
                 done = epoch - start
-                n = runner.chunk_length(epoch, start + cfg.epochs, chunk, base.checkpoint_every)
+                n = runner.chunk_length(epoch, end, chunk, base.checkpoint_every)
                 tic = time.perf_counter()
                 active = sharding.put(np.arange(chunk) < n, sharding.replicated)
                 new_members, chunk_metrics = run_chunk(state.members, weights, data, active)

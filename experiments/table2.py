@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 
-from crystalgan_jax import cli, encoding, evaluation, population, screen_runs, substitution
+from crystalgan_jax import (cli, encoding, evaluation, population, runner, screen_runs,
+                            substitution)
 from crystalgan_jax.io import StructureFileError
 from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError, check_output,
                                    load_domains)
@@ -188,56 +191,145 @@ def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, "populati
     return specs
 
 
-# Relative cost of one method's population, for sharing the methods out over devices
-# (wall times of the rows of Table 2 on the 2-core machine, runs/table2_v5).
+# Relative cost of one method's population, for sharing the work out over devices
+# (wall times of the rows of Table 2 on the 2-core machine, runs/table2_v6), and of the
+# stage 1 that several methods share (:func:`stage1_group`).
 COST = {"gan": 1.0, "discogan": 1.5, "nocons": 3.5, "crystalgan": 3.5,
-        "crystalgan+clash": 6.0, "crystalgan_plus": 7.0}
+        "crystalgan+clash": 6.5, "crystalgan_plus": 7.0}
+STAGE1_COST = 1.4
 
 
-def device_queues(methods: list[str], n_devices: int) -> list[list[str]]:
-    """The methods shared out over ``n_devices``: costliest first, each to the device
-    with the least work so far (longest processing time first)."""
-    queues: list[list[str]] = [[] for _ in range(n_devices)]
-    load = [0.0] * n_devices
-    for method in sorted(methods, key=lambda m: -COST[m]):
-        i = load.index(min(load))
-        queues[i].append(method)
-        load[i] += COST[method]
-    return queues
+@dataclasses.dataclass
+class Job:
+    """One population run of :func:`train_methods`: a method, or the stage 1 it shares."""
+
+    name: str
+    cost: float
+    run: Callable  # (device or None, stop event) -> population.run's result
+    after: tuple[str, ...] = ()  # jobs that must be done first
+    priority: float = 0.0  # cost of the longest chain from here: the order jobs start in
+
+
+def stage1_group(specs: dict) -> list[str]:
+    """The methods whose stage 1 is one and the same training, in ``specs`` order.
+
+    CrystalGAN with or without the constraints or the clash term differ only in l5, l6,
+    l7 (and the clash radii), none of which stage 1 uses: with the same seeds their
+    stage-1 runs are identical, so one is trained and the others start from its
+    checkpoint (tests/test_table2.py checks that this equals training each).
+    """
+    def key(spec):
+        cfg = spec.base.train
+        if cfg.method not in ("crystalgan", "nocons"):
+            return None
+        weights = dataclasses.replace(cfg.weights, l5=0.0, l6=0.0, l7=0.0)
+        return (dataclasses.replace(cfg, method="crystalgan", weights=weights,
+                                    clash_radii=(0.0, 0.0, 0.0)),
+                tuple(spec.members[i].seed for i in range(len(spec.members))))
+
+    keys = {m: key(spec) for m, spec in specs.items()}
+    first = next((k for k in keys.values() if k is not None), None)
+    group = [m for m, k in keys.items() if k is not None and k == first]
+    return group if len(group) > 1 else []
+
+
+def _resumed(spec):
+    return dataclasses.replace(spec, base=dataclasses.replace(spec.base, resume=True,
+                                                              overwrite=False))
+
+
+def _start_from_stage1(leader: Path, follower, epochs: int) -> None:
+    """``follower``'s folder set up to resume from ``leader``'s stage-1 checkpoint (and
+    its members' metrics), unless it holds a checkpoint of its own (``--resume``)."""
+    out = Path(follower.base.output_dir)
+    if follower.base.resume and any((out / "checkpoints").glob("[0-9]*")):
+        return
+    if out.exists():  # --overwrite (check_output refused a run otherwise)
+        for child in out.iterdir():
+            if child.name != runner.LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    shutil.copytree(leader / "checkpoints" / str(epochs), out / "checkpoints" / str(epochs))
+    for member in follower.members:
+        (out / "members" / member.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(leader / "members" / member.name / "metrics.jsonl",
+                    out / "members" / member.name / "metrics.jsonl")
+
+
+def make_jobs(specs: dict) -> list[Job]:
+    """One job per method; where methods share stage 1, a job for it that they wait for."""
+    group = stage1_group(specs)
+    jobs = []
+    if group:
+        leader = specs[group[0]]
+        epochs = leader.base.train.epochs
+        jobs.append(Job("stage1", STAGE1_COST,
+                        lambda device, stop: _train(f"stage 1 of {', '.join(group)}", leader,
+                                                    device, stop, until_epoch=epochs)))
+    for method, spec in specs.items():
+        if method not in group:
+            jobs.append(Job(method, COST[method],
+                            lambda device, stop, m=method, sp=spec: _train(m, sp, device, stop)))
+            continue
+
+        def follow(device, stop, m=method, sp=spec):
+            leader_dir = Path(specs[group[0]].base.output_dir)
+            if m != group[0]:
+                _start_from_stage1(leader_dir, sp, sp.base.train.epochs)
+            logging.info("[%s] stage 1 from %s (the same training)", m, leader_dir)
+            return _train(m, _resumed(sp), device, stop)
+        jobs.append(Job(method, COST[method] - STAGE1_COST, follow, after=("stage1",)))
+    for job in jobs:
+        job.priority = job.cost + max((j.cost for j in jobs if job.name in j.after), default=0)
+    return jobs
 
 
 def train_methods(specs: dict) -> dict[str, tuple["population.PopulationResult", float]]:
-    """Method -> (its trained population, wall seconds).
+    """Job name (each method, and "stage1" where some share it) -> (its trained
+    population, or None for the shared stage 1; wall seconds of the job).
 
     A method's seeds are split over all devices when they divide evenly. Otherwise
-    (3 seeds on a 2-core machine) a device would train padding, and the methods run
-    side by side instead, one device each (:func:`device_queues`); the device in the
-    main thread, the others in threads. Ctrl-C or an error in one stops the others
-    before their next chunk, each saving its state as on Ctrl-C.
+    (3 seeds on a 2-core machine) a device would train padding, and the jobs run side by
+    side instead, one device each, longest chain first; the device in the main thread,
+    the others in threads. Ctrl-C or an error in one stops the others before their next
+    chunk, each saving its state as on Ctrl-C. Methods that share stage 1 wait for it.
     """
     devices = jax.devices()
     n_seeds = len(next(iter(specs.values())).members)
-    if (jax.process_count() > 1 or len(devices) == 1 or len(specs) == 1
-            or n_seeds % len(devices) == 0):
-        return {method: _train(method, spec) for method, spec in specs.items()}
-    queues = device_queues(list(specs), len(devices))
-    stop, results, errors = threading.Event(), {}, []
+    side_by_side = not (jax.process_count() > 1 or len(devices) == 1 or len(specs) == 1
+                        or n_seeds % len(devices) == 0)
+    jobs = make_jobs(specs)
+    pending, done, results, errors = list(jobs), set(), {}, []
+    stop, changed = threading.Event(), threading.Condition()
 
-    def work(queue: list[str], device) -> None:
+    def next_job() -> Job | None:
+        with changed:
+            while pending and not stop.is_set():
+                ready = [j for j in pending if set(j.after) <= done]
+                if ready:
+                    job = max(ready, key=lambda j: j.priority)
+                    pending.remove(job)
+                    return job
+                changed.wait()
+            return None
+
+    def work(device) -> None:
         try:
-            for method in queue:
-                if stop.is_set():
-                    return
-                results[method] = _train(method, specs[method], device, stop)
+            while (job := next_job()) is not None:
+                results[job.name] = job.run(device, stop)
+                with changed:
+                    done.add(job.name)
+                    changed.notify_all()
         except BaseException as err:  # Ctrl-C included: the others stop and save
             errors.append(err)
             stop.set()
+            with changed:
+                changed.notify_all()
 
-    threads = [threading.Thread(target=work, args=(q, d), name=f"table2-{d}")
-               for q, d in zip(queues[1:], devices[1:]) if q]
+    workers = devices if side_by_side else [None]
+    threads = [threading.Thread(target=work, args=(d,), name=f"table2-{d}") for d in workers[1:]]
     for thread in threads:
         thread.start()
-    work(queues[0], devices[0])  # signals reach the main thread
+    work(workers[0])  # signals reach the main thread
     for thread in threads:
         thread.join()
     if errors:  # an interrupt first: the exit code says which signal
@@ -245,16 +337,15 @@ def train_methods(specs: dict) -> dict[str, tuple["population.PopulationResult",
     return results
 
 
-def _train(method: str, spec, device=None, stop=None):
+def _train(name: str, spec, device=None, stop=None, until_epoch=None):
     seeds = [m.seed for m in spec.members]
     where = f" on {device}" if device is not None else ""
-    logging.info("== %s, seeds %s%s", method, ", ".join(map(str, seeds)), where)
+    logging.info("== %s, seeds %s%s", name, ", ".join(map(str, seeds)), where)
     tic = time.perf_counter()
-    if device is None:
-        result = population.run(spec)
-    else:  # side by side: which method each line is about
-        result = population.run(spec, devices=[device], stop=stop,
-                                log=lambda msg: logging.info("[%s] %s", method, msg))
+    prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
+    result = population.run(spec, devices=None if device is None else [device], stop=stop,
+                            until_epoch=until_epoch,
+                            log=lambda msg: logging.info("%s[%s] %s", prefix, name, msg))
     return result, round(time.perf_counter() - tic, 1)
 
 
@@ -265,6 +356,7 @@ def make_table(base, specs: dict) -> dict[str, dict] | None:
     """
     table: dict[str, dict] = {}
     trained = train_methods(specs)
+    group = stage1_group(specs)
     for method in specs:
         result, wall = trained[method]
         if jax.process_index() != 0:
@@ -276,6 +368,8 @@ def make_table(base, specs: dict) -> dict[str, dict] | None:
                 (folder / "report.json").read_text())["counts"]})
         table[method] = {"runs": runs, "wall_s": wall,
                          "summary": summarize([r["counts"] for r in runs])}
+        if method in group:  # its wall time is stage 3 and the outputs
+            table[method]["stage1"] = {"trained_in": group[0], "wall_s": trained["stage1"][1]}
     if jax.process_index() != 0:
         return None
     if FLAGS.with_substitution:

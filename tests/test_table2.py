@@ -38,6 +38,16 @@ def test_table2_tiny(tmp_path):
     assert "CrystalGAN, constraints" in md and md in proc.stdout
     clash_metrics = Path(methods["crystalgan+clash"]["runs"][0]["output_dir"]) / "metrics.jsonl"
     assert "L_clash" in clash_metrics.read_text().splitlines()[-1]
+    # stage 1 trained once (in the first of them) for the methods that share it
+    assert "stage1" not in methods["discogan"]
+    for method in ("nocons", "crystalgan", "crystalgan+clash"):
+        assert methods[method]["stage1"]["trained_in"] == "nocons"
+
+    def stage1_lines(method):
+        lines = (Path(methods[method]["runs"][0]["output_dir"]) / "metrics.jsonl").read_text()
+        return [line for line in lines.splitlines() if '"stage": "stage1"' in line]
+    assert len(stage1_lines("nocons")) == 2
+    assert stage1_lines("crystalgan") == stage1_lines("crystalgan+clash") == stage1_lines("nocons")
 
 
 import pytest  # noqa: E402
