@@ -261,29 +261,30 @@ def test_train_py_refuses_bad_population_flags(tmp_path):
         assert not (tmp_path / "checkpoints").exists()
 
 
-def test_stage1_is_the_same_training_with_or_without_constraints(small_data, tmp_path):
+def test_stage1_is_the_same_training_with_or_without_constraints(pop_run, small_data,
+                                                               tmp_path):
     # experiments/table2.py trains stage 1 once for nocons, crystalgan and crystalgan+clash
-    # (until_epoch) and resumes each from it: that must be what training each gives
-    saved = []
-    for method, l5, l7 in (("nocons", 0.0, 0.0), ("crystalgan", 1.0, 1.0)):
-        cfg = dataclasses.replace(TINY, method=method,
-                                  weights=dataclasses.replace(TINY.weights, l5=l5, l7=l7))
-        spec = population.PopulationSpec(
-            dataclasses.replace(_base(small_data, tmp_path / method), train=cfg),
-            population.make_members([3, 5], cfg.weights))
-        assert population.run(spec, log=lambda m: None, until_epoch=TINY.epochs) is None
-        assert not (tmp_path / method / "report.md").exists()  # no outputs yet
-        saved.append(population.read_checkpoint(tmp_path / method / "checkpoints"))
-    assert saved[0]["epoch"] == saved[1]["epoch"] == TINY.epochs
-    _assert_params_close(saved[0]["members"]["params"], saved[1]["members"]["params"])
-    # and the run resumed from there finishes as the uninterrupted run does
-    cfg = dataclasses.replace(TINY, method="crystalgan",
-                              weights=dataclasses.replace(TINY.weights, l7=1.0))
-    members = population.make_members([3, 5], cfg.weights)
-    resumed = population.run(population.PopulationSpec(dataclasses.replace(
-        _base(small_data, tmp_path / "crystalgan", resume=True), train=cfg), members),
-        log=lambda m: None)
-    full = population.run(population.PopulationSpec(dataclasses.replace(
-        _base(small_data, tmp_path / "full"), train=cfg), members), log=lambda m: None)
-    assert int(resumed.state.epoch) == int(full.state.epoch) == 2 * TINY.epochs
-    _assert_params_close(resumed.state.members.params, full.state.members.params)
+    # (until_epoch) and resumes each from it: that must be what training each gives.
+    result, _ = pop_run  # crystalgan, members (seed, l7) = (3, 0), (3, 1), (5, 0), ...
+    first = population.read_checkpoint(result.output_dir / "checkpoints", TINY.epochs)
+    nocons = dataclasses.replace(TINY, method="nocons")
+    spec = population.PopulationSpec(
+        dataclasses.replace(_base(small_data, tmp_path / "nocons", evaluate=False),
+                            train=nocons), population.make_members(SEEDS, nocons.weights))
+    assert population.run(spec, log=lambda m: None, until_epoch=TINY.epochs) is None
+    assert not (tmp_path / "nocons" / "members" / "seed_3" / "structures").exists()
+    shared = population.read_checkpoint(tmp_path / "nocons" / "checkpoints")
+    assert shared["epoch"] == TINY.epochs
+    for i in range(len(SEEDS)):  # each seed's stage 1, whatever l5..l7
+        for j in range(len(SWEEP_L7)):
+            _assert_params_close(_member_params(shared["members"]["params"], i),
+                                 _member_params(first["members"]["params"],
+                                                i * len(SWEEP_L7) + j))
+    # and a population stopped there and resumed ends where the uninterrupted one does
+    out = tmp_path / "crystalgan"
+    assert population.run(_spec(small_data, out, evaluate=False), log=lambda m: None,
+                          until_epoch=TINY.epochs) is None
+    resumed = population.run(_spec(small_data, out, evaluate=False, resume=True),
+                             log=lambda m: None)
+    assert int(resumed.state.epoch) == 2 * TINY.epochs
+    _assert_params_close(result.state.members.params, resumed.state.members.params)
