@@ -192,8 +192,8 @@ def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, "populati
 
 
 # Relative cost of one method's population, for sharing the work out over devices
-# (wall times of the rows of Table 2 on the 2-core machine, runs/table2_v6), and of the
-# stage 1 that several methods share (:func:`stage1_group`).
+# (wall times of Table 2's rows on the 2-core machine, one device each: README), and of
+# the stage 1 that several methods share (:func:`stage1_group`).
 COST = {"gan": 1.0, "discogan": 1.5, "nocons": 3.5, "crystalgan": 3.5,
         "crystalgan+clash": 6.5, "crystalgan_plus": 7.0}
 STAGE1_COST = 1.4
@@ -216,8 +216,12 @@ def stage1_group(specs: dict) -> list[str]:
     CrystalGAN with or without the constraints or the clash term differ only in l5, l6,
     l7 (and the clash radii), none of which stage 1 uses: with the same seeds their
     stage-1 runs are identical, so one is trained and the others start from its
-    checkpoint (tests/test_table2.py checks that this equals training each).
+    checkpoint (tests/test_population.py checks that this equals training each). With
+    several processes nothing is shared: the checkpoint copy is not coordinated.
     """
+    if jax.process_count() > 1:
+        return []
+
     def key(spec):
         cfg = spec.base.train
         if cfg.method not in ("crystalgan", "nocons"):
