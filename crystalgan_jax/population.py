@@ -58,7 +58,9 @@ from crystalgan_jax.checkpoints import Checkpoints
 AXIS = "members"
 WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
 SWEEPABLE = tuple(f"l{i}" for i in range(1, 8))
-# Members vmapped together on one device (make_population_runner); measured below.
+# Members vmapped together on one device (make_population_runner): 64 members of the
+# paper configuration trained at 74 GFLOP/s in groups of 4 (76 in groups of 2) against 58
+# all vmapped at once (benchmarks/population.py --epochs=100 --group=G, 2-core machine).
 MEMBER_GROUP = 4
 
 
@@ -282,8 +284,7 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
     def device_members(states, weights, data, active):
         # Groups, not one vmap over all local members: a group's parameters and Adam
         # moments (~1 MB per member in the paper configuration) stay in the core's cache
-        # for the whole chunk, where 32 vmapped members stream ~30 MB through it per layer
-        # (benchmarks/population.py: 64 members at 58 -> see MEMBER_GROUP).
+        # for the whole chunk, where 32 vmapped members stream ~30 MB through it per layer.
         local = weights.shape[0]  # this device's members
         size = max(g for g in range(1, min(group, local) + 1) if local % g == 0)
         # a divisor of the local count: lax.map traces a remainder group separately
