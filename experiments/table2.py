@@ -5,9 +5,12 @@
 
 Trains GAN, DiscoGAN, CrystalGAN without and with constraints (the same training code,
 ``--method`` of train.py) for each seed (train.py's ``--seeds``, default 0,1,2, or
-``--num_seeds``), each method's seeds as one population (one compiled program, sharded over
-the devices; ``<output_dir>/<method>/members/seed_N/`` per run), evaluates the final
-structures of each run, and adds the non-learned substitution baseline. Prints one row per method with
+``--num_seeds``), each method's seeds as one population (one compiled program;
+``<output_dir>/<method>/members/seed_N/`` per run), evaluates the final structures of
+each run, and adds the non-learned substitution baseline. A population is split over the
+devices where its seeds divide evenly over them; otherwise the methods train side by side,
+one device each (:func:`train_methods`). CrystalGAN with and without constraints (and
+with the clash term) share one stage-1 training (:func:`stage1_group`). Prints one row per method with
 ternary / good (paper) / good (strict) / unique as mean +- standard deviation over seeds,
 next to the paper's figure where the system is one of the paper's; writes
 ``table2.json`` (every count of every run) and ``table2.md``.

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -288,3 +289,15 @@ def test_stage1_is_the_same_training_with_or_without_constraints(pop_run, small_
                              log=lambda m: None)
     assert int(resumed.state.epoch) == 2 * TINY.epochs
     _assert_params_close(result.state.members.params, resumed.state.members.params)
+
+
+def test_stop_event_interrupts_like_ctrl_c(small_data, tmp_path):
+    # how table2.py stops the runs of its other threads when one fails or Ctrl-C comes
+    stop = threading.Event()
+    stop.set()
+    messages = []
+    with pytest.raises(runner.Interrupted):
+        population.run(_spec(small_data, tmp_path, evaluate=False), log=messages.append,
+                       stop=stop)
+    assert "interrupted: state of epoch 0 saved" in messages[-1]
+    assert population.read_checkpoint(tmp_path / "checkpoints")["epoch"] == 0
