@@ -6,7 +6,8 @@ What is measured:
   :func:`crystalgan_jax.population.run` trains S members (seeds 0..S-1) in the paper
   configuration (reference Pd-H/Ni-H data, 35 + 35 structures, minibatch 35, MLPs 5 x 100,
   one D then five G updates, Adam) for ``--epochs`` epochs per stage (default 200), no
-  evaluation, chunks of ``--epochs / 2`` epochs. Recorded: the wall time of the whole call
+  evaluation, chunks of ``--epochs / 2`` epochs, each device training its members in
+  vmapped groups of ``--group`` (default the library's ``population.MEMBER_GROUP``). Recorded: the wall time of the whole call
   (data, compilation, training, writing the structures), the training time (every chunk
   call, compilation of each stage's first chunk included), the steady-state time per epoch
   (second chunk of each stage, no compilation), and the subprocess's peak resident memory
