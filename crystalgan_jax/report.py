@@ -16,9 +16,11 @@ good (strict), unique), and writes
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -64,6 +66,22 @@ def pair_type_distances(evaluations: Sequence[StructureEvaluation], element_a: s
     return {k: np.asarray([d for d in v if math.isfinite(d)]) for k, v in groups.items()}
 
 
+# pyplot keeps global state (its figures, the mathtext parser's caches) and is not
+# thread-safe; experiments/table2.py writes the reports of two methods from two threads
+# (a run there failed in mathtext's parser without this lock).
+_PYPLOT = threading.Lock()
+
+
+def _one_at_a_time(plot):
+    """``plot`` under :data:`_PYPLOT`."""
+    @functools.wraps(plot)
+    def locked(*args, **kwargs):
+        with _PYPLOT:
+            return plot(*args, **kwargs)
+    return locked
+
+
+@_one_at_a_time
 def plot_distance_histograms(generated: Sequence[StructureEvaluation],
                              training: Sequence[StructureEvaluation], element_a: str,
                              element_b: str, path: str | os.PathLike,
@@ -110,6 +128,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
 
 
+@_one_at_a_time
 def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | None:
     """Loss curves: one panel per ``"stage"``, one line per numeric key (epoch counters aside).
 

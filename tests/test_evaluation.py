@@ -232,3 +232,15 @@ def test_neighbour_table_is_bounded_and_a_prefix_of_the_full_table():
                           key=lambda item: (item[1], item[0]))
         assert [s for s, _ in row] == [s for s, _ in expected]
         np.testing.assert_allclose([d for _, d in row], [d for _, d in expected], atol=2e-4)
+
+
+def test_plots_hold_the_pyplot_lock(tmp_path, monkeypatch):
+    # pyplot is not thread-safe and table2.py writes reports from two threads: every
+    # figure is drawn and saved while report._PYPLOT is held
+    held = []
+    save = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: (held.append(report._PYPLOT.locked()),
+                                                           save(fig, path))[1])
+    metrics = [{"stage": "stage1", "epoch": e, "L_G1": 1.0 / e} for e in range(1, 4)]
+    assert report.plot_losses(metrics, tmp_path / "losses.png").exists()
+    assert held == [True] and not report._PYPLOT.locked()
