@@ -19,6 +19,7 @@ import dataclasses
 import logging as logging_std
 import os
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -307,6 +308,23 @@ def start_script(argv: list[str], flag_values: flags.FlagValues,
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     configure_logging(flag_values, script_folder)
     enable_compilation_cache()
+
+
+def finish(code: int) -> typing.NoReturn:
+    """Ends a script's process once its main has returned ``code`` (everything written).
+
+    Flushes stdout, stderr and the log handlers (absl's log file too), then leaves
+    without the interpreter's teardown: tearing down XLA's client and the modules of
+    JAX, pymatgen, scipy and matplotlib took ~0.9 s of a 10 s ``--epochs=1`` run on the
+    2-core machine (main returned at 8.71 s, the process ended at 9.77 s; with this, at
+    9.57 and 9.69 s). The atexit handlers skipped (JAX's backend clean-up, logging
+    shutdown, done here) have nothing left to save. Only for a script's ``__main__``:
+    it ends the process.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging_std.shutdown()
+    os._exit(code)
 
 
 def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,

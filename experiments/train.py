@@ -97,4 +97,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.resolve_flagfiles(sys.argv, HERE))
+    app.run(lambda argv: cli.finish(main(argv)), argv=cli.resolve_flagfiles(sys.argv, HERE))
