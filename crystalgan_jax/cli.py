@@ -317,13 +317,18 @@ def finish(code: int) -> typing.NoReturn:
     without the interpreter's teardown: tearing down XLA's client and the modules of
     JAX, pymatgen, scipy and matplotlib took ~0.9 s of a 10 s ``--epochs=1`` run on the
     2-core machine (main returned at 8.71 s, the process ended at 9.77 s; with this, at
-    9.57 and 9.69 s). The atexit handlers skipped (JAX's backend clean-up, logging
-    shutdown, done here) have nothing left to save. Only for a script's ``__main__``:
-    it ends the process.
+    9.57 and 9.69 s). The atexit handlers skipped (JAX's backend clean-up and
+    distributed shutdown, logging shutdown: the last two done here) have nothing left
+    to save. Only for a script's ``__main__``: it ends the process.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     logging_std.shutdown()
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.process_count() > 1:
+        # leave the other processes' shutdown barrier as an ordinary exit would (JAX's
+        # atexit handler does this otherwise)
+        jax.distributed.shutdown()
     os._exit(code)
 
 
