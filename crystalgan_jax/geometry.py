@@ -194,6 +194,19 @@ def _nearest_image(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
     return jnp.where(found, d, jnp.inf)
 
 
+def _unordered_pairs(n: int, n_shifts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows a <= b of ``n`` atoms (``first``, ``second``, ``[P]``, P = n (n + 1) / 2), and
+    ``itself [P, S]``: True where a row meets itself at zero shift (shift 0 first).
+
+    With every shift these rows hold each periodic pair once, an atom's own images
+    (a = b) at both k and -k: the unordered search of :func:`_nearest_within` and
+    :func:`clash_energy`.
+    """
+    first, second = np.triu_indices(n)
+    itself = (first == second)[:, None] & (np.arange(n_shifts) == 0)[None, :]
+    return first, second, itself
+
+
 def _nearest_within(lattice: jax.Array, positions: jax.Array, allowed: jax.Array,
                     shifts: jax.Array) -> jax.Array:
     """``[N]`` distance from each atom to its nearest allowed image within the SAME set.
@@ -215,11 +228,10 @@ def _nearest_within(lattice: jax.Array, positions: jax.Array, allowed: jax.Array
     Returns:
       ``inf`` where an atom has no allowed pair.
     """
-    n, n_shifts = positions.shape[0], shifts.shape[0]
-    first, second = np.triu_indices(n)
+    n = positions.shape[0]
+    first, second, itself = _unordered_pairs(n, shifts.shape[0])
     lat0, pos0 = jax.lax.stop_gradient(lattice), jax.lax.stop_gradient(positions)
     v = wrap(lat0, pos0[second] - pos0[first])  # [P, 3]
-    itself = (first == second)[:, None] & (np.arange(n_shifts) == 0)[None, :]
     excluded = ~allowed[first, second][:, None] | itself
     sq = jnp.where(excluded, jnp.inf, _shifted_sq(v[:, None, :], times3(shifts, lat0))[:, 0, :])
     pair_sq, pair_k = _min_and_first_index(sq)  # [P]
@@ -412,8 +424,8 @@ def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radi
     # Each unordered pair once: (i, j, k) and (j, i, -k) are the same pair, so the rows
     # i <= j with every shift hold each pair once, except that an atom's own images
     # (i = j) appear at k and -k and count half. Half the work of all ordered pairs.
-    n, n_shifts = positions.shape[0], shifts.shape[0]
-    first, second = np.triu_indices(n)
+    n = positions.shape[0]
+    first, second, itself = _unordered_pairs(n, shifts.shape[0])
     # r_b - r_a as a product with a constant [P, N] matrix of +-1, not a gather: the
     # gather's gradient is a scatter-add, which XLA's CPU backend runs element by element
     difference = np.zeros((first.size, n), np.float32)
@@ -422,7 +434,6 @@ def clash_energy(lattice: jax.Array, positions: jax.Array, mask: jax.Array, radi
     v = wrap(lattice, jnp.asarray(difference, positions.dtype) @ positions)  # [P, 3]
     present = (mask[first] > 0.5) & (mask[second] > 0.5)
     weight = jnp.where(present, jnp.where(first == second, 0.5, 1.0), 0.0).astype(v.dtype)
-    itself = (first == second)[:, None] & (np.arange(n_shifts) == 0)[None, :]  # [P, S]
     limit = factor * (radii[first] + radii[second])
     return _repulsion(v, times3(shifts, lattice), limit, weight, itself)
 
@@ -453,7 +464,7 @@ def _repulsion_fwd(v, t, limit, weight, itself):
     energy = jnp.sum(weight[:, None] * gap * gap)
     # dE/du_pk = c_pk u_pk. Coincident atoms (|u|^2 below _TINY) get 0, the subgradient
     # that autodiff through the clamp gives. The barrier keeps c in memory: without it
-    # XLA recomputes the distances inside each of the six reductions below.
+    # XLA recomputes the distances inside each reduction and product below.
     c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -2.0 * weight[:, None] * gap / d, 0.0))
     # sum_k c (v + t) and sum_p c (v + t) as row and column sums of c and two thin
     # products: fewer passes over [P, S] than one reduction per component and axis

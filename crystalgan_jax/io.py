@@ -112,9 +112,8 @@ def _check_poscar_text(path: Path, text: str) -> Structure | None:
 
     if not text.strip():
         raise StructureFileError(path, "file is empty")
-    floats(2, 1, "scale factor")
-    for i in range(3):
-        floats(3 + i, 3, f"lattice vector {'abc'[i]}")
+    scale = floats(2, 1, "scale factor")[0]
+    rows = [floats(3 + i, 3, f"lattice vector {'abc'[i]}") for i in range(3)]
     if len(lines) < 7:
         raise StructureFileError(path, "file ends before the species and counts lines", len(lines))
     species = lines[5].split()
@@ -155,14 +154,13 @@ def _check_poscar_text(path: Path, text: str) -> Structure | None:
         raise StructureFileError(
             path, f"the counts line says {sum(counts)} atoms but {sum(counts) + more} "
             f"coordinate lines follow line {mode_line}", extra)
-    scale = lines[1].split()
-    if len(scale) != 1 or float(scale[0]) <= 0 or "#" in text:
+    if len(lines[1].split()) != 1 or scale <= 0 or "#" in text:
         return None  # a volume, per-axis scales or comments: pymatgen reads those
-    lattice = np.array([floats(3 + i, 3, "") for i in range(3)]) * float(scale[0])
     cartesian = lines[mode_line - 1].strip()[:1].lower() in ("c", "k")
     symbols = [s.split("/")[0].split("_")[0] for s in species]
-    return Structure(lattice, [e for e, n in zip(symbols, counts) for _ in range(n)],
-                     np.array(coords) * (float(scale[0]) if cartesian else 1.0),
+    return Structure(np.array(rows) * scale,
+                     [e for e, n in zip(symbols, counts) for _ in range(n)],
+                     np.array(coords) * (scale if cartesian else 1.0),
                      coords_are_cartesian=cartesian, to_unit_cell=False,
                      validate_proximity=False)
 

@@ -320,14 +320,19 @@ def check_output(spec: RunSpec) -> None:
             "overwrite=True (--overwrite) to start again")
 
 
+def clear_run(out: Path) -> None:
+    """Deletes everything in the run folder ``out`` but its lock (``--overwrite``)."""
+    for child in out.iterdir():
+        if child.name != LOCK_NAME:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
 def _prepare_output(spec: RunSpec, log: Callable[[str], None]) -> Path:
     """Under the lock: clears a run for ``overwrite``, refuses one without ``resume``."""
     out = Path(spec.output_dir)
     _check_output_path(out)  # again under the lock: another run may have written meanwhile
     if _is_run(out) and spec.overwrite:
-        for child in out.iterdir():
-            if child.name != LOCK_NAME:
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        clear_run(out)
         log(f"--overwrite: the run in {out} was deleted")
     elif _is_run(out) and not spec.resume:
         raise FileExistsError(

@@ -232,7 +232,7 @@ def stage1_group(specs: dict) -> list[str]:
         weights = dataclasses.replace(cfg.weights, l5=0.0, l6=0.0, l7=0.0)
         return (dataclasses.replace(cfg, method="crystalgan", weights=weights,
                                     clash_radii=(0.0, 0.0, 0.0)),
-                tuple(spec.members[i].seed for i in range(len(spec.members))))
+                tuple(m.seed for m in spec.members))
 
     keys = {m: key(spec) for m, spec in specs.items()}
     first = next((k for k in keys.values() if k is not None), None)
@@ -252,9 +252,7 @@ def _start_from_stage1(leader: Path, follower, epochs: int) -> None:
     if follower.base.resume and any((out / "checkpoints").glob("[0-9]*")):
         return
     if out.exists():  # --overwrite (check_output refused a run otherwise)
-        for child in out.iterdir():
-            if child.name != runner.LOCK_NAME:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        runner.clear_run(out)
     shutil.copytree(leader / "checkpoints" / str(epochs), out / "checkpoints" / str(epochs))
     for member in follower.members:
         (out / "members" / member.name).mkdir(parents=True, exist_ok=True)
