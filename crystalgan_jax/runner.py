@@ -37,7 +37,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -514,9 +514,8 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 # finite, so an interrupt anywhere (JAX returns before it computes, so
                 # usually while we wait here) or a divergence saves a state that the
                 # metrics file agrees with
-                new_state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
-                finite = bool(training.tree_all_finite(
-                    (new_state.params, new_state.opt_state, chunk_metrics)))
+                new_state, chunk_metrics, finite = runner(state, data, jnp.arange(chunk) < n)
+                finite = bool(finite)
                 chunk_metrics = np.asarray(chunk_metrics)
                 elapsed = time.perf_counter() - tic
                 if compile_s is None:  # this call compiled: count it as compile time
@@ -553,35 +552,69 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
 def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.Networks,
                    x: encoding.Crystal, y: encoding.Crystal, shifts: jax.Array, on_trace=None
                    ) -> dict[str, concurrent.futures.Future]:
-    """Starts compiling the stages' chunk runners, one after the other, in a thread.
+    """Starts building the stages' chunk runners in two threads: one traces and lowers
+    each stage in turn, the other compiles (or loads from the cache) what it lowered.
 
     XLA compiles without the GIL, so the first stage's compilation overlaps whatever the
-    caller does next (the initialisation), and stage 3's overlaps stage 1's training. One
-    thread, not one per stage: on a 2-core machine, compiling both stages at once delayed
-    the start of training by the whole of stage 3's compilation. ``state`` may be
-    abstract (``jax.eval_shape`` of :func:`training.init_state`): only shapes are used.
+    caller does next (the initialisation), and stage 3's overlaps stage 1's training.
+    Tracing needs the GIL but XLA does not, so stage 3 is traced while stage 1 compiles:
+    stage 3 is ready a whole tracing and lowering (~1 s) earlier. Compilations run one
+    at a time: on a 2-core machine, compiling both stages at once delayed the start of
+    training by the whole of stage 3's compilation. ``state`` may be abstract
+    (``jax.eval_shape`` of :func:`training.init_state`): only shapes are used.
     Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_ahead`).
     """
     cfg = spec.train
     chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
+    lowerer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lower")
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
-    futures = {name: compiler.submit(_compile_stage, name, state, nets, x, y, cfg, shifts,
-                                     chunk, on_trace) for name in stages}
-    compiler.shutdown(wait=False)  # the threads end with their compilations
+    futures = {}
+    for name in stages:
+        lowered = lowerer.submit(_lower_stage, name, state, nets, x, y, cfg, shifts, chunk,
+                                 on_trace)
+        futures[name] = compiler.submit(_compile_lowered, lowered)
+    for executor in (lowerer, compiler):
+        executor.shutdown(wait=False)  # the threads end with their work
     return futures
 
 
-def _compile_stage(stage_name: str, state: training.TrainState, nets: training.Networks,
-                   x: encoding.Crystal, y: encoding.Crystal, cfg: training.TrainConfig,
-                   shifts: jax.Array, chunk: int, on_trace=None) -> tuple[Callable, float | None]:
-    """The chunk runner of one stage, compiled for the shapes of its data (see
-    :func:`_compile_ahead`); needs no trained parameters, so it can run ahead."""
+class _Lowered(NamedTuple):
+    runner: Callable  # as given
+    lowered: Any  # jax.stages.Lowered, or None for a runner that is not a jax.jit function
+    seconds: float  # tracing and lowering
+
+
+def _lower_stage(stage_name: str, state: training.TrainState, nets: training.Networks,
+                 x: encoding.Crystal, y: encoding.Crystal, cfg: training.TrainConfig,
+                 shifts: jax.Array, chunk: int, on_trace=None) -> _Lowered:
+    """The chunk runner of one stage, lowered for the shapes of its data; needs no
+    trained parameters, so it can run ahead."""
     data = jax.eval_shape(lambda s, a, b: training.stage_data(stage_name, s, nets, a, b),
                           state, x, y)
     sizes = [d.lattice.shape[0] for d in data]
     runner = training.make_chunk_runner(training.STAGES[stage_name], nets, cfg, shifts, sizes,
                                         on_trace)
-    return _compile_ahead(runner, state, data, jnp.arange(chunk) < chunk)
+    return _lower(runner, state, data, jnp.arange(chunk) < chunk)
+
+
+def _lower(runner: Callable, *args) -> _Lowered:
+    if not hasattr(runner, "lower"):
+        return _Lowered(runner, None, 0.0)
+    tic = time.perf_counter()
+    lowered = runner.lower(*args)
+    return _Lowered(runner, lowered, time.perf_counter() - tic)
+
+
+def _compile_lowered(lowered: _Lowered | concurrent.futures.Future) -> tuple[Callable, float | None]:
+    """The compiled runner of :func:`_lower`'s result and the seconds both steps took; a
+    runner that is not a ``jax.jit`` function is returned as it is, with None."""
+    if isinstance(lowered, concurrent.futures.Future):
+        lowered = lowered.result()
+    if lowered.lowered is None:
+        return lowered.runner, None
+    tic = time.perf_counter()
+    compiled = lowered.lowered.compile()
+    return compiled, lowered.seconds + time.perf_counter() - tic
 
 
 def _compile_ahead(runner: Callable, *args) -> tuple[Callable, float | None]:
@@ -591,11 +624,7 @@ def _compile_ahead(runner: Callable, *args) -> tuple[Callable, float | None]:
     reported on its own. A runner that is not a ``jax.jit`` function (e.g. wrapped by a
     caller) is returned as it is, with None: then its first call compiles.
     """
-    if not hasattr(runner, "lower"):
-        return runner, None
-    tic = time.perf_counter()
-    compiled = runner.lower(*args).compile()
-    return compiled, time.perf_counter() - tic
+    return _compile_lowered(_lower(runner, *args))
 
 
 def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,

@@ -109,6 +109,17 @@ def test_odd_cells_are_reported_not_raised():
     assert "Ni-Pd 0.000 A" in ev.good_strict_reason
 
 
+def test_threads_give_the_same_evaluations_in_order(figure5_dir, reference_domains):
+    fig5 = io.read_structure(figure5_dir / "POSCAR")
+    thin = Structure(Lattice([[3, 0, 0], [0, 3, 0], [0, 0, 0.35]]), ["Pd", "Ni", "H"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.2, 0.1, 0.5]])  # ~10^3 images in 3 A
+    structures = [fig5, thin] + list(reference_domains[0].structures[:4]) + [fig5]
+    alone = evaluation.evaluate_structures(structures, A, B, workers=1, **CRIT)
+    shared = evaluation.evaluate_structures(structures, A, B, workers=3, **CRIT)
+    assert shared == alone
+    assert [e.formula for e in shared] == [s.composition.formula for s in structures]
+
+
 def _rotated_translated(s: Structure) -> Structure:
     op = SymmOp.from_axis_angle_and_translation([1, 2, 3], 37.0)
     rotated = Structure(Lattice(op.apply_rotation_only(s.lattice.matrix)), s.species,

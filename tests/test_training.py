@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ase.io import read as ase_read
 
-from crystalgan_jax import encoding, io, losses, training
+from crystalgan_jax import encoding, io, losses, models, training
 from crystalgan_jax.runner import ResumeMismatchError, RunSpec, run
 from tests.conftest import small_domain
 
@@ -108,6 +108,39 @@ def test_resume_after_interrupt_equals_uninterrupted_run(full_run, small_data, t
     assert [r["global_epoch"] for r in rows] == list(range(1, 2 * SMALL.epochs + 1))
 
 
+def test_networks_compute_what_a_flax_dense_stack_computes():
+    """models.mlp against flax.linen (an independent reference): the same parameter tree
+    (so checkpoints of the Flax-module version restore) and the same outputs, batched."""
+    import flax.linen as nn
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(3):
+                x = nn.relu(nn.Dense(16)(x))
+            return nn.Dense(5)(x)
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 11), jnp.float32)
+    params = {"MLP_0": Stack().init(jax.random.PRNGKey(0), x)["params"]}
+    shapes = models.mlp_shapes(11, 5, depth=3, width=16)
+    assert (jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(shapes))
+    assert all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(params),
+                                                   jax.tree_util.tree_leaves(shapes)))
+    np.testing.assert_allclose(models.mlp(params, x),
+                               Stack().apply({"params": params["MLP_0"]}, x),
+                               rtol=1e-6, atol=1e-6)
+    # a generator maps a batch as it maps each crystal
+    gen = models.Generator(rows=(2, 1, 1), length_scale=3.0, depth=3, width=16)
+    gp = training.draw_parameters(jax.random.PRNGKey(2), gen.param_shapes())
+    crystals = encoding.Crystal(
+        jax.random.normal(jax.random.PRNGKey(3), (4, 3, 3)),
+        tuple(jax.random.normal(jax.random.PRNGKey(4 + i), (4, n, 3)) for i, n in enumerate((2, 1, 1))),
+        tuple(jnp.ones((4, n)) for n in (2, 1, 1)))
+    batched = gen(gp, crystals)[0].lattice
+    single = jnp.stack([gen(gp, encoding.index(crystals, i))[0].lattice for i in range(4)])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
 def test_feature_transfer_mixes_the_blocks(small_data):
     layout, x, y = _encoded(small_data)
     x = jax.tree_util.tree_map(lambda a: a[:4], x)  # 4 A-H against 6 B-H: pairs wrap
@@ -158,7 +191,8 @@ def test_reconstruction_loss_falls(small_data):
     data = training.stage_data("stage1", state, nets, x, y)
     runner = training.make_chunk_runner(training.STAGES["stage1"], nets, cfg,
                                         training.penalty_shifts(lat, cfg), [6, 6])
-    _, metrics = runner(state, data, jnp.ones(60, bool))
+    _, metrics, finite = runner(state, data, jnp.ones(60, bool))
+    assert bool(finite)  # the chunk's own divergence check
     names = training.STAGES["stage1"].metric_names
     rec = np.asarray(metrics)[:, [names.index("L_RAH"), names.index("L_RBH")]].sum(axis=1)
     assert rec[-5:].mean() < 0.5 * rec[:5].mean()
@@ -210,8 +244,8 @@ def test_a_run_vmaps_over_seeds(small_data):
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
     states = jax.vmap(lambda k: training.init_state(k, nets, cfg))(keys)
     data = training.stage_data("stage1", training.init_state(keys[0], nets, cfg), nets, x, y)
-    batched, _ = jax.vmap(runner, in_axes=(0, None, None))(states, data, jnp.ones(2, bool))
-    single, _ = runner(training.init_state(keys[1], nets, cfg), data, jnp.ones(2, bool))
+    batched = jax.vmap(runner, in_axes=(0, None, None))(states, data, jnp.ones(2, bool))[0]
+    single = runner(training.init_state(keys[1], nets, cfg), data, jnp.ones(2, bool))[0]
     for a, b in zip(jax.tree_util.tree_leaves(single.params),
                     jax.tree_util.tree_leaves(batched.params)):
         np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
