@@ -18,6 +18,11 @@ What is measured:
   Achieved GFLOP/s = S x FLOPs of the epochs / steady-state time.
 * The float32 matmul rate of the same machine in the same run: a jitted 1024 x 1024 @
   1024 x 1024 product, 2 x 1024^3 FLOPs, median of ``--repeats`` calls.
+* The ceiling of this model's training on the same devices (``machine.layer_products_rate``,
+  in a subprocess with the populations' devices): the three products of a 100-unit
+  layer's forward and backward pass on a 35-row minibatch, ``--group`` independent
+  problems per device, and nothing else. A population's achieved rate is also given as
+  a fraction of it.
 
 Timings are wall-clock and depend on other load: the JSON records the load average.
 The last line printed is ``population_64_over_1: X``, the training time of the largest S
@@ -39,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import matmul_rate  # benchmarks/machine.py, beside this script
+from machine import layer_products_rate, matmul_rate  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"
@@ -159,9 +164,17 @@ def main() -> int:
                         help="members vmapped together per device (default: the library's "
                              "MEMBER_GROUP)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.child, args.epochs, args.cpu_devices, args.group)))
+        return 0
+    if args.ceiling_child:
+        from crystalgan_jax import cli
+
+        cli.use_cpu_cores(args.cpu_devices)  # the devices the populations train on
+        print(json.dumps(layer_products_rate(batch=PAPER["batch_size"], width=PAPER["width"],
+                                             group=args.group, repeats=args.repeats)))
         return 0
     if not REFERENCE.exists():
         print(f"reference data not found: {REFERENCE}", file=sys.stderr)
@@ -193,10 +206,19 @@ def main() -> int:
               f"(steady state {steady:.1f} s), peak RSS {r['peak_rss_mib']:.0f} MiB, "
               f"{r['achieved_gflops']:.2f} GFLOP/s", flush=True)
     mm = matmul_rate(repeats=args.repeats)
+    ceiling = json.loads(subprocess.run(
+        [sys.executable, __file__, "--ceiling_child", f"--cpu_devices={args.cpu_devices}",
+         f"--group={args.group}", f"--repeats={args.repeats}"],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    ceiling["fraction_of_matmul_rate"] = ceiling["gflops"] / mm["gflops"]
     for r in results:
         r["fraction_of_matmul_rate"] = r["achieved_gflops"] / mm["gflops"]
+        r["fraction_of_layer_products"] = r["achieved_gflops"] / ceiling["gflops"]
     print(f"matmul 1024 x 1024 float32: {mm['gflops']:.2f} GFLOP/s (median of "
           f"{mm['repeats']})")
+    print(f"layer products alone ({ceiling['group']} x [{ceiling['batch']}, {ceiling['width']}] "
+          f"per device, {ceiling['devices']} devices): {ceiling['gflops']:.2f} GFLOP/s "
+          f"({100 * ceiling['fraction_of_matmul_rate']:.0f} % of the matmul rate)")
     if not results:
         return 1
     ratio = results[-1]["train_s"] / results[0]["train_s"]
@@ -210,6 +232,7 @@ def main() -> int:
         "member_group": args.group,
         "epoch_flops_per_member": flops,
         "matmul": mm,
+        "layer_products": ceiling,
         "results": results,
         "failed": failed,
         "ratio": {"sizes": [results[0]["members"], results[-1]["members"]],
