@@ -262,7 +262,7 @@ def _failed(symbols: Sequence[str], formula: str, volume_per_atom: float,
 
 def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
                        d1: float, d2: float, cutoff: float = CUTOFF,
-                       classes: Classes | None = None, symprec: float = SYMPREC,
+                       classes: Classes | None = None, symprec: float | None = SYMPREC,
                        covalent_factor: float = COVALENT_FACTOR,
                        volume_per_atom_range: tuple[float, float] = VOLUME_PER_ATOM_RANGE,
                        max_neighbours: int | None = MAX_NEIGHBOURS) -> StructureEvaluation:
@@ -275,7 +275,8 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
       cutoff: neighbour-table radius (Angstrom); an atom with no same-class atom within it
         fails good (paper) whatever d2 is.
       classes: constrained classes as element symbols; default :func:`default_classes`.
-      symprec: SpacegroupAnalyzer tolerance (Angstrom).
+      symprec: SpacegroupAnalyzer tolerance (Angstrom); None leaves the space group out
+        (None, None), for structures whose distances are all a caller needs.
       covalent_factor: strict: pairs closer than this x sum of covalent radii fail.
       volume_per_atom_range: strict: allowed volume per atom (Angstrom^3).
       max_neighbours: entries per atom kept in the neighbour table (nearest first);
@@ -301,7 +302,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
     if volume < MIN_CELL_VOLUME or not np.all(np.isfinite(structure.lattice.matrix)):
         return _failed(symbols, formula, volume_per_atom, (None, None),
                        f"degenerate cell (volume {volume:.3g} A^3)", ternary, ternary_reason)
-    spacegroup = _spacegroup(structure, symprec)
+    spacegroup = (None, None) if symprec is None else _spacegroup(structure, symprec)
     d = periodic_distances(structure, cutoff)
     if d is None:
         return _failed(symbols, formula, volume_per_atom, spacegroup,

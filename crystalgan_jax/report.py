@@ -175,8 +175,27 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
     return _save(fig, path)
 
 
+# Figure margins in inches, for a row of panels: room for tick labels and a rotated y
+# label on the left, the x label below, a title (and the suptitle, where there is one)
+# above. Fixed rather than fig.tight_layout(), which measures every text on a throwaway
+# draw: half of the 1.1 s that the two report figures took.
+_MARGINS_IN = {"left": 0.85, "right": 0.2, "bottom": 0.62, "top": 0.42, "between": 0.85,
+               "suptitle": 0.3}
+
+
+def _fixed_layout(fig) -> None:
+    width, height = fig.get_size_inches()
+    m = _MARGINS_IN
+    top = m["top"] + (m["suptitle"] if fig._suptitle is not None else 0.0)
+    panels = len(fig.axes)
+    panel = (width - m["left"] - m["right"] - (panels - 1) * m["between"]) / panels
+    fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width,
+                        bottom=m["bottom"] / height, top=1 - top / height,
+                        wspace=m["between"] / panel)
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
-    fig.tight_layout()
+    _fixed_layout(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -303,8 +322,10 @@ def write_report(output_dir: str | os.PathLike,
                for group, named in generated.items() for path, structure in named]
     structures = [s for _, _, s in entries]
     evaluations = evaluation.evaluate_structures(structures, element_a, element_b, **options)
+    # the histograms need only the training structures' distances: no space groups (spglib
+    # took 0.33 of the 0.48 s that the 108 embedded prototypes took)
     training = evaluation.evaluate_structures(training_structures, element_a, element_b,
-                                              **options)
+                                              **{**options, "symprec": None})
 
     counts = evaluation.count_verdicts(structures, evaluations)
     if references is not None:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -118,6 +119,12 @@ def test_threads_give_the_same_evaluations_in_order(figure5_dir, reference_domai
     shared = evaluation.evaluate_structures(structures, A, B, workers=3, **CRIT)
     assert shared == alone
     assert [e.formula for e in shared] == [s.composition.formula for s in structures]
+    # without the space group (a report's training structures) all else is the same
+    bare = evaluation.evaluate_structure(fig5, A, B, symprec=None, **CRIT)
+    assert (bare.spacegroup_symbol, bare.spacegroup_number) == (None, None)
+    assert alone[0].spacegroup_number is not None
+    assert dataclasses.replace(bare, spacegroup_symbol=alone[0].spacegroup_symbol,
+                               spacegroup_number=alone[0].spacegroup_number) == alone[0]
 
 
 def _rotated_translated(s: Structure) -> Structure:
