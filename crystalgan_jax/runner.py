@@ -775,11 +775,13 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     # checkpoint prove damaged, train_stages compiles what it then needs)
     resumed = (ckpt.latest_step() or 0) if spec.resume else 0
     todo = [name for name, end in zip(cfg.stages, stage_ends) if resumed < end]
+    # before the compile threads start: its git calls and file reads are ~10 ms alone,
+    # ~0.7 s while another thread traces (a wait for the GIL at each)
+    config = _config_json(spec, layout, ah, bh)
     compiling = compile_stages(spec, todo, jax.eval_shape(
         lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace)
     state = training.init_state(key, nets, cfg)
     metrics: list[dict] = []
-    config = _config_json(spec, layout, ah, bh)
     try:
         if spec.resume and ckpt.latest_step() is not None:
             _check_resumable(out / "config.json", config)
