@@ -20,16 +20,23 @@ def matmul_rate(n: int = 1024, repeats: int = 20) -> dict:
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    jax.block_until_ready(f(a, b))  # compile outside the timing
+    median = median_seconds(jax.jit(jnp.matmul), (a, b), repeats)
+    return {"n": n, "repeats": repeats, "median_ms": 1e3 * median,
+            "gflops": 2 * n**3 / median / 1e9}
+
+
+def median_seconds(f, args: tuple, repeats: int) -> float:
+    """Median wall time of ``f(*args)`` to its result, over ``repeats`` calls after one
+    untimed call (the compilation)."""
+    import jax
+
+    jax.block_until_ready(f(*args))
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        jax.block_until_ready(f(a, b))
+        jax.block_until_ready(f(*args))
         times.append(time.perf_counter() - tic)
-    median = statistics.median(times)
-    return {"n": n, "repeats": repeats, "median_ms": 1e3 * median,
-            "gflops": 2 * n**3 / median / 1e9}
+    return statistics.median(times)
 
 
 def layer_products_rate(batch: int = 35, width: int = 100, group: int = 4, layers: int = 20,
@@ -68,14 +75,7 @@ def layer_products_rate(batch: int = 35, width: int = 100, group: int = 4, layer
             return (0.5 * dx, grad + dw), None
         return jax.lax.scan(layer, (x, jnp.zeros_like(w)), None, length=layers)[0]
 
-    f = jax.jit(chain, out_shardings=(split, split))
-    jax.block_until_ready(f(x, w))  # compile outside the timing
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        jax.block_until_ready(f(x, w))
-        times.append(time.perf_counter() - tic)
-    median = statistics.median(times)
+    median = median_seconds(jax.jit(chain, out_shardings=(split, split)), (x, w), repeats)
     flops = 3 * 2 * batch * width * width * members * layers
     return {"batch": batch, "width": width, "group": group, "devices": len(devices),
             "median_ms": 1e3 * median, "gflops": flops / median / 1e9}
