@@ -104,6 +104,9 @@ class Generator:
     width: int = 100
     residual: bool = False
 
+    def __post_init__(self):
+        object.__setattr__(self, "rows", tuple(self.rows))  # hashable: a jit-static argument
+
     def param_shapes(self) -> Params:
         size = output_size(self.rows)
         return mlp_shapes(size, size, self.depth, self.width)
@@ -126,6 +129,9 @@ class NoiseGenerator:
     length_scale: float
     depth: int = 5
     width: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, "rows", tuple(self.rows))  # hashable: a jit-static argument
 
     def param_shapes(self, latent_dim: int) -> Params:
         return mlp_shapes(latent_dim, output_size(self.rows), self.depth, self.width)

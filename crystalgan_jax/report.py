@@ -186,7 +186,7 @@ _MARGINS_IN = {"left": 0.85, "right": 0.2, "bottom": 0.62, "top": 0.42, "between
 def _fixed_layout(fig) -> None:
     width, height = fig.get_size_inches()
     m = _MARGINS_IN
-    top = m["top"] + (m["suptitle"] if fig._suptitle is not None else 0.0)
+    top = m["top"] + (m["suptitle"] if fig.get_suptitle() else 0.0)
     panels = len(fig.axes)
     panel = (width - m["left"] - m["right"] - (panels - 1) * m["between"]) / panels
     fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width,
