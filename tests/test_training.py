@@ -141,6 +141,27 @@ def test_networks_compute_what_a_flax_dense_stack_computes():
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
 
 
+def test_initial_state_is_the_same_eager_jitted_and_vmapped(small_data):
+    # a concrete key cuts the kernels on the host; under jit or vmap from the traced draw
+    layout, x, y = _encoded(small_data)
+    cfg = dataclasses.replace(SMALL, method="crystalgan_plus", epochs=4, snapshots=3)
+    lat = np.concatenate([x.lattice, y.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
+    key = jax.random.PRNGKey(11)
+    eager = training.init_state(key, nets, cfg)
+    jitted = jax.jit(training.init_state, static_argnames=("nets", "cfg"))(key, nets, cfg)
+    vmapped = jax.vmap(lambda k: training.init_state(k, nets, cfg))(jnp.stack([key, key]))
+    assert jax.tree_util.tree_structure(eager) == jax.tree_util.tree_structure(jitted)
+    assert eager.snapshots and eager.opt_state["stage3/G"]
+    for a, b, c in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted),
+                       jax.tree_util.tree_leaves(vmapped)):
+        assert a.shape == b.shape == c.shape[1:] and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(a, c[1], rtol=1e-6, atol=0)
+    kernel = eager.params["G_AHB1"]["MLP_0"]["Dense_1"]["kernel"]  # [width, width], LeCun
+    assert abs(float(jnp.std(kernel)) * np.sqrt(kernel.shape[0]) - 1.0) < 0.3
+
+
 def test_feature_transfer_mixes_the_blocks(small_data):
     layout, x, y = _encoded(small_data)
     x = jax.tree_util.tree_map(lambda a: a[:4], x)  # 4 A-H against 6 B-H: pairs wrap
