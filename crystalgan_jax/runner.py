@@ -611,8 +611,9 @@ def _compile_lowered(lowered: _Lowered | concurrent.futures.Future,
                      after: Sequence[concurrent.futures.Future] = ()
                      ) -> tuple[Callable, float | None]:
     """The compiled runner of :func:`_lower`'s result and the seconds both steps took,
-    returned once the futures ``after`` are done too; a runner that is not a ``jax.jit``
-    function is returned as it is, with None."""
+    returned once the futures ``after`` are done too (and raising the first of their
+    errors: a stage that cannot be traced fails the run before any training); a runner
+    that is not a ``jax.jit`` function is returned as it is, with None."""
     if isinstance(lowered, concurrent.futures.Future):
         lowered = lowered.result()
     if lowered.lowered is None:
@@ -621,7 +622,8 @@ def _compile_lowered(lowered: _Lowered | concurrent.futures.Future,
         tic = time.perf_counter()
         compiled = lowered.lowered.compile()
         seconds = lowered.seconds + time.perf_counter() - tic
-    concurrent.futures.wait(after)
+    for future in after:
+        future.result()
     return compiled, seconds
 
 

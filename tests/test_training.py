@@ -203,6 +203,24 @@ def _encoded(small_data):
     return layout, enc(ah), enc(bh)
 
 
+def test_a_stage_that_cannot_be_traced_fails_before_any_training(small_data, tmp_path):
+    from crystalgan_jax import runner
+
+    layout, x, y = _encoded(small_data)
+    lat = np.concatenate([x.lattice, y.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lat), SMALL)
+    state = jax.eval_shape(lambda k: training.init_state(k, nets, SMALL), jax.random.PRNGKey(0))
+
+    def broken(stage):
+        if stage == "stage3":
+            raise RuntimeError("stage 3 does not trace")
+
+    futures = runner.compile_stages(_spec(small_data, tmp_path), ["stage1", "stage3"], state,
+                                     nets, x, y, training.penalty_shifts(lat, SMALL), broken)
+    with pytest.raises(RuntimeError, match="stage 3 does not trace"):
+        futures["stage1"].result()  # stage 1's runner is never handed over
+
+
 def test_reconstruction_loss_falls(small_data):
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, epochs=60, chunk_epochs=60, learning_rate=1e-3)
