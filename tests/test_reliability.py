@@ -296,6 +296,7 @@ def test_checkpoint_is_packed_and_reads_back_with_or_without_a_template(tmp_path
     states = _states()
     ckpt = Checkpoints(tmp_path, every=1)
     ckpt.save(states[3])
+    ckpt.wait()  # a policy save is written in the background
     # packed: one array per dtype (float32, uint32 key, int32 epoch), not one per leaf
     layout = json.loads((tmp_path / "4" / "meta" / "metadata").read_text())["layout"]
     assert len(layout) == len(jax.tree_util.tree_leaves(states[3]))
@@ -312,6 +313,50 @@ def test_checkpoint_is_packed_and_reads_back_with_or_without_a_template(tmp_path
     other = states[0].replace(params={"w": jnp.zeros((8, 8))})
     with pytest.raises(CheckpointError):
         ckpt.restore(other)
+    ckpt.close()
+
+
+def test_background_saves_are_on_disk_before_anything_reads_and_report_failures(tmp_path):
+    states = _states()
+    ckpt = Checkpoints(tmp_path, every=1)
+    assert ckpt.save(states[0]) and ckpt.save(states[1])  # the second waits for the first
+    assert ckpt.steps() == [1, 2]  # waits for the second
+    real_save = ckpt._manager.save
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    ckpt._manager.save = failing
+    assert ckpt.save(states[2])  # returns at once; the error comes with the next call
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.wait()
+    ckpt._manager.save = real_save
+    ckpt.wait()  # reported once
+    assert ckpt.save(states[2], force=True)  # forced: written before it returns
+    assert (tmp_path / "3").is_dir()
+    ckpt.close()
+    assert ckpt.steps() == [2, 3]
+
+
+def test_a_wait_cut_short_by_a_signal_leaves_the_save_pending(tmp_path):
+    # Ctrl-C while the main thread waits for a background save: the interrupted state's
+    # save must wait for that one too (two saves of one step collide in Orbax)
+    import concurrent.futures
+
+    class Interrupted(concurrent.futures.Future):
+        def result(self, timeout=None):
+            if not self.done():
+                raise KeyboardInterrupt  # as a signal handler raises it in the waiter
+            return super().result(timeout)
+
+    ckpt = Checkpoints(tmp_path, every=1)
+    pending = ckpt._pending = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.wait()
+    assert ckpt._pending is pending
+    pending.set_result(True)
+    ckpt.wait()
+    assert ckpt._pending is None
     ckpt.close()
 
 
