@@ -223,12 +223,14 @@ def _drop_closed_loop_noise(previous):
 
 
 @contextlib.contextmanager
-def _signals_held():
+def signals_held():
     """SIGINT and SIGTERM that arrive inside the block are delivered when it ends.
 
     A save cut short by a signal leaves Orbax's temporary folder behind, and the save that
     the interrupt then makes of the same step fails on it; so a save always finishes, and
-    the signal's handler (the run's "save and stop") runs right after.
+    the signal's handler (the run's "save and stop") runs right after. The runners also
+    write a chunk's metrics and move their state on inside it, so that the state an
+    interrupt saves is the one the metrics files end with.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives signals
@@ -310,7 +312,7 @@ class Checkpoints:
                                   meta=ocp.args.JsonSave(meta))
 
         def write() -> bool:
-            with _signals_held():
+            with signals_held():
                 return bool(self._manager.save(step, args=args, force=force))
 
         if force or jax.process_count() > 1:

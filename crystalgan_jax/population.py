@@ -53,7 +53,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from crystalgan_jax import encoding, evaluation, io, losses, runner, training
-from crystalgan_jax.checkpoints import Checkpoints
+from crystalgan_jax.checkpoints import Checkpoints, signals_held
 
 AXIS = "members"
 WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
@@ -582,18 +582,19 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                         f"metrics.jsonl). The last finite state (epoch {epoch}) is the "
                         f"checkpoint in {ckpt.directory} that --resume continues from.",
                         stage_name, done + 1, start + done + 1, epoch)
-                for i, f in files.items():
-                    for e in range(n):
-                        row = {"stage": stage_name, "epoch": done + e + 1,
-                               "global_epoch": start + done + e + 1}
-                        row.update(zip(names, (runner._json_value(float(v))
-                                               for v in rows[i][e])))
-                        metrics[i].append(row)
-                        f.write(json.dumps(row, allow_nan=False) + "\n")
-                    f.flush()
-                epoch += n
-                state = PopulationState(new_members,
-                                        sharding.put(np.int32(epoch), sharding.replicated))
+                new_state = PopulationState(
+                    new_members, sharding.put(np.int32(epoch + n), sharding.replicated))
+                with signals_held():  # the metrics on disk and the state move on together
+                    for i, f in files.items():
+                        for e in range(n):
+                            row = {"stage": stage_name, "epoch": done + e + 1,
+                                   "global_epoch": start + done + e + 1}
+                            row.update(zip(names, (runner._json_value(float(v))
+                                                   for v in rows[i][e])))
+                            metrics[i].append(row)
+                            f.write(json.dumps(row, allow_nan=False) + "\n")
+                        f.flush()
+                    epoch, state = epoch + n, new_state
                 if metrics:
                     mean = {k: float(np.mean([m[-1][k] for m in metrics.values()]))
                             for k in names}

@@ -45,7 +45,7 @@ import numpy as np
 from absl import logging
 
 from crystalgan_jax import encoding, geometry, io, provenance, training
-from crystalgan_jax.checkpoints import CheckpointError, Checkpoints
+from crystalgan_jax.checkpoints import CheckpointError, Checkpoints, signals_held
 
 # Rows a block is padded to at most unless n_h / n_metal raise it: every structure is
 # padded to the largest one, so one big supercell makes every step pay for it (a 4x4x4
@@ -526,15 +526,16 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 if not finite:
                     raise _diverged(stage_name, stage, cfg, chunk_metrics, n, start, done,
                                     state, ckpt, metrics, metrics_file)
-                for i in range(n):
-                    row = {"stage": stage_name, "epoch": done + i + 1,
-                           "global_epoch": start + done + i + 1}
-                    row.update(zip(training.metric_names(stage, cfg),
-                                   map(float, chunk_metrics[i])))
-                    metrics.append(row)
-                    metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
-                metrics_file.flush()
-                state = new_state
+                with signals_held():  # the metrics on disk and the state move on together
+                    for i in range(n):
+                        row = {"stage": stage_name, "epoch": done + i + 1,
+                               "global_epoch": start + done + i + 1}
+                        row.update(zip(training.metric_names(stage, cfg),
+                                       map(float, chunk_metrics[i])))
+                        metrics.append(row)
+                        metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
+                    metrics_file.flush()
+                    state = new_state
                 log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
                 ckpt.save(state)  # where the policies say: multiples of M, stage ends
             if stage_epochs:
