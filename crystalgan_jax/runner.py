@@ -566,7 +566,7 @@ def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.N
     run one at a time: on a 2-core machine, compiling both stages at once delayed the
     start of training by the whole of stage 3's compilation. ``state`` may be abstract
     (``jax.eval_shape`` of :func:`training.init_state`): only shapes are used.
-    Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_ahead`).
+    Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_lowered`).
     """
     cfg = spec.train
     chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
@@ -613,8 +613,13 @@ def _compile_lowered(lowered: _Lowered | concurrent.futures.Future,
                      ) -> tuple[Callable, float | None]:
     """The compiled runner of :func:`_lower`'s result and the seconds both steps took,
     returned once the futures ``after`` are done too (and raising the first of their
-    errors: a stage that cannot be traced fails the run before any training); a runner
-    that is not a ``jax.jit`` function is returned as it is, with None."""
+    errors: a stage that cannot be traced fails the run before any training).
+
+    Compiled ahead of its first call so that the epochs/s of the progress lines are
+    steady rates and the compile time is reported on its own. A runner that is not a
+    ``jax.jit`` function (e.g. wrapped by a caller) is returned as it is, with None: then
+    its first call compiles.
+    """
     if isinstance(lowered, concurrent.futures.Future):
         lowered = lowered.result()
     if lowered.lowered is None:
@@ -626,16 +631,6 @@ def _compile_lowered(lowered: _Lowered | concurrent.futures.Future,
     for future in after:
         future.result()
     return compiled, seconds
-
-
-def _compile_ahead(runner: Callable, *args) -> tuple[Callable, float | None]:
-    """``runner`` compiled for ``args`` ahead of its first call, and the seconds it took.
-
-    So that the epochs/s of the progress lines are steady rates and the compile time is
-    reported on its own. A runner that is not a ``jax.jit`` function (e.g. wrapped by a
-    caller) is returned as it is, with None: then its first call compiles.
-    """
-    return _compile_lowered(_lower(runner, *args))
 
 
 def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,

@@ -36,11 +36,11 @@ def test_skipped_samples_are_summarised_in_one_line(tmp_path):
 
 def test_compile_ahead_times_the_compilation_and_passes_other_callables():
     fn = jax.jit(lambda x: jnp.sin(x) * 2)
-    compiled, seconds = runner._compile_ahead(fn, jnp.ones(3))
+    compiled, seconds = runner._compile_lowered(runner._lower(fn, jnp.ones(3)))
     assert seconds is not None and seconds > 0
     np.testing.assert_allclose(compiled(jnp.ones(3)), 2 * np.sin(1.0), rtol=1e-6)
     plain = lambda x: x  # noqa: E731
-    assert runner._compile_ahead(plain, 1) == (plain, None)
+    assert runner._compile_lowered(runner._lower(plain, 1)) == (plain, None)
 
 
 def test_train_py_logs_progress_to_the_terminal_and_to_log_dir(tmp_path):
