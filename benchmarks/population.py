@@ -7,7 +7,8 @@ What is measured:
   configuration (reference Pd-H/Ni-H data, 35 + 35 structures, minibatch 35, MLPs 5 x 100,
   one D then five G updates, Adam) for ``--epochs`` epochs per stage (default 200), no
   evaluation, chunks of ``--epochs / 2`` epochs, each device training its members in
-  vmapped groups of ``--group`` (default the library's ``population.MEMBER_GROUP``). Recorded: the wall time of the whole call
+  vmapped groups of ``--group`` (default the library's ``population.member_group`` of
+  the platform: 4 on a CPU, all of a device's members on a GPU). Recorded: the wall time of the whole call
   (data, compilation, training, writing the structures), the training time (every chunk
   call, compilation of each stage's first chunk included), the steady-state time per epoch
   (second chunk of each stage, no compilation), and the subprocess's peak resident memory
@@ -21,7 +22,8 @@ What is measured:
 * The ceiling of this model's training on the same devices (``machine.layer_products_rate``,
   in a subprocess with the populations' devices): the three products of a 100-unit
   layer's forward and backward pass on a 35-row minibatch, ``--group`` independent
-  problems per device, and nothing else. A population's achieved rate is also given as
+  problems per device (without a group, the largest population's members per device),
+  and nothing else. A population's achieved rate is also given as
   a fraction of it.
 
 Timings are wall-clock and depend on other load: the JSON records the load average.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -62,7 +65,7 @@ def _spec(out: Path, epochs: int):
                           checkpoint_every=epochs, evaluate=False)
 
 
-def child(size: int, epochs: int, cpu_devices: int, group: int) -> dict:
+def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
     """One population of ``size`` members, timed; runs in its own process."""
     import jax
 
@@ -143,14 +146,6 @@ def epoch_flops(epochs: int) -> dict[str, float]:
 
 
 
-
-def population_group() -> int:
-    """The library's default members per vmapped group (importing it pulls in JAX)."""
-    from crystalgan_jax import population
-
-    return population.MEMBER_GROUP
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,8,64")
@@ -160,9 +155,9 @@ def main() -> int:
     parser.add_argument("--cpu_devices", type=int, default=os.cpu_count() or 1,
                         help="CPU devices (threads) a population is split over, as train.py's "
                              "--cpu_devices (default: one per core; S = 1 uses one)")
-    parser.add_argument("--group", type=int, default=population_group(),
+    parser.add_argument("--group", type=int, default=None,
                         help="members vmapped together per device (default: the library's "
-                             "MEMBER_GROUP)")
+                             "population.member_group of the platform)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ceiling_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -181,14 +176,22 @@ def main() -> int:
         return 1
     import jax
 
+    from crystalgan_jax import population
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    # the children take the library's default unless --group is given; the ceiling needs
+    # a number: the default's, or all of the largest population's members per device
+    group_args = [] if args.group is None else [f"--group={args.group}"]
+    ceiling_group = (args.group or population.member_group(jax.devices()[0].platform)
+                     or math.ceil(max(sizes) / len(jax.devices())))
     load_before = os.getloadavg()
     flops = epoch_flops(args.epochs)
     member_flops = sum(flops.values()) * args.epochs  # one member, all stages
     results, failed = [], []
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sizes:
         proc = subprocess.run([sys.executable, __file__, f"--child={size}",
                                f"--epochs={args.epochs}", f"--cpu_devices={args.cpu_devices}",
-                               f"--group={args.group}"],
+                               *group_args],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
@@ -208,7 +211,7 @@ def main() -> int:
     mm = matmul_rate(repeats=args.repeats)
     ceiling = json.loads(subprocess.run(
         [sys.executable, __file__, "--ceiling_child", f"--cpu_devices={args.cpu_devices}",
-         f"--group={args.group}", f"--repeats={args.repeats}"],
+         f"--group={ceiling_group}", f"--repeats={args.repeats}"],
         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     ceiling["fraction_of_matmul_rate"] = ceiling["gflops"] / mm["gflops"]
     for r in results:
@@ -229,7 +232,8 @@ def main() -> int:
                     "value_and_grad per minibatch",
         "epochs_per_stage": args.epochs,
         "cpu_devices": args.cpu_devices,
-        "member_group": args.group,
+        "member_group": args.group if args.group is not None else "library default",
+        "platform": jax.devices()[0].platform,
         "epoch_flops_per_member": flops,
         "matmul": mm,
         "layer_products": ceiling,

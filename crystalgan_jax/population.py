@@ -58,10 +58,21 @@ from crystalgan_jax.checkpoints import Checkpoints, signals_held
 AXIS = "members"
 WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
 SWEEPABLE = tuple(f"l{i}" for i in range(1, 8))
-# Members vmapped together on one device (make_population_runner): 64 members of the
+# Members vmapped together on one CPU device (make_population_runner): 64 members of the
 # paper configuration trained at 74 GFLOP/s in groups of 4 (76 in groups of 2) against 58
 # all vmapped at once (benchmarks/population.py --epochs=100 --group=G, 2-core machine).
 MEMBER_GROUP = 4
+
+
+def member_group(platform: str) -> int | None:
+    """Members vmapped together per device by default on ``platform`` ("cpu", "gpu", ...).
+
+    :data:`MEMBER_GROUP` on a CPU, whose cache is what groups are for; ``None`` (all of
+    a device's members in one vmap) on an accelerator, which a group of four leaves
+    mostly idle: on one H100, 8 members in groups of 4 trained at 0.79 TFLOP/s, 64 in
+    one vmap at 5.9 TFLOP/s in about the same steady time (benchmarks/population.py).
+    """
+    return MEMBER_GROUP if platform == "cpu" else None
 
 
 # --- members ------------------------------------------------------------------------------
@@ -267,15 +278,18 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
                            cfg: training.TrainConfig, shifts: jax.Array,
                            sizes: Sequence[int], sharding: MemberSharding,
                            on_trace: Callable[[str], None] | None = None,
-                           group: int = MEMBER_GROUP):
+                           group: int | None = None):
     """Jitted ``run(members, weights[P, 8], data, active[chunk])`` -> (members, metrics).
 
     ``members`` and ``data`` are stacked ``[P, ...]``, metrics ``[P, chunk, n_metrics]``;
     each member runs :func:`training.make_chunk_runner`'s chunk with its own weights.
     ``cfg`` is :func:`static_config` of the population. Each device runs its members
     in vmapped groups of at most ``group`` (the largest divisor of its member count),
-    one group's whole chunk after the other.
+    one group's whole chunk after the other; ``group=None`` takes :func:`member_group`
+    of the mesh's platform.
     """
+    if group is None:
+        group = member_group(sharding.mesh.devices.flat[0].platform)
     def member(state, weights, data, active):
         member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
         chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
@@ -288,7 +302,8 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
         # moments (~1 MB per member in the paper configuration) stay in the core's cache
         # for the whole chunk, where 32 vmapped members stream ~30 MB through it per layer.
         local = weights.shape[0]  # this device's members
-        size = max(g for g in range(1, min(group, local) + 1) if local % g == 0)
+        limit = local if group is None else min(group, local)
+        size = max(g for g in range(1, limit + 1) if local % g == 0)
         # a divisor of the local count: lax.map traces a remainder group separately
         return jax.lax.map(lambda m: member(*m, active), (states, weights, data),
                            batch_size=size)

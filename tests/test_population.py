@@ -152,6 +152,21 @@ def test_four_devices_equal_one(pop_run, small_data, tmp_path):
                              _member_params(four["members"]["params"], i))
 
 
+
+def test_accelerator_default_one_vmap_equals_groups(pop_run, small_data, tmp_path,
+                                                    monkeypatch):
+    # On a GPU the default is one vmap over a device's members; the CPU default (groups of
+    # at most MEMBER_GROUP: 3 + 3 here) must train the same members
+    assert population.member_group("cpu") == population.MEMBER_GROUP
+    assert population.member_group("gpu") is None and population.member_group("tpu") is None
+    monkeypatch.setattr(population, "member_group", lambda platform: None)
+    whole = population.run(_spec(small_data, tmp_path / "whole", evaluate=False),
+                           log=lambda m: None)
+    result, _ = pop_run
+    for i in range(N_MEMBERS):
+        _assert_params_close(_member_params(result.state.members.params, i),
+                             _member_params(whole.state.members.params, i))
+
 def test_two_processes_equal_one(pop_run, small_data, tmp_path):
     # two JAX processes over localhost (jax.distributed), one device each: each trains and
     # evaluates its three members, process 0 pools; same outputs as the one-process run
