@@ -601,14 +601,8 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                     new_members, sharding.put(np.int32(epoch + n), sharding.replicated))
                 with signals_held():  # the metrics on disk and the state move on together
                     for i, f in files.items():
-                        for e in range(n):
-                            row = {"stage": stage_name, "epoch": done + e + 1,
-                                   "global_epoch": start + done + e + 1}
-                            row.update(zip(names, (runner._json_value(float(v))
-                                                   for v in rows[i][e])))
-                            metrics[i].append(row)
-                            f.write(json.dumps(row, allow_nan=False) + "\n")
-                        f.flush()
+                        runner.append_metric_rows(stage_name, names, rows[i][:n], start, done,
+                                                  metrics[i], f)
                     epoch, state = epoch + n, new_state
                 if metrics:
                     mean = {k: float(np.mean([m[-1][k] for m in metrics.values()]))

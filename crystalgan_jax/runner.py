@@ -419,6 +419,20 @@ def _json_value(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def append_metric_rows(stage_name: str, names: Sequence[str], values: np.ndarray, start: int,
+                       done: int, rows: list[dict], file) -> None:
+    """One ``metrics.jsonl`` row per epoch of a chunk: appended to ``rows`` and written to
+    the open ``file`` (flushed). Row ``i`` of ``values`` ``[epochs, len(names)]`` is the
+    stage's epoch ``done + i + 1`` and the run's ``start + done + i + 1``; NaN and inf
+    are written as null (:func:`_json_value`)."""
+    for i, v in enumerate(values):
+        row = {"stage": stage_name, "epoch": done + i + 1, "global_epoch": start + done + i + 1}
+        row.update(zip(names, (_json_value(float(x)) for x in v)))
+        rows.append(row)
+        file.write(json.dumps(row, allow_nan=False) + "\n")
+    file.flush()
+
+
 def _save_interrupted(ckpt: Checkpoints, state: training.TrainState,
                       err: KeyboardInterrupt, log: Callable[[str], None]) -> None:
     ckpt.save(state, force=True)
@@ -436,12 +450,8 @@ def _diverged(stage_name: str, stage: training.Stage, cfg: training.TrainConfig,
     names = training.metric_names(stage, cfg)
     bad_rows = np.flatnonzero(~np.all(np.isfinite(chunk_metrics[:n]), axis=1))
     last = int(bad_rows[0]) if bad_rows.size else n - 1
-    for i in range(last + 1):
-        row = {"stage": stage_name, "epoch": done + i + 1, "global_epoch": start + done + i + 1}
-        row.update(zip(names, (_json_value(float(v)) for v in chunk_metrics[i])))
-        metrics.append(row)
-        metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
-    metrics_file.flush()
+    append_metric_rows(stage_name, names, chunk_metrics[:last + 1], start, done, metrics,
+                       metrics_file)
     if bad_rows.size:
         what = ", ".join(k for k, v in zip(names, chunk_metrics[last]) if not np.isfinite(v))
     else:
@@ -527,14 +537,8 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                     raise _diverged(stage_name, stage, cfg, chunk_metrics, n, start, done,
                                     state, ckpt, metrics, metrics_file)
                 with signals_held():  # the metrics on disk and the state move on together
-                    for i in range(n):
-                        row = {"stage": stage_name, "epoch": done + i + 1,
-                               "global_epoch": start + done + i + 1}
-                        row.update(zip(training.metric_names(stage, cfg),
-                                       map(float, chunk_metrics[i])))
-                        metrics.append(row)
-                        metrics_file.write(json.dumps(row, allow_nan=False) + "\n")
-                    metrics_file.flush()
+                    append_metric_rows(stage_name, training.metric_names(stage, cfg),
+                                       chunk_metrics[:n], start, done, metrics, metrics_file)
                     state = new_state
                 log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
                 ckpt.save(state)  # where the policies say: multiples of M, stage ends
