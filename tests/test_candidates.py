@@ -200,17 +200,26 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
     spec, _, _, _, x, y, nets = runner.prepare(spec, lambda m: None)
     cfg, key = spec.train, jax.random.PRNGKey(5)
     out = training.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
-    p = result.state.params
-    x1, y1 = training._stage1_outputs(p, nets, x, y)
-    x_g, y_g = training.feature_transfer(p, nets, x, y)
-    inputs, _ = training._sampled_inputs(x1, y1, x_g, y_g, key, cfg)
-    n = x_g.lattice.shape[0]
-    snapshot = jax.tree_util.tree_map(lambda a: a[0], result.state.snapshots["G_AHB2"])
-    for block, params in enumerate((p["G_AHB2"], snapshot, p["G_AHB2"])):
-        part = jax.tree_util.tree_map(lambda a: a[block * n:(block + 1) * n], inputs)
-        expected = training.apply_generator(nets.stage3_generator, params, part)[0]
+
+    @jax.jit  # one program (op by op, these calls compiled for ~10 s)
+    def expected_lattices(state, x, y):
+        p = state.params
+        x1, y1 = training._stage1_outputs(p, nets, x, y)
+        x_g, y_g = training.feature_transfer(p, nets, x, y)
+        inputs, _ = training._sampled_inputs(x1, y1, x_g, y_g, key, cfg)
+        n = x_g.lattice.shape[0]
+        snapshot = jax.tree_util.tree_map(lambda a: a[0], state.snapshots["G_AHB2"])
+        return [training.apply_generator(
+                    nets.stage3_generator, params,
+                    jax.tree_util.tree_map(lambda a: a[block * n:(block + 1) * n], inputs)
+                )[0].lattice
+                for block, params in enumerate((p["G_AHB2"], snapshot, p["G_AHB2"]))]
+
+    expected = expected_lattices(result.state, x, y)
+    n = out.lattice.shape[0] // 3
+    for block, lattices in enumerate(expected):
         np.testing.assert_allclose(np.asarray(out.lattice[block * n:(block + 1) * n]),
-                                   np.asarray(expected.lattice), rtol=1e-5, atol=1e-5)
+                                   np.asarray(lattices), rtol=1e-5, atol=1e-5)
 
 
 def test_ablation_tiny(tmp_path):

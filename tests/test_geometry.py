@@ -46,16 +46,26 @@ def test_figure5_neighbour_table_matches_paper(figure5_dir):
 
 @pytest.mark.parametrize("members", [{"H"}, {"Pd", "Ni"}])
 def test_nearest_distances_match_pymatgen_on_reference(reference_domains, members):
-    checked = 0
-    for domain in reference_domains:
-        for s in domain.structures:
-            present = members & {x.specie.symbol for x in s}
-            if not present:
-                continue
-            np.testing.assert_allclose(_jax_nearest(s, present), _pymatgen_nearest(s, present),
-                                       atol=1e-4)
-            checked += 1
-    assert checked == 70
+    # As training calls it: jitted, rows padded to one size (mask 0) and one shift set
+    # covering every cell, so one compilation serves all 70 structures (called eagerly
+    # per structure shape, this test took ~30 s of op-by-op compilations)
+    cases = [(s, members & {x.specie.symbol for x in s})
+             for domain in reference_domains for s in domain.structures]
+    cases = [(s, present) for s, present in cases if present]
+    assert len(cases) == 70
+    rows = [[i for i, x in enumerate(s) if x.specie.symbol in present] for s, present in cases]
+    n = max(map(len, rows)) + 1  # at least one padding row in every call
+    shifts = geometry.lattice_shifts(np.max(
+        [geometry.image_range(s.lattice.matrix) for s, _ in cases], axis=0))
+    nearest = jax.jit(geometry.nearest_distances)
+    for (s, present), r in zip(cases, rows):
+        positions, mask = np.zeros((n, 3)), np.zeros(n)
+        positions[:len(r)], mask[:len(r)] = s.cart_coords[r], 1.0
+        with jax.enable_x64(True):
+            d = np.asarray(nearest(jnp.asarray(s.lattice.matrix), jnp.asarray(positions),
+                                   jnp.asarray(mask), jnp.asarray(shifts, jnp.float64)))
+        np.testing.assert_allclose(d[:len(r)], _pymatgen_nearest(s, present), atol=1e-4)
+        assert np.all(np.isinf(d[len(r):]))  # padding rows
 
 
 @pytest.mark.parametrize("lattice", [
@@ -115,12 +125,13 @@ def test_penalty_gradient_matches_finite_differences():
                               rng.random((3, 3)) * 3, rng.random((2, 3)) * 3,
                               rng.random((2, 3)) * 3)
         for form in ("hinge", "paper", "clash"):
+            @jax.jit  # one program per form for the ~50 evaluations below
             def f(lattice, h, a, b):
                 c = crystal.replace(lattice=lattice, positions=(h, a, b))
                 return _penalty(c, form)
 
             args = (jnp.asarray(crystal.lattice),) + tuple(map(jnp.asarray, crystal.positions))
-            grads = jax.grad(f, argnums=(0, 1, 2, 3))(*args)
+            grads = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(*args)
             assert any(float(jnp.abs(g).sum()) > 0 for g in grads)
             eps = 1e-6
             for k, (x, g) in enumerate(zip(args, grads)):

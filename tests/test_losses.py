@@ -82,8 +82,10 @@ def test_array_penalty_with_class_ids_equals_crystal_penalty(reference_domains, 
         return sum(losses.geometric(batch.replace(lattice=lattice, positions=blocks), shifts,
                                     1.8, 3.0, form=form))
 
-    v1, g1 = jax.value_and_grad(array_level, argnums=(0, 1))(batch.lattice, positions)
-    v2, g2 = jax.value_and_grad(crystal_level, argnums=(0, 1))(batch.lattice, positions)
+    # jitted, as training runs them (eagerly, every primitive compiled alone: ~20 s)
+    v1, g1 = jax.jit(jax.value_and_grad(array_level, argnums=(0, 1)))(batch.lattice, positions)
+    v2, g2 = jax.jit(jax.value_and_grad(crystal_level, argnums=(0, 1)))(batch.lattice,
+                                                                        positions)
     assert float(v1) > 0  # the reference structures do not all satisfy [1.8, 3.0]
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for x, y in zip(g1, g2):

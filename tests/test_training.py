@@ -258,7 +258,8 @@ def test_geometric_gradient_reaches_stage3_generators(small_data, method):
         without_geo = losses.generator_objective(gan_f, rec_x, gan_b, rec_y, weights=cfg.weights)
         return total - without_geo, (geo1, geo2)
 
-    grads, (geo1, geo2) = jax.grad(geo_part, has_aux=True)(gp)
+    # jitted, as training runs it (eagerly, every primitive compiled alone: ~20 s)
+    grads, (geo1, geo2) = jax.jit(jax.grad(geo_part, has_aux=True))(gp)
     norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads))
     assert float(geo1 + geo2) > 0  # untrained generators violate [d1, d2]
     if method == "crystalgan":
@@ -317,7 +318,7 @@ def test_clash_term_is_logged_and_reaches_stage3_generators(small_data):
         assert terms.shape == (len(training.metric_names(stage, cfg)) - 1,)  # all but L_D
         return terms[-1]
 
-    value, grads = jax.value_and_grad(clash_part)(gp)
+    value, grads = jax.jit(jax.value_and_grad(clash_part))(gp)  # eagerly: ~20 s of compiles
     assert float(value) > 0
     for name in stage.generators:
         assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[name])) > 0
