@@ -529,9 +529,12 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
         ckpt.close()
 
     generated = _generate(state.members, nets, cfg, x, y, sharding)
+    # each array to the host once, not once per member (S^2 copies from an accelerator)
+    leaves, treedef = jax.tree_util.tree_flatten(generated)
+    host = [local_rows(a) for a in leaves]
     reports: dict[int, dict | None] = {}
     for i in local:
-        mine = jax.tree_util.tree_map(lambda a: local_rows(a)[i], generated)
+        mine = jax.tree_util.tree_unflatten(treedef, [rows[i] for rows in host])
         files = runner.write_structures(mine, layout, member_dirs[i], log)
         reports[i] = None
         if base.evaluate:
