@@ -293,9 +293,7 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
     def member(state, weights, data, active):
         member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
         chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
-        # the whole population's flag is one reduction over the sharded members (run()),
-        # which also covers members held by other processes
-        return chunk(state, data, active)[:2]
+        return chunk(state, data, active)
 
     def device_members(states, weights, data, active):
         # Groups, not one vmap over all local members: a group's parameters and Adam

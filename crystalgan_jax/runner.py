@@ -524,9 +524,10 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 # finite, so an interrupt anywhere (JAX returns before it computes, so
                 # usually while we wait here) or a divergence saves a state that the
                 # metrics file agrees with
-                new_state, chunk_metrics, finite = runner(state, data, jnp.arange(chunk) < n)
-                finite = bool(finite)
+                new_state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
                 chunk_metrics = np.asarray(chunk_metrics)
+                finite = (bool(np.all(np.isfinite(chunk_metrics))) and bool(
+                    training.tree_all_finite((new_state.params, new_state.opt_state))))
                 elapsed = time.perf_counter() - tic
                 if compile_s is None:  # this call compiled: count it as compile time
                     compile_s = elapsed

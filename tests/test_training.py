@@ -230,8 +230,10 @@ def test_reconstruction_loss_falls(small_data):
     data = training.stage_data("stage1", state, nets, x, y)
     runner = training.make_chunk_runner(training.STAGES["stage1"], nets, cfg,
                                         training.penalty_shifts(lat, cfg), [6, 6])
-    _, metrics, finite = runner(state, data, jnp.ones(60, bool))
-    assert bool(finite)  # the chunk's own divergence check
+    new_state, metrics = runner(state, data, jnp.ones(60, bool))
+    assert bool(training.tree_all_finite((new_state.params, new_state.opt_state, metrics)))
+    poisoned = new_state.params["G_AHB1"]["MLP_0"]["Dense_0"]["kernel"].at[0, 0].set(jnp.inf)
+    assert not bool(training.tree_all_finite(poisoned))
     names = training.STAGES["stage1"].metric_names
     rec = np.asarray(metrics)[:, [names.index("L_RAH"), names.index("L_RBH")]].sum(axis=1)
     assert rec[-5:].mean() < 0.5 * rec[:5].mean()
