@@ -290,6 +290,7 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
     """
     if group is None:
         group = member_group(sharding.mesh.devices.flat[0].platform)
+
     def member(state, weights, data, active):
         member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
         chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)

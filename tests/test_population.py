@@ -152,7 +152,6 @@ def test_four_devices_equal_one(pop_run, small_data, tmp_path):
                              _member_params(four["members"]["params"], i))
 
 
-
 def test_accelerator_default_one_vmap_equals_groups(pop_run, small_data, tmp_path,
                                                     monkeypatch):
     # On a GPU the default is one vmap over a device's members; the CPU default (groups of
@@ -166,6 +165,7 @@ def test_accelerator_default_one_vmap_equals_groups(pop_run, small_data, tmp_pat
     for i in range(N_MEMBERS):
         _assert_params_close(_member_params(result.state.members.params, i),
                              _member_params(whole.state.members.params, i))
+
 
 def test_two_processes_equal_one(pop_run, small_data, tmp_path):
     # two JAX processes over localhost (jax.distributed), one device each: each trains and
