@@ -278,7 +278,8 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
                            cfg: training.TrainConfig, shifts: jax.Array,
                            sizes: Sequence[int], sharding: MemberSharding,
                            on_trace: Callable[[str], None] | None = None,
-                           group: int | None = None):
+                           group: int | None = None,
+                           compiler_options: dict | None = None):
     """Jitted ``run(members, weights[P, 8], data, active[chunk])`` -> (members, metrics).
 
     ``members`` and ``data`` are stacked ``[P, ...]``, metrics ``[P, chunk, n_metrics]``;
@@ -286,7 +287,8 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
     ``cfg`` is :func:`static_config` of the population. Each device runs its members
     in vmapped groups of at most ``group`` (the largest divisor of its member count),
     one group's whole chunk after the other; ``group=None`` takes :func:`member_group`
-    of the mesh's platform.
+    of the mesh's platform. ``compiler_options`` go to ``jax.jit``
+    (:func:`training.stage_compiler_options`).
     """
     if group is None:
         group = member_group(sharding.mesh.devices.flat[0].platform)
@@ -312,7 +314,8 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
     # check_vma is off because an inactive epoch's zero metrics are not per-device values.
     return jax.jit(jax.shard_map(device_members,
                                  mesh=sharding.mesh, in_specs=(split, split, split, P()),
-                                 out_specs=(split, split), check_vma=False))
+                                 out_specs=(split, split), check_vma=False),
+                   compiler_options=compiler_options)
 
 
 def init_population(members: Sequence[Member], nets: training.Networks,
@@ -577,8 +580,12 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
             data = _stage_data(stage_name, state.members, nets, x, y, sharding)
             sizes = [d.lattice.shape[1] for d in data]
             chunk = max(1, min(cfg.chunk_epochs, base.checkpoint_every, cfg.epochs))
+            per_device = sharding.padded // sharding.mesh.size  # each device trains them all
+            options = training.stage_compiler_options(
+                per_device * cfg.epochs * training.steps_per_epoch(sizes, cfg.batch_size),
+                sharding.mesh.devices.flat[0].platform)
             run_chunk = make_population_runner(stage, nets, cfg, shifts, sizes, sharding,
-                                               on_trace)
+                                               on_trace, compiler_options=options)
             names = training.metric_names(stage, cfg)
             while epoch < end:
                 if stop is not None and stop.is_set():

@@ -512,7 +512,9 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                                                 on_trace))
             runner, compile_s = compiling[stage_name].result()
             if compile_s is not None:
-                log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call)")
+                quick = _compiler_options(cfg, [d.lattice.shape[0] for d in data]) is not None
+                log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call"
+                    + ("; LLVM -O0 for a short stage" if quick else "") + ")")
             ahead = compile_s is not None
             stage_epochs, stage_s = 0, 0.0
             while int(state.epoch) < start + cfg.epochs:
@@ -601,8 +603,15 @@ def _lower_stage(stage_name: str, state: training.TrainState, nets: training.Net
                           state, x, y)
     sizes = [d.lattice.shape[0] for d in data]
     runner = training.make_chunk_runner(training.STAGES[stage_name], nets, cfg, shifts, sizes,
-                                        on_trace)
+                                        on_trace, _compiler_options(cfg, sizes))
     return _lower(runner, state, data, jnp.arange(chunk) < chunk)
+
+
+def _compiler_options(cfg: training.TrainConfig, sizes: Sequence[int]) -> dict | None:
+    """A stage's XLA options (:func:`training.stage_compiler_options`) for its domains'
+    ``sizes`` on the default device."""
+    return training.stage_compiler_options(
+        cfg.epochs * training.steps_per_epoch(sizes, cfg.batch_size), jax.default_backend())
 
 
 def _lower(runner: Callable, *args) -> _Lowered:

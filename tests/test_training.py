@@ -273,6 +273,37 @@ def test_geometric_gradient_reaches_stage3_generators(small_data, method):
         assert norm == 0.0
 
 
+def test_short_stages_compile_quickly_to_the_same_numbers(small_data):
+    # a short stage on CPU is compiled with LLVM at -O0 (training.stage_compiler_options),
+    # a long one with XLA's defaults: the same arithmetic, so the same trained state
+    quick = training.stage_compiler_options(training.QUICK_COMPILE_STEPS, "cpu")
+    assert quick == training.QUICK_COMPILE
+    assert training.stage_compiler_options(training.QUICK_COMPILE_STEPS + 1, "cpu") is None
+    assert training.stage_compiler_options(1, "gpu") is None
+    layout, x, y = _encoded(small_data)
+    cfg = dataclasses.replace(SMALL, epochs=3, chunk_epochs=3)
+    lat = np.concatenate([x.lattice, y.lattice])
+    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
+    state = training.init_state(jax.random.PRNGKey(2), nets, cfg)
+    # quick_jit's programs: compiled at -O0 when called, nested in the caller's when traced
+    data = training.stage_data("stage3", state, nets, x, y)
+    traced = jax.jit(lambda s: training.stage_data("stage3", s, nets, x, y))(state)
+    for a, b in zip(jax.tree_util.tree_leaves(data), jax.tree_util.tree_leaves(traced)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    stage = training.STAGES["stage3"]
+    ends = [training.make_chunk_runner(stage, nets, cfg, training.penalty_shifts(lat, cfg),
+                                       [6, 6], compiler_options=options)(
+        state, data, jnp.ones(3, bool)) for options in (quick, None)]
+    # float32 rounding differs (FMA, vector reductions) and reaches the Adam moments of
+    # the stage's largest gradients at ~6e-5 of their scale: compared per array, to 1e-3
+    # of its largest value
+    for a, b in zip(jax.tree_util.tree_leaves(ends[0]), jax.tree_util.tree_leaves(ends[1])):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.max(np.abs(b)) + 1e-7)
+    assert not np.allclose(ends[0][0].params["G_AHB2"]["MLP_0"]["Dense_0"]["kernel"],
+                           state.params["G_AHB2"]["MLP_0"]["Dense_0"]["kernel"])  # it trained
+
+
 def test_a_run_vmaps_over_seeds(small_data):
     # keys and state are threaded, nothing is drawn on the Python side: a batch of seeds
     # trains in one call, and each member equals the run of that seed alone
