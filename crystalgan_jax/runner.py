@@ -514,7 +514,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             if compile_s is not None:
                 quick = _compiler_options(cfg, [d.lattice.shape[0] for d in data]) is not None
                 log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call"
-                    + ("; LLVM -O0 for a short stage" if quick else "") + ")")
+                    + ("; quick compilation for a short stage" if quick else "") + ")")
             ahead = compile_s is not None
             stage_epochs, stage_s = 0, 0.0
             while int(state.epoch) < start + cfg.epochs:

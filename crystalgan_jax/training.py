@@ -360,14 +360,33 @@ def parameter_shapes(nets: Networks, cfg: TrainConfig) -> dict[str, Any]:
 
 # --- compile effort ------------------------------------------------------------------------
 
-# XLA compiles the kernels of a CPU program with LLVM at -O2 by default; at -O0 a program
-# compiles sooner and runs slower, the better choice for one that runs only briefly.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
-QUICK_COMPILE_STEPS = 24
+# XLA's CPU backend compiles a program's kernels with its fusion emitters and LLVM at -O2
+# by default; with the older LLVM IR emitters at -O0 it compiles sooner and runs slower,
+# the better choice for a program that runs only briefly.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+QUICK_COMPILE_STEPS = 16
+
+
+@functools.cache
+def quick_compile_options() -> dict[str, Any]:
+    """The options of :data:`QUICK_COMPILE` that the installed XLA accepts.
+
+    An option XLA does not know fails every compilation that passes it, and XLA drops
+    options as its backends move on; each is tried once, on a one-line program.
+    """
+    known = {}
+    for name, value in QUICK_COMPILE.items():
+        try:
+            jax.jit(jnp.negative, compiler_options={name: value}).lower(
+                np.float32(0)).compile()
+        except Exception:  # e.g. JaxRuntimeError: No such compile option
+            continue
+        known[name] = value
+    return known
 
 
 def quick_jit(fun: Callable, **jit_kwargs) -> Callable:
-    """``jax.jit(fun, **jit_kwargs)`` compiled with :data:`QUICK_COMPILE` on CPU.
+    """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`quick_compile_options` on CPU.
 
     For programs a run calls once or once per stage (initialisation, a stage's data,
     generation): on a short run their compilation is on the critical path, and their
@@ -376,15 +395,18 @@ def quick_jit(fun: Callable, **jit_kwargs) -> Callable:
     ``jax.jit`` (JAX takes compiler options only at the top level; the outer program's
     apply).
     """
-    quick = jax.jit(fun, compiler_options=QUICK_COMPILE, **jit_kwargs)
     default = jax.jit(fun, **jit_kwargs)
+    quick: list[Callable] = []  # made at the first call on CPU: the options need XLA
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
         traced = any(isinstance(leaf, jax.core.Tracer)
                      for leaf in jax.tree_util.tree_leaves((args, kwargs)))
-        cpu = not traced and jax.default_backend() == "cpu"
-        return (quick if cpu else default)(*args, **kwargs)
+        if traced or jax.default_backend() != "cpu":
+            return default(*args, **kwargs)
+        if not quick:
+            quick.append(jax.jit(fun, compiler_options=quick_compile_options(), **jit_kwargs))
+        return quick[0](*args, **kwargs)
 
     return call
 
@@ -393,15 +415,15 @@ def stage_compiler_options(train_steps: int, platform: str) -> dict[str, Any] | 
     """XLA compiler options for a chunk runner that will run ``train_steps`` steps in all
     (epochs x :func:`steps_per_epoch`, times the members vmapped on one device).
 
-    On CPU, :data:`QUICK_COMPILE` where ``train_steps <= QUICK_COMPILE_STEPS``: XLA's
-    default -O2 costs more to compile than it saves on a short run. Measured on the
-    2-core machine (paper configuration, one step per epoch, compiled alternately in one
-    process): -O0 compiled stage 1 in 2.30 s against 2.84 s and stage 3 in 2.57 s against
-    3.91 s, and ran them at 45 and 24 epochs/s against 134 and 129, so it pays below
-    ~33 steps. Otherwise None (XLA's defaults; GPU and TPU were not measured).
+    On CPU, :func:`quick_compile_options` where ``train_steps <= QUICK_COMPILE_STEPS``:
+    XLA's defaults cost more to compile than they save on a short run. Measured on the
+    2-core machine (paper configuration, one step per epoch, compiled in one process):
+    stage 1 compiled in 1.46 s against 2.14 s and ran at 53 against 156 epochs/s, stage 3
+    in 1.99 s against 3.43 s at 14 against 116 epochs/s: it pays below ~23 steps (stage
+    3) and ~54 (stage 1). Otherwise None (XLA's defaults; GPU and TPU were not measured).
     """
     if platform == "cpu" and train_steps <= QUICK_COMPILE_STEPS:
-        return dict(QUICK_COMPILE)
+        return dict(quick_compile_options()) or None
     return None
 
 
