@@ -277,7 +277,8 @@ def test_short_stages_compile_quickly_to_the_same_numbers(small_data):
     # a short stage on CPU is compiled quickly (LLVM -O0, training.stage_compiler_options),
     # a long one with XLA's defaults: the same arithmetic, so the same trained state
     quick = training.stage_compiler_options(training.QUICK_COMPILE_STEPS, "cpu")
-    assert quick == training.QUICK_COMPILE  # every option known to the installed XLA
+    assert quick == training.quick_compile_options() and quick.items() <= \
+        training.QUICK_COMPILE.items()  # those of the options the installed XLA knows
     assert training.stage_compiler_options(training.QUICK_COMPILE_STEPS + 1, "cpu") is None
     assert training.stage_compiler_options(1, "gpu") is None
     layout, x, y = _encoded(small_data)
