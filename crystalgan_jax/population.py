@@ -580,10 +580,9 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
             data = _stage_data(stage_name, state.members, nets, x, y, sharding)
             sizes = [d.lattice.shape[1] for d in data]
             chunk = max(1, min(cfg.chunk_epochs, base.checkpoint_every, cfg.epochs))
-            per_device = sharding.padded // sharding.mesh.size  # each device trains them all
-            options = training.stage_compiler_options(
-                per_device * cfg.epochs * training.steps_per_epoch(sizes, cfg.batch_size),
-                sharding.mesh.devices.flat[0].platform)
+            options = training.stage_compiler_options(  # each device trains all its members
+                cfg, sizes, sharding.mesh.devices.flat[0].platform,
+                members=sharding.padded // sharding.mesh.size)
             run_chunk = make_population_runner(stage, nets, cfg, shifts, sizes, sharding,
                                                on_trace, compiler_options=options)
             names = training.metric_names(stage, cfg)

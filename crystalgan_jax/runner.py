@@ -512,7 +512,8 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                                                 on_trace))
             runner, compile_s = compiling[stage_name].result()
             if compile_s is not None:
-                quick = _compiler_options(cfg, [d.lattice.shape[0] for d in data]) is not None
+                quick = training.stage_compiler_options(
+                    cfg, [d.lattice.shape[0] for d in data], jax.default_backend()) is not None
                 log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call"
                     + ("; quick compilation for a short stage" if quick else "") + ")")
             ahead = compile_s is not None
@@ -602,16 +603,10 @@ def _lower_stage(stage_name: str, state: training.TrainState, nets: training.Net
     data = jax.eval_shape(lambda s, a, b: training.stage_data(stage_name, s, nets, a, b),
                           state, x, y)
     sizes = [d.lattice.shape[0] for d in data]
+    options = training.stage_compiler_options(cfg, sizes, jax.default_backend())
     runner = training.make_chunk_runner(training.STAGES[stage_name], nets, cfg, shifts, sizes,
-                                        on_trace, _compiler_options(cfg, sizes))
+                                        on_trace, options)
     return _lower(runner, state, data, jnp.arange(chunk) < chunk)
-
-
-def _compiler_options(cfg: training.TrainConfig, sizes: Sequence[int]) -> dict | None:
-    """A stage's XLA options (:func:`training.stage_compiler_options`) for its domains'
-    ``sizes`` on the default device."""
-    return training.stage_compiler_options(
-        cfg.epochs * training.steps_per_epoch(sizes, cfg.batch_size), jax.default_backend())
 
 
 def _lower(runner: Callable, *args) -> _Lowered:

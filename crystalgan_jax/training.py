@@ -411,18 +411,22 @@ def quick_jit(fun: Callable, **jit_kwargs) -> Callable:
     return call
 
 
-def stage_compiler_options(train_steps: int, platform: str) -> dict[str, Any] | None:
-    """XLA compiler options for a chunk runner that will run ``train_steps`` steps in all
-    (epochs x :func:`steps_per_epoch`, times the members vmapped on one device).
+def stage_compiler_options(cfg: TrainConfig, sizes: Sequence[int], platform: str,
+                           members: int = 1) -> dict[str, Any] | None:
+    """XLA compiler options for a stage's chunk runner: ``cfg.epochs`` epochs of
+    :func:`steps_per_epoch` over domains of ``sizes``, for ``members`` members vmapped on
+    one device.
 
-    On CPU, :func:`quick_compile_options` where ``train_steps <= QUICK_COMPILE_STEPS``:
-    XLA's defaults cost more to compile than they save on a short run. Measured on the
-    2-core machine (paper configuration, one step per epoch, compiled in one process):
-    stage 1 compiled in 1.46 s against 2.14 s and ran at 53 against 156 epochs/s, stage 3
-    in 1.99 s against 3.43 s at 14 against 116 epochs/s: it pays below ~23 steps (stage
-    3) and ~54 (stage 1). Otherwise None (XLA's defaults; GPU and TPU were not measured).
+    On CPU, :func:`quick_compile_options` where those train steps in all are at most
+    ``QUICK_COMPILE_STEPS``: XLA's defaults cost more to compile than they save on a
+    short run. Measured on the 2-core machine (paper configuration, one step per epoch,
+    compiled in one process): stage 1 compiled in 1.46 s against 2.14 s and ran at 53
+    against 156 epochs/s, stage 3 in 1.99 s against 3.43 s at 14 against 116 epochs/s: it
+    pays below ~23 steps (stage 3) and ~54 (stage 1). Otherwise None (XLA's defaults; GPU
+    and TPU were not measured).
     """
-    if platform == "cpu" and train_steps <= QUICK_COMPILE_STEPS:
+    steps = members * cfg.epochs * steps_per_epoch(sizes, cfg.batch_size)
+    if platform == "cpu" and steps <= QUICK_COMPILE_STEPS:
         return dict(quick_compile_options()) or None
     return None
 

@@ -276,11 +276,14 @@ def test_geometric_gradient_reaches_stage3_generators(small_data, method):
 def test_short_stages_compile_quickly_to_the_same_numbers(small_data):
     # a short stage on CPU is compiled quickly (LLVM -O0, training.stage_compiler_options),
     # a long one with XLA's defaults: the same arithmetic, so the same trained state
-    quick = training.stage_compiler_options(training.QUICK_COMPILE_STEPS, "cpu")
+    steps = dataclasses.replace(SMALL, epochs=training.QUICK_COMPILE_STEPS)  # 1 step/epoch
+    quick = training.stage_compiler_options(steps, [6, 6], "cpu")
     assert quick == training.quick_compile_options() and quick.items() <= \
         training.QUICK_COMPILE.items()  # those of the options the installed XLA knows
-    assert training.stage_compiler_options(training.QUICK_COMPILE_STEPS + 1, "cpu") is None
-    assert training.stage_compiler_options(1, "gpu") is None
+    assert training.stage_compiler_options(steps, [6, 6], "cpu", members=2) is None
+    longer = dataclasses.replace(steps, epochs=training.QUICK_COMPILE_STEPS + 1)
+    assert training.stage_compiler_options(longer, [6, 6], "cpu") is None
+    assert training.stage_compiler_options(SMALL, [6, 6], "gpu") is None
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, epochs=3, chunk_epochs=3)
     lat = np.concatenate([x.lattice, y.lattice])
@@ -314,7 +317,7 @@ def test_quick_compilation_drops_options_xla_does_not_know(monkeypatch):
         known = training.quick_compile_options()
         assert "xla_no_such_option" not in known
         assert known["xla_backend_optimization_level"] == 0
-        assert training.stage_compiler_options(1, "cpu") == known
+        assert training.stage_compiler_options(SMALL, [6, 6], "cpu") == known
     finally:
         training.quick_compile_options.cache_clear()
 
