@@ -535,17 +535,22 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     leaves, treedef = jax.tree_util.tree_flatten(generated)
     host = [local_rows(a) for a in leaves]
     reports: dict[int, dict | None] = {}
+    if base.evaluate:
+        from crystalgan_jax import report as report_lib
+
+        # the members share their training data: its evaluations are computed once
+        criteria = runner.report_criteria(base)
+        training_structures = ah.structures + bh.structures
+        training_evaluations = report_lib.evaluate_training(
+            training_structures, base.element_a, base.element_b, **criteria)
     for i in local:
         mine = jax.tree_util.tree_unflatten(treedef, [rows[i] for rows in host])
         files = runner.write_structures(mine, layout, member_dirs[i], log)
         reports[i] = None
         if base.evaluate:
-            from crystalgan_jax import report as report_lib
-
-            classes = encoding.class_symbols(cfg.classes, base.element_a, base.element_b)
             reports[i] = report_lib.write_run_report(
-                member_dirs[i], files, ah.structures + bh.structures, base.element_a,
-                base.element_b, metrics[i], d1=cfg.d1, d2=cfg.d2, classes=classes)
+                member_dirs[i], files, training_structures, base.element_a, base.element_b,
+                metrics[i], training_evaluations=training_evaluations, **criteria)
     _barrier("population: members written")
     pooled = None
     if base.evaluate and jax.process_index() == 0:

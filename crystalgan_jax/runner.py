@@ -559,7 +559,8 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
 
 
 def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.Networks,
-                   x: encoding.Crystal, y: encoding.Crystal, shifts: jax.Array, on_trace=None
+                   x: encoding.Crystal, y: encoding.Crystal, shifts: jax.Array, on_trace=None,
+                   lowerer: concurrent.futures.ThreadPoolExecutor | None = None
                    ) -> dict[str, concurrent.futures.Future]:
     """Starts building the stages' chunk runners in two threads: one traces and lowers
     each stage in turn, the other compiles (or loads from the cache) what it lowered.
@@ -575,16 +576,23 @@ def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.N
     start of training by the whole of stage 3's compilation. ``state`` may be abstract
     (``jax.eval_shape`` of :func:`training.init_state`): only shapes are used.
     Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_lowered`).
+
+    ``lowerer``: a one-thread executor of the caller's for the tracing, which the caller
+    shuts down; work it submits there after this call runs once every stage is traced,
+    while XLA compiles (:func:`_run_locked` prepares the report there). By default a
+    thread of its own.
     """
     cfg = spec.train
     chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
-    lowerer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lower")
+    own = lowerer is None
+    if own:
+        lowerer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lower")
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     lowered = {name: lowerer.submit(_lower_stage, name, state, nets, x, y, cfg, shifts, chunk,
                                     on_trace) for name in stages}
     futures = {name: compiler.submit(_compile_lowered, lowered[name], list(lowered.values()))
                for name in stages}
-    for executor in (lowerer, compiler):
+    for executor in (lowerer, compiler) if own else (compiler,):
         executor.shutdown(wait=False)  # the threads end with their work
     return futures
 
@@ -785,8 +793,14 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     # before the compile threads start: its git calls and file reads are ~10 ms alone,
     # ~0.7 s while another thread traces (a wait for the GIL at each)
     config = _config_json(spec, layout, ah, bh)
+    lowerer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lower")
     compiling = compile_stages(spec, todo, jax.eval_shape(
-        lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace)
+        lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace,
+        lowerer)
+    # the report's inputs after the tracing, on the same thread: then the GIL is free while
+    # XLA compiles and trains, and the outputs no longer wait for their imports
+    inputs = lowerer.submit(report_inputs, spec, ah, bh) if spec.evaluate else None
+    lowerer.shutdown(wait=False)
     state = training.init_state(key, nets, cfg)
     metrics: list[dict] = []
     try:
@@ -808,20 +822,57 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
                              on_trace, compiling)
     finally:
         ckpt.close()
-    files, report = write_outputs(spec, state, nets, x, y, layout, ah, bh, out, metrics, log)
+    files, report = write_outputs(spec, state, nets, x, y, layout, ah, bh, out, metrics, log,
+                                  inputs)
     return RunResult(out, layout, state, files, metrics, report, spec)
+
+
+class ReportInputs(NamedTuple):
+    """What a run's report needs besides its generated structures: nothing of it depends on
+    training (:func:`report_inputs`)."""
+
+    options: dict  # the criteria, keyword options of report.write_report
+    references: list  # structures a new candidate must not match
+    training: list  # the training structures' evaluations (report.evaluate_training)
+
+
+def report_criteria(spec: RunSpec) -> dict:
+    """The criteria a run's report judges by, as keyword options of
+    :func:`crystalgan_jax.report.write_report`: the run's d1, d2 and constrained classes."""
+    cfg = spec.train
+    return {"d1": cfg.d1, "d2": cfg.d2,
+            "classes": encoding.class_symbols(cfg.classes, spec.element_a, spec.element_b)}
+
+
+def report_inputs(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> ReportInputs:
+    """The report's criteria, its reference structures
+    (:func:`crystalgan_jax.candidates.reference_structures`) and the training structures'
+    evaluations. Importing what the report needs (matplotlib, pymatgen's structure matcher)
+    is most of it: ~0.8 s of the ~3 s of outputs, on the 2-core machine."""
+    from crystalgan_jax import candidates
+    from crystalgan_jax import report as report_lib
+
+    options = report_criteria(spec)
+    references = candidates.reference_structures(ah.structures, bh.structures,
+                                                 spec.element_a, spec.element_b)
+    training = report_lib.evaluate_training(ah.structures + bh.structures, spec.element_a,
+                                            spec.element_b, **options)
+    return ReportInputs(options, references, training)
 
 
 def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Networks,
                   x: encoding.Crystal, y: encoding.Crystal, layout: encoding.Layout,
                   ah: io.Domain, bh: io.Domain, out: Path, metrics: list[dict],
-                  log: Callable[[str], None]) -> tuple[dict, dict | None]:
+                  log: Callable[[str], None],
+                  inputs: ReportInputs | concurrent.futures.Future | None = None
+                  ) -> tuple[dict, dict | None]:
     """Generates from a trained ``state`` with ``spec.train``'s sampling settings, writes the
     structures (snapped where ``snap_symprec`` > 0) and, if ``spec.evaluate``, the report
     with the novelty count. Returns (files, report).
 
-    Separate from training so that sampling-only variants (experiments/ablation.py) reuse
-    one trained state.
+    ``inputs``: :func:`report_inputs` for ``spec``, or its future, computed ahead; computed
+    here where None. Separate from training so that sampling-only variants
+    (experiments/ablation.py) reuse one trained state.
     """
     cfg = spec.train
     generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
@@ -830,16 +881,17 @@ def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Netw
         _snap_files(files.get("final", {}), cfg.snap_symprec, log)
     report = None
     if spec.evaluate:
-        from crystalgan_jax import candidates
         from crystalgan_jax import report as report_lib
 
-        classes = encoding.class_symbols(cfg.classes, spec.element_a, spec.element_b)
-        references = candidates.reference_structures(ah.structures, bh.structures,
-                                                     spec.element_a, spec.element_b)
+        if inputs is None:
+            inputs = report_inputs(spec, ah, bh)
+        elif isinstance(inputs, concurrent.futures.Future):
+            inputs = inputs.result()
         report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
                                              spec.element_a, spec.element_b, metrics,
-                                             d1=cfg.d1, d2=cfg.d2, classes=classes,
-                                             references=references)
+                                             references=inputs.references,
+                                             training_evaluations=inputs.training,
+                                             **inputs.options)
     from crystalgan_jax import export
 
     extxyz, database = export.write_exports(

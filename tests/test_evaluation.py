@@ -211,6 +211,31 @@ def test_write_report(tmp_path, figure5_dir, reference_domains):
     assert rows[0].startswith("| AHB/POSCAR_1 |") and rows[0].endswith("| BHA/POSCAR_0 |")
 
 
+def test_write_report_takes_the_training_evaluations_computed_ahead(tmp_path, reference_domains,
+                                                                    monkeypatch):
+    pdh, nih = reference_domains
+    training_structures = pdh.structures[:3] + nih.structures[:3]
+    generated = [(str(tmp_path / f"POSCAR_{i}"), s) for i, s in
+                 enumerate([_rocksalt(), _rocksalt(1), pdh.structures[5]])]
+    inline = report.write_report(tmp_path / "inline", generated, training_structures, A, B,
+                                 **CRIT)
+    ahead = report.evaluate_training(training_structures, A, B, **CRIT)
+    assert len(ahead) == len(training_structures)
+    assert all(e.spacegroup_number is None for e in ahead)  # distances only: no spglib
+    calls = []
+    evaluate = evaluation.evaluate_structures
+    monkeypatch.setattr(evaluation, "evaluate_structures",
+                        lambda structures, *a, **k: calls.append(len(structures))
+                        or evaluate(structures, *a, **k))
+    given = report.write_report(tmp_path / "given", generated, training_structures, A, B,
+                                training_evaluations=ahead, **CRIT)
+    assert calls == [len(generated)]  # the generated structures only
+    assert given == inline
+    with pytest.raises(ValueError, match="5 training evaluations given for 6"):
+        report.write_report(tmp_path / "short", generated, training_structures, A, B,
+                            training_evaluations=ahead[:5], **CRIT)
+
+
 def test_write_run_report_reads_the_final_files(tmp_path, figure5_dir):
     fig5 = io.read_structure(figure5_dir / "POSCAR")
     files = {"stage1": {"AHB": []}, "final": {"AHB": [], "BHA": []}}

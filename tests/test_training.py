@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 
 import jax
@@ -61,6 +62,33 @@ def test_run_writes_structures_that_pymatgen_and_ase_read(full_run):
     assert set(report["counts"]) >= {"generated", "ternary", "good_paper", "good_strict", "unique"}
     assert (out / "losses.png").stat().st_size > 0
     assert (out / "checkpoints" / str(SMALL.epochs)).is_dir()  # kept for good
+
+
+def test_the_report_inputs_are_prepared_beside_training_and_change_nothing(
+        small_data, tmp_path, monkeypatch):
+    from crystalgan_jax import runner
+
+    threads = []
+    prepare = runner.report_inputs
+
+    def recording(*args):
+        threads.append(threading.current_thread())
+        return prepare(*args)
+
+    monkeypatch.setattr(runner, "report_inputs", recording)
+    spec = _spec(small_data, tmp_path / "run",
+                 train=dataclasses.replace(SMALL, epochs=1, chunk_epochs=1))
+    result = run(spec, log=lambda m: None)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    # the same state's outputs again, the report's inputs computed where they are used
+    again = tmp_path / "again"
+    again.mkdir()
+    spec, ah, bh, layout, x, y, nets = runner.prepare(spec)
+    runner.write_outputs(spec, result.state, nets, x, y, layout, ah, bh, again,
+                         result.metrics, lambda m: None)
+    assert len(threads) == 2 and threads[1] is threading.main_thread()
+    assert (json.loads((again / "report.json").read_text())
+            == json.loads((result.output_dir / "report.json").read_text()))
 
 
 def test_train_step_compiles_once_per_stage(full_run):
