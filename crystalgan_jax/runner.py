@@ -37,7 +37,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -797,9 +797,11 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     compiling = compile_stages(spec, todo, jax.eval_shape(
         lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace,
         lowerer)
-    # the report's inputs after the tracing, on the same thread: then the GIL is free while
-    # XLA compiles and trains, and the outputs no longer wait for their imports
-    inputs = lowerer.submit(report_inputs, spec, ah, bh) if spec.evaluate else None
+    # the report's inputs on the tracing thread once every stage is compiled: then they
+    # take the core that the training leaves (one of two on the 2-core machine), and the
+    # outputs no longer wait for their imports
+    inputs = (lowerer.submit(_after, compiling.values(), report_inputs, spec, ah, bh)
+              if spec.evaluate else None)
     lowerer.shutdown(wait=False)
     state = training.init_state(key, nets, cfg)
     metrics: list[dict] = []
@@ -825,6 +827,12 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     files, report = write_outputs(spec, state, nets, x, y, layout, ah, bh, out, metrics, log,
                                   inputs)
     return RunResult(out, layout, state, files, metrics, report, spec)
+
+
+def _after(futures: Iterable[concurrent.futures.Future], fun: Callable, *args) -> Any:
+    """``fun(*args)`` once every one of ``futures`` is done, whatever its outcome."""
+    concurrent.futures.wait(list(futures))
+    return fun(*args)
 
 
 class ReportInputs(NamedTuple):
