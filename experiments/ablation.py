@@ -25,12 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from absl import app, flags
+from crystalgan_jax import startup
 
-from crystalgan_jax import candidates, cli, encoding, evaluation, runner, substitution
-from crystalgan_jax import training
-from crystalgan_jax.io import StructureFileError
+startup.collect_less()  # before the heavy imports below
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from crystalgan_jax import candidates, cli, encoding, evaluation, runner  # noqa: E402
+from crystalgan_jax import substitution, training  # noqa: E402
+from crystalgan_jax.io import StructureFileError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

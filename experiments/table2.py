@@ -30,16 +30,20 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import jax
-import numpy as np
-from absl import app, flags, logging
+from crystalgan_jax import startup
 
-from crystalgan_jax import (cli, encoding, evaluation, population, runner, screen_runs,
-                            substitution)
-from crystalgan_jax.io import StructureFileError
-from crystalgan_jax.runner import (CheckpointError, DivergenceError, RunError, check_output,
-                                   load_domains)
-from crystalgan_jax.training import METHODS
+startup.collect_less()  # before the heavy imports below
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from crystalgan_jax import (  # noqa: E402
+    cli, encoding, evaluation, population, runner, screen_runs, substitution)
+from crystalgan_jax.io import StructureFileError  # noqa: E402
+from crystalgan_jax.runner import (  # noqa: E402
+    CheckpointError, DivergenceError, RunError, check_output, load_domains)
+from crystalgan_jax.training import METHODS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

@@ -12,11 +12,15 @@ import signal
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from crystalgan_jax import startup
 
-from crystalgan_jax import cli, population
-from crystalgan_jax.io import StructureFileError
-from crystalgan_jax.runner import CheckpointError, DivergenceError, RunError, run
+startup.collect_less()  # before the heavy imports below
+
+from absl import app, flags  # noqa: E402
+
+from crystalgan_jax import cli, population  # noqa: E402
+from crystalgan_jax.io import StructureFileError  # noqa: E402
+from crystalgan_jax.runner import CheckpointError, DivergenceError, RunError, run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

@@ -1,8 +1,11 @@
 """experiments/train.py as a user meets it: flagfile lookup and errors on bad input."""
 
+import ast
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO, small_domain
 
@@ -43,3 +46,30 @@ def test_bad_hyperparameters_are_refused(tmp_path):
     for args, message in ((["--d1=3.5"], "need 0 < d1 < d2"), (["--epochs=0"], "epochs must be")):
         proc = _train(["--flagfile=pdni.flags", f"--output_dir={tmp_path}", *args], cwd=REPO)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
+
+
+_WATCH_IMPORTS = """
+import gc, importlib.abc, runpy, sys
+seen = {}
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in ("jax", "pymatgen") and name not in seen:
+            seen[name] = gc.get_threshold()
+        return None
+sys.meta_path.insert(0, Watch())
+runpy.run_path(sys.argv[1], run_name="imported")
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("script", ["train.py", "table2.py", "ablation.py"])
+def test_entry_points_collect_less_from_before_their_heavy_imports(script):
+    from crystalgan_jax import startup
+
+    done = subprocess.run([sys.executable, "-c", _WATCH_IMPORTS,
+                           str(REPO / "experiments" / script)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert seen == {"jax": startup.GC_THRESHOLDS, "pymatgen": startup.GC_THRESHOLDS}
+    assert startup.GC_THRESHOLDS != (700, 10, 10)  # Python's defaults
