@@ -578,9 +578,9 @@ def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.N
     Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_lowered`).
 
     ``lowerer``: a one-thread executor of the caller's for the tracing, which the caller
-    shuts down; work it submits there after this call runs once every stage is traced,
-    while XLA compiles (:func:`_run_locked` prepares the report there). By default a
-    thread of its own.
+    shuts down; work it submits there after this call runs once every stage is traced
+    (:func:`_run_locked` queues the report's inputs there, which also wait for the
+    compilations). By default a thread of its own.
     """
     cfg = spec.train
     chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
