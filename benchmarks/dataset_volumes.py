@@ -2,7 +2,7 @@
 
 For every structure of the CrystalGAN authors' Pd-H and Ni-H data (DFT-relaxed, kept in
 ``../shared/data/crystalgan-reference/`` beside the repository), compares the volume that
-``crystalgan_jax.datasets.rule_volume`` gives the same composition (n_M metal atoms,
+``crystalgan_jax.materials.datasets.rule_volume`` gives the same composition (n_M metal atoms,
 n_H H atoms) with the reference cell volume. Prints, per metal, the median and the worst
 relative error, and writes them with the per-structure figures to a JSON file.
 
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crystalgan_jax import datasets, io
+from crystalgan_jax.materials import datasets, io
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crystalgan_jax import encoding, io, training
+from crystalgan_jax.core import encoding
+from crystalgan_jax.materials import io
+from crystalgan_jax.train import training
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "finite_check.json"

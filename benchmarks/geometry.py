@@ -57,8 +57,9 @@ import numpy as np
 import pymatgen.core
 from pymatgen.core import Structure
 
-from crystalgan_jax import encoding, geometry, io
-from crystalgan_jax.training import TrainConfig
+from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.materials import io
+from crystalgan_jax.train.training import TrainConfig
 
 PAPER = TrainConfig()  # the paper's d1, d2 (their one definition)
 

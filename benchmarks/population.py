@@ -3,7 +3,7 @@
 What is measured:
 
 * For each S (``--sizes``), in a fresh subprocess (so that its peak memory is its own),
-  :func:`crystalgan_jax.population.run` trains S members (seeds 0..S-1) in the paper
+  :func:`crystalgan_jax.pipeline.population.run` trains S members (seeds 0..S-1) in the paper
   configuration (reference Pd-H/Ni-H data, 35 + 35 structures, minibatch 35, MLPs 5 x 100,
   one D then five G updates, Adam) for ``--epochs`` epochs per stage (default 200), no
   evaluation, chunks of ``--epochs / 2`` epochs, each device training its members in
@@ -56,7 +56,8 @@ PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate
 
 
 def _spec(out: Path, epochs: int):
-    from crystalgan_jax import runner, training
+    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.train import training
 
     cfg = training.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
     return runner.RunSpec(data_ah=str(REFERENCE / "PdH_dataset.mat"),
@@ -69,7 +70,7 @@ def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
     """One population of ``size`` members, timed; runs in its own process."""
     import jax
 
-    from crystalgan_jax import cli, population
+    from crystalgan_jax.pipeline import cli, population
 
     cli.use_cpu_cores(min(size, cpu_devices))  # as train.py does; a lone run: one device
 
@@ -111,7 +112,9 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     import jax.numpy as jnp
     import numpy as np
 
-    from crystalgan_jax import encoding, runner, training
+    from crystalgan_jax.core import encoding
+    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.train import training
 
     spec = _spec(Path("unused"), epochs)
     cfg = spec.train
@@ -165,7 +168,7 @@ def main() -> int:
         print(json.dumps(child(args.child, args.epochs, args.cpu_devices, args.group)))
         return 0
     if args.ceiling_child:
-        from crystalgan_jax import cli
+        from crystalgan_jax.pipeline import cli
 
         cli.use_cpu_cores(args.cpu_devices)  # the devices the populations train on
         print(json.dumps(layer_products_rate(batch=PAPER["batch_size"], width=PAPER["width"],
@@ -176,7 +179,7 @@ def main() -> int:
         return 1
     import jax
 
-    from crystalgan_jax import population
+    from crystalgan_jax.pipeline import population
 
     sizes = [int(s) for s in args.sizes.split(",")]
     # the children take the library's default unless --group is given; the ceiling needs

@@ -27,7 +27,8 @@ from absl import app, flags
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from crystalgan_jax import io, screening  # noqa: E402
+from crystalgan_jax.materials import io  # noqa: E402
+from crystalgan_jax.screening import relax as screening  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("structures", 16, "Reference Pd-H structures to predict.")

@@ -3,7 +3,7 @@
 What is measured (CPU, whatever JAX finds; wall clock, so other load on the machine
 shows: the JSON records the load average before and after):
 
-* ``import_s``: a fresh ``python -c "import crystalgan_jax.runner"`` (what
+* ``import_s``: a fresh ``python -c "import crystalgan_jax.pipeline.runner"`` (what
   ``experiments/train.py`` needs before training), and which heavy modules that import
   pulled in (matplotlib, pymatgen.analysis);
 * ``data_load_s``: reading and encoding ``data/PdH`` and ``data/NiH``;
@@ -11,7 +11,7 @@ shows: the JSON records the load average before and after):
   the steady rate ``epochs_per_s`` (median over chunks of ``chunk_epochs`` epochs each,
   compile excluded), over ``--epochs`` epochs per stage (default 1000, the paper's);
 * ``generate_write_s`` (generation and POSCAR/CIF files) and ``report_s``
-  (:func:`crystalgan_jax.report.write_run_report`: evaluation, report.json/md, plots),
+  (:func:`crystalgan_jax.materials.report.write_run_report`: evaluation, report.json/md, plots),
   and the size of report.json;
 * the matmul FLOPs of one epoch of each stage (every ``dot_general`` in the traced epoch,
   scan bodies times their length) and the achieved GFLOP/s, next to this machine's
@@ -71,7 +71,7 @@ def timed_subprocess(cmd: list[str], cwd: Path, env: dict | None = None) -> tupl
 
 
 def measure_import() -> dict:
-    code = ("import time, sys, json; t = time.perf_counter(); import crystalgan_jax.runner; "
+    code = ("import time, sys, json; t = time.perf_counter(); import crystalgan_jax.pipeline.runner; "
             "dt = time.perf_counter() - t; "
             "print(json.dumps({'import_s': dt, 'heavy_modules_loaded': sorted(m for m in "
             "('matplotlib', 'pymatgen.analysis.structure_matcher', 'pymatgen.symmetry.analyzer',"
@@ -118,7 +118,9 @@ def bench_in_process(epochs: int, work: Path) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from crystalgan_jax import encoding, runner, training
+    from crystalgan_jax.core import encoding
+    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.train import training
 
     result: dict = {"import_in_process_s": time.perf_counter() - t0}
     cfg = training.TrainConfig(epochs=epochs)
@@ -181,7 +183,7 @@ def bench_in_process(epochs: int, work: Path) -> dict:
     files = runner.write_structures(generated, layout, work, lambda msg: None)
     result["generate_write_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    from crystalgan_jax import report as report_lib
+    from crystalgan_jax.materials import report as report_lib
 
     report = report_lib.write_run_report(work, files, ah.structures + bh.structures, "Pd", "Ni",
                                          [], d1=cfg.d1, d2=cfg.d2)

@@ -2,7 +2,7 @@
 
 A small coordinate denoiser (a plain-JAX MLP, no Flax) learns to move the atoms of a
 noisy fcc Pd4 H4 cell back to their sites. Its loss is the mean squared error to the
-clean positions plus ``weight`` x the penalty of ``crystalgan_jax.geometry.penalty``,
+clean positions plus ``weight`` x the penalty of ``crystalgan_jax.core.geometry.penalty``,
 which pushes each atom's nearest same-class distance into [d1, d2] (metals with
 metals, H with H; here 2.76 A in the clean cell). Only arrays go in: lattice
 ``[3, 3]``, positions ``[N, 3]``, mask ``[N]``, class ids ``[N]``, lattice shifts.
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crystalgan_jax import geometry
+from crystalgan_jax.core import geometry
 
 A = 3.9  # Angstrom, cubic cell edge
 LATTICE = np.eye(3) * A

@@ -25,16 +25,19 @@ import sys
 import time
 from pathlib import Path
 
-from crystalgan_jax import startup
+from crystalgan_jax.pipeline import startup
 
 startup.collect_less()  # before the heavy imports below
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from crystalgan_jax import candidates, cli, encoding, evaluation, runner  # noqa: E402
-from crystalgan_jax import substitution, training  # noqa: E402
-from crystalgan_jax.io import StructureFileError  # noqa: E402
+from crystalgan_jax.materials import candidates, evaluation  # noqa: E402
+from crystalgan_jax.pipeline import cli, runner  # noqa: E402
+from crystalgan_jax.core import encoding  # noqa: E402
+from crystalgan_jax.materials import substitution  # noqa: E402
+from crystalgan_jax.train import training  # noqa: E402
+from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

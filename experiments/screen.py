@@ -26,7 +26,9 @@ from pathlib import Path
 
 from absl import app, flags
 
-from crystalgan_jax import cli, io, screening, screen_runs
+from crystalgan_jax.pipeline import cli
+from crystalgan_jax.materials import io
+from crystalgan_jax.screening import relax as screening, runs as screen_runs
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

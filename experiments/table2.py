@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from crystalgan_jax import startup
+from crystalgan_jax.pipeline import startup
 
 startup.collect_less()  # before the heavy imports below
 
@@ -38,12 +38,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from crystalgan_jax import (  # noqa: E402
-    cli, encoding, evaluation, population, runner, screen_runs, substitution)
-from crystalgan_jax.io import StructureFileError  # noqa: E402
-from crystalgan_jax.runner import (  # noqa: E402
+from crystalgan_jax.pipeline import cli, population, runner  # noqa: E402
+from crystalgan_jax.core import encoding  # noqa: E402
+from crystalgan_jax.materials import evaluation, substitution  # noqa: E402
+from crystalgan_jax.screening import runs as screen_runs  # noqa: E402
+from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
+from crystalgan_jax.pipeline.runner import (  # noqa: E402
     CheckpointError, DivergenceError, RunError, check_output, load_domains)
-from crystalgan_jax.training import METHODS  # noqa: E402
+from crystalgan_jax.train.training import METHODS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -107,7 +109,7 @@ def method_config(base, method: str):
         weights = dataclasses.replace(base.weights, l7=FLAGS.clash_weight)
         return dataclasses.replace(base, method="crystalgan", weights=weights)
     if method == "crystalgan_plus":  # its ingredients at their defaults unless flags set them
-        from crystalgan_jax.training import PLUS_DEFAULTS
+        from crystalgan_jax.train.training import PLUS_DEFAULTS
 
         return dataclasses.replace(base, method=method,
                                    **{k: getattr(FLAGS, k) for k in PLUS_DEFAULTS})

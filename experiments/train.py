@@ -12,15 +12,15 @@ import signal
 import sys
 from pathlib import Path
 
-from crystalgan_jax import startup
+from crystalgan_jax.pipeline import startup
 
 startup.collect_less()  # before the heavy imports below
 
 from absl import app, flags  # noqa: E402
 
-from crystalgan_jax import cli, population  # noqa: E402
-from crystalgan_jax.io import StructureFileError  # noqa: E402
-from crystalgan_jax.runner import CheckpointError, DivergenceError, RunError, run  # noqa: E402
+from crystalgan_jax.pipeline import cli, population  # noqa: E402
+from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
+from crystalgan_jax.pipeline.runner import CheckpointError, DivergenceError, RunError, run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from crystalgan_jax import io
+from crystalgan_jax.materials import io
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import candidates, encoding, geometry, substitution, training
+from crystalgan_jax.materials import candidates, substitution
+from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.train import training
 from tests.conftest import REPO, small_domain
 
 
@@ -171,7 +173,8 @@ def test_perturb_and_sampling_shapes():
 
 
 def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
-    from crystalgan_jax import checkpoints, runner
+    from crystalgan_jax.train import checkpoints
+    from crystalgan_jax.pipeline import runner
 
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     cfg = training.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,

@@ -64,7 +64,7 @@ print(seen)
 
 @pytest.mark.parametrize("script", ["train.py", "table2.py", "ablation.py"])
 def test_entry_points_collect_less_from_before_their_heavy_imports(script):
-    from crystalgan_jax import startup
+    from crystalgan_jax.pipeline import startup
 
     done = subprocess.run([sys.executable, "-c", _WATCH_IMPORTS,
                            str(REPO / "experiments" / script)],

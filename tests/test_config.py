@@ -6,8 +6,10 @@ import dataclasses
 import pytest
 from absl import flags
 
-from crystalgan_jax import cli, losses, training
-from crystalgan_jax.runner import RunSpec
+from crystalgan_jax.pipeline import cli
+from crystalgan_jax.core import losses
+from crystalgan_jax.train import training
+from crystalgan_jax.pipeline.runner import RunSpec
 from tests.conftest import REPO
 
 REQUIRED = ["--data_ah=a", "--data_bh=b", "--element_a=Pd", "--element_b=Ni", "--output_dir=o"]
@@ -130,7 +132,8 @@ def test_thresholds_have_one_default_the_callers_pass_them():
     functions take them from the caller."""
     import inspect
 
-    from crystalgan_jax import evaluation, geometry, report
+    from crystalgan_jax.materials import evaluation, report
+    from crystalgan_jax.core import geometry
 
     functions = [geometry.geometric_penalty, geometry.penalty, losses.geometric,
                  evaluation.evaluate_structure, report.write_report,

@@ -11,7 +11,7 @@ from ase.data import covalent_radii
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Structure
 
-from crystalgan_jax import datasets, io
+from crystalgan_jax.materials import datasets, io
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 METALS = ("Pd", "Ni", "Mg", "Ti")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import encoding
-from crystalgan_jax.io import StructureFileError
+from crystalgan_jax.core import encoding
+from crystalgan_jax.materials.io import StructureFileError
 
 
 def _assert_same(a: Structure, b: Structure):

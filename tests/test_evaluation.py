@@ -6,8 +6,9 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from crystalgan_jax import datasets, evaluation, geometry, io, report, substitution
-from crystalgan_jax.training import TrainConfig
+from crystalgan_jax.materials import datasets, evaluation, io, report, substitution
+from crystalgan_jax.core import geometry
+from crystalgan_jax.train.training import TrainConfig
 
 A, B = "Pd", "Ni"
 # The thresholds a run passes: TrainConfig's defaults, their one definition.

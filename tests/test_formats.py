@@ -12,7 +12,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from crystalgan_jax import export, io, provenance, report
+from crystalgan_jax.materials import export, io, report
+from crystalgan_jax.pipeline import provenance
 from tests.conftest import REPO, small_domain
 
 ASE_DB = [sys.executable, "-m", "ase", "db"]  # the `ase db` command line

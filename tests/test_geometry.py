@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Element, Lattice, Structure
 
-from crystalgan_jax import encoding, geometry, io
+from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.materials import io
 
 
 def _pymatgen_nearest(structure: Structure, members: set[str]) -> list[float]:

@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import io, losses, training
-from crystalgan_jax.runner import MAX_BLOCK_ROWS, MAX_SEED, RunSpec, check_sizes
+from crystalgan_jax.materials import io
+from crystalgan_jax.core import losses
+from crystalgan_jax.train import training
+from crystalgan_jax.pipeline.runner import MAX_BLOCK_ROWS, MAX_SEED, RunSpec, check_sizes
 from tests.conftest import SHARED
 
 BAD_MAT = SHARED / "bad-inputs"

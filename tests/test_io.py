@@ -6,7 +6,7 @@ import pytest
 from ase.io import read as ase_read
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import io
+from crystalgan_jax.materials import io
 
 GOOD = """PdH
 1.0

@@ -8,7 +8,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from crystalgan_jax import datasets, evaluation
+from crystalgan_jax.materials import datasets, evaluation
 
 
 def _greedy_groups(structures, matcher):

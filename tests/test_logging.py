@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import encoding, runner
+from crystalgan_jax.core import encoding
+from crystalgan_jax.pipeline import runner
 from tests.conftest import REPO, small_domain
 
 

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crystalgan_jax import encoding, geometry, losses
+from crystalgan_jax.core import encoding, geometry, losses
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_losses_and_geometry_import_without_pymatgen_ase_or_flax():
-    code = ("import sys, crystalgan_jax.losses, crystalgan_jax.geometry; "
+    code = ("import sys, crystalgan_jax.core.losses, crystalgan_jax.core.geometry; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pymatgen', 'ase', 'flax'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from crystalgan_jax import losses, population, runner, training
+from crystalgan_jax.core import losses
+from crystalgan_jax.pipeline import population, runner
+from crystalgan_jax.train import training
 from tests.conftest import REPO, small_domain
 
 TINY = training.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,

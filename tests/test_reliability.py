@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crystalgan_jax import checkpoints, training
-from crystalgan_jax.checkpoints import CheckpointError, Checkpoints
-from crystalgan_jax.runner import (DivergenceError, OutputDirError, RunSpec, check_output,
+from crystalgan_jax.train import checkpoints, training
+from crystalgan_jax.train.checkpoints import CheckpointError, Checkpoints
+from crystalgan_jax.pipeline.runner import (DivergenceError, OutputDirError, RunSpec, check_output,
                                    chunk_length, run)
 from tests.conftest import REPO, small_domain
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
-from crystalgan_jax import io, screening
+from crystalgan_jax.materials import io
+from crystalgan_jax.screening import relax as screening
 from tests.conftest import REPO
 
 STEPS = 4  # FIRE steps per relaxation: enough to move, few enough to be fast
@@ -47,8 +48,8 @@ def ternary() -> Structure:
 
 
 def test_core_package_never_imports_torch():
-    code = ("import sys, crystalgan_jax.runner, crystalgan_jax.training, "
-            "crystalgan_jax.screening, crystalgan_jax.report; "
+    code = ("import sys, crystalgan_jax.pipeline.runner, crystalgan_jax.train.training, "
+            "crystalgan_jax.screening.relax, crystalgan_jax.materials.report; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'chgnet')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=REPO, timeout=300)
@@ -209,7 +210,8 @@ def test_dense_cell_is_refused_before_chgnet():
 
 
 def test_select_unique_keeps_one_strictly_good_structure_per_group():
-    from crystalgan_jax import evaluation, screen_runs
+    from crystalgan_jax.materials import evaluation
+    from crystalgan_jax.screening import runs as screen_runs
 
     good = ternary()
     shifted = good.copy()

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from ase.io import read as ase_read
 
-from crystalgan_jax import encoding, io, losses, models, training
-from crystalgan_jax.runner import ResumeMismatchError, RunSpec, run
+from crystalgan_jax.core import encoding, losses, models
+from crystalgan_jax.materials import io
+from crystalgan_jax.train import training
+from crystalgan_jax.pipeline.runner import ResumeMismatchError, RunSpec, run
 from tests.conftest import small_domain
 
 SMALL = training.TrainConfig(epochs=4, batch_size=4, depth=2, width=32, chunk_epochs=2,
@@ -66,7 +68,7 @@ def test_run_writes_structures_that_pymatgen_and_ase_read(full_run):
 
 def test_the_report_inputs_are_prepared_beside_training_and_change_nothing(
         small_data, tmp_path, monkeypatch):
-    from crystalgan_jax import runner
+    from crystalgan_jax.pipeline import runner
 
     threads = []
     prepare = runner.report_inputs
@@ -232,7 +234,7 @@ def _encoded(small_data):
 
 
 def test_a_stage_that_cannot_be_traced_fails_before_any_training(small_data, tmp_path):
-    from crystalgan_jax import runner
+    from crystalgan_jax.pipeline import runner
 
     layout, x, y = _encoded(small_data)
     lat = np.concatenate([x.lattice, y.lattice])
@@ -373,7 +375,7 @@ def test_a_run_vmaps_over_seeds(small_data):
 
 
 def test_clash_term_is_logged_and_reaches_stage3_generators(small_data):
-    from crystalgan_jax.runner import covalent_radii
+    from crystalgan_jax.pipeline.runner import covalent_radii
 
     layout, x, y = _encoded(small_data)
     weights = dataclasses.replace(SMALL.weights, l7=1.0)
@@ -434,7 +436,7 @@ def test_run_exports_its_structures_for_ase_db_and_records_provenance(full_run):
                                        "ase"}
     assert config["versions"]["jax"] == jax.__version__
     assert len(config["inputs_sha256"]) == 12  # six files per domain
-    from crystalgan_jax import provenance
+    from crystalgan_jax.pipeline import provenance
 
     some = sorted(config["inputs_sha256"])[0]
     assert config["inputs_sha256"][some] == provenance.file_sha256(some)

@@ -94,8 +94,8 @@ class Crystal:
       fractional: whether ``positions`` are fractional coordinates (static).
 
     A JAX pytree (registered below; ``fractional`` is static metadata) defined without
-    Flax or pymatgen, so that :mod:`crystalgan_jax.geometry` and
-    :mod:`crystalgan_jax.losses` import neither.
+    Flax or pymatgen, so that :mod:`crystalgan_jax.core.geometry` and
+    :mod:`crystalgan_jax.core.losses` import neither.
     """
 
     lattice: np.ndarray
@@ -126,7 +126,7 @@ def encode(structure: Structure, layout: Layout, *, fractional: bool = False,
       StructureFileError: an element outside the layout, or more atoms of a species
         than its block has rows (naming ``source``).
     """
-    from crystalgan_jax.io import StructureFileError
+    from crystalgan_jax.materials.io import StructureFileError
     source = source or structure.composition.formula
     allowed = set(layout.symbols)
     others = sorted({site.specie.symbol for site in structure} - allowed)

@@ -1,10 +1,10 @@
 """Populations: many CrystalGAN runs as one compiled program, sharded over every device.
 
-A population is S *members*, each a whole run of :mod:`crystalgan_jax.runner` with its own
+A population is S *members*, each a whole run of :mod:`crystalgan_jax.pipeline.runner` with its own
 seed and its own loss weights l1..l7 (and occupancy weight). Their
-:class:`~crystalgan_jax.training.TrainState` pytrees are stacked along a leading member
+:class:`~crystalgan_jax.train.training.TrainState` pytrees are stacked along a leading member
 axis ``[P]`` and trained together: the per-member chunk function of
-:func:`crystalgan_jax.training.make_chunk_runner` is ``vmap``-ed over that axis, and the
+:func:`crystalgan_jax.train.training.make_chunk_runner` is ``vmap``-ed over that axis, and the
 axis is split over a one-axis :class:`jax.sharding.Mesh` of all devices (of all processes,
 after ``jax.distributed.initialize``) with ``shard_map``, so each device trains its own
 members and no device talks to another while training. ``P`` is S rounded up to a multiple
@@ -52,8 +52,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from crystalgan_jax import encoding, evaluation, io, losses, runner, training
-from crystalgan_jax.checkpoints import Checkpoints, signals_held
+from crystalgan_jax.core import encoding, losses
+from crystalgan_jax.materials import evaluation, io
+from crystalgan_jax.pipeline import runner
+from crystalgan_jax.train import training
+from crystalgan_jax.train.checkpoints import Checkpoints, signals_held
 
 AXIS = "members"
 WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
@@ -536,7 +539,7 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     host = [local_rows(a) for a in leaves]
     reports: dict[int, dict | None] = {}
     if base.evaluate:
-        from crystalgan_jax import report as report_lib
+        from crystalgan_jax.materials import report as report_lib
 
         # the members share their training data: its evaluations are computed once
         criteria = runner.report_criteria(base)

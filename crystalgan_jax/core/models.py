@@ -1,6 +1,6 @@
 """Networks of CrystalGAN: MLP generators and discriminators over crystal arrays.
 
-Networks see a :class:`~crystalgan_jax.encoding.Crystal` flattened to one vector
+Networks see a :class:`~crystalgan_jax.core.encoding.Crystal` flattened to one vector
 (lattice, positions of the H, A, B blocks, and the occupancy masks). Lengths are divided
 by a fixed ``length_scale`` (Angstrom) on the way in and multiplied back on the way out,
 so that the MLPs work on numbers of order one while every output stays in Angstrom.
@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from crystalgan_jax.encoding import Crystal
+from crystalgan_jax.core.encoding import Crystal
 
 Params = dict  # {"MLP_0": {"Dense_0": {"kernel": ..., "bias": ...}, ...}}
 

@@ -10,7 +10,7 @@ whole run can be vmapped over seeds.
 The three steps of the method (spec, "The three steps"):
 
 * stage 1, a cross-domain GAN on the (H, metal) views of AH and BH
-  (:func:`crystalgan_jax.encoding.metal_view`), losses L_G1 and L_D1;
+  (:func:`crystalgan_jax.core.encoding.metal_view`), losses L_G1 and L_D1;
 * feature transfer (:func:`feature_transfer`, no training): x_AHB_g = x_AHB1 with the B
   block of y_BHA1, y_BHA_g = y_BHA1 with the A block of x_AHB1;
 * stage 3, the same cross-domain GAN on AHB_g and BHA_g, plus the geometric terms.
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crystalgan_jax import geometry, losses
-from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, Crystal, from_metal_view, metal_view
-from crystalgan_jax.encoding import replace_block
-from crystalgan_jax.models import Discriminator, Generator, NoiseGenerator
+from crystalgan_jax.core import geometry, losses
+from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, Crystal, from_metal_view, metal_view
+from crystalgan_jax.core.encoding import replace_block
+from crystalgan_jax.core.models import Discriminator, Generator, NoiseGenerator
 
 METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
 
@@ -91,7 +91,7 @@ class TrainConfig:
       window_weight: weight of L_win, per-class nearest-distance windows learned from the
         training binaries (``pair_windows``; stage 3 only).
       pair_windows: ``((source blocks), (target blocks), lo, hi)`` per window, Angstrom;
-        empty: the runner learns them (:func:`crystalgan_jax.candidates.learn_windows`).
+        empty: the runner learns them (:func:`crystalgan_jax.materials.candidates.learn_windows`).
       window_percentiles: percentiles of the training distances that bound each window.
       spacing_weight: weight of L_cell = sum relu(min_plane_spacing - h_m)^2 on the
         generated cells, which keeps them inside the penalty's compiled image range.
@@ -278,7 +278,7 @@ class TrainState:
     """Everything a run carries from epoch to epoch.
 
     Attributes:
-      params: network name -> its parameters (:mod:`crystalgan_jax.models` layout).
+      params: network name -> its parameters (:mod:`crystalgan_jax.core.models` layout).
       opt_state: "<stage>/G" and "<stage>/D" -> optax state of that stage's networks.
       key: PRNG key, split once per epoch.
       epoch: epochs completed over all stages (int32 scalar).
@@ -313,7 +313,7 @@ def _uses_windows(cfg: TrainConfig) -> bool:
 
 
 def _uses_clash(stage: Stage, cfg: TrainConfig) -> bool:
-    # A population traces l7 per member (crystalgan_jax.population): an array weight means
+    # A population traces l7 per member (crystalgan_jax.pipeline.population): an array weight means
     # the term is computed, and each member's l7 scales it (0 turns it off for that member).
     l7 = cfg.weights.l7
     return stage.geometric and (isinstance(l7, jax.Array) or l7 > 0)
@@ -941,7 +941,7 @@ def penalty_shifts(lattices: np.ndarray, cfg: TrainConfig) -> jax.Array:
     """Lattice shifts for the penalty: enough for the training cells' nearest neighbours.
 
     At least one image each way (so own images are seen), at most ``cfg.max_images``.
-    See :mod:`crystalgan_jax.geometry` for what a generated cell outside this range gets.
+    See :mod:`crystalgan_jax.core.geometry` for what a generated cell outside this range gets.
     """
     n = np.clip(geometry.image_range(lattices), 1, cfg.max_images)
     return jnp.asarray(geometry.lattice_shifts(n))

@@ -7,8 +7,8 @@
   ``structures/final/{AHB,BHA}/NNN.vasp`` and ``.cif`` (the generated ternaries; the GAN
   baseline writes ``final/GAN``), real element symbols;
 * ``metrics.jsonl``: one line per epoch and stage with every logged loss;
-* ``checkpoints/`` (Orbax; see :mod:`crystalgan_jax.checkpoints`);
-* ``config.json``, and the report of :mod:`crystalgan_jax.report` (``report.json``,
+* ``checkpoints/`` (Orbax; see :mod:`crystalgan_jax.train.checkpoints`);
+* ``config.json``, and the report of :mod:`crystalgan_jax.materials.report` (``report.json``,
   ``report.md``, plots).
 
 Nothing is lost on a crash, Ctrl-C or SIGTERM: checkpoints are synchronous, and an
@@ -44,8 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from crystalgan_jax import encoding, geometry, io, provenance, training
-from crystalgan_jax.checkpoints import CheckpointError, Checkpoints, signals_held
+from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.materials import io
+from crystalgan_jax.pipeline import provenance
+from crystalgan_jax.train import training
+from crystalgan_jax.train.checkpoints import CheckpointError, Checkpoints, signals_held
 
 # Rows a block is padded to at most unless n_h / n_metal raise it: every structure is
 # padded to the largest one, so one big supercell makes every step pay for it (a 4x4x4
@@ -175,7 +178,7 @@ class RunResult:
 
 def covalent_radii(element_a: str, element_b: str) -> tuple[float, float, float]:
     """Covalent radii (Angstrom) of H, A and B, as the strict criterion takes them."""
-    from crystalgan_jax.evaluation import covalent_radius
+    from crystalgan_jax.materials.evaluation import covalent_radius
 
     return tuple(covalent_radius(s) for s in ("H", element_a, element_b))
 
@@ -846,7 +849,7 @@ class ReportInputs(NamedTuple):
 
 def report_criteria(spec: RunSpec) -> dict:
     """The criteria a run's report judges by, as keyword options of
-    :func:`crystalgan_jax.report.write_report`: the run's d1, d2 and constrained classes."""
+    :func:`crystalgan_jax.materials.report.write_report`: the run's d1, d2 and constrained classes."""
     cfg = spec.train
     return {"d1": cfg.d1, "d2": cfg.d2,
             "classes": encoding.class_symbols(cfg.classes, spec.element_a, spec.element_b)}
@@ -854,11 +857,11 @@ def report_criteria(spec: RunSpec) -> dict:
 
 def report_inputs(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> ReportInputs:
     """The report's criteria, its reference structures
-    (:func:`crystalgan_jax.candidates.reference_structures`) and the training structures'
+    (:func:`crystalgan_jax.materials.candidates.reference_structures`) and the training structures'
     evaluations. Importing what the report needs (matplotlib, pymatgen's structure matcher)
     is most of it: ~0.8 s of the ~3 s of outputs, on the 2-core machine."""
-    from crystalgan_jax import candidates
-    from crystalgan_jax import report as report_lib
+    from crystalgan_jax.materials import candidates
+    from crystalgan_jax.materials import report as report_lib
 
     options = report_criteria(spec)
     references = candidates.reference_structures(ah.structures, bh.structures,
@@ -889,7 +892,7 @@ def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Netw
         _snap_files(files.get("final", {}), cfg.snap_symprec, log)
     report = None
     if spec.evaluate:
-        from crystalgan_jax import report as report_lib
+        from crystalgan_jax.materials import report as report_lib
 
         if inputs is None:
             inputs = report_inputs(spec, ah, bh)
@@ -900,7 +903,7 @@ def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Netw
                                              references=inputs.references,
                                              training_evaluations=inputs.training,
                                              **inputs.options)
-    from crystalgan_jax import export
+    from crystalgan_jax.materials import export
 
     extxyz, database = export.write_exports(
         out, files.get("final", {}), report,
@@ -920,7 +923,7 @@ def _learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
     cfg = spec.train
     changes = {}
     if cfg.window_weight > 0 and not cfg.pair_windows:
-        from crystalgan_jax import candidates
+        from crystalgan_jax.materials import candidates
 
         changes["pair_windows"] = candidates.learn_windows(
             ah.structures, bh.structures, spec.element_a, spec.element_b,
@@ -936,8 +939,8 @@ def _learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
 def _snap_files(files: dict[str, list[Path]], symprec: float,
                 log: Callable[[str], None]) -> None:
     """Rewrites each structure file that has a space group above P1 at ``symprec`` as its
-    idealised primitive standard cell (:func:`crystalgan_jax.candidates.snap_to_symmetry`)."""
-    from crystalgan_jax import candidates
+    idealised primitive standard cell (:func:`crystalgan_jax.materials.candidates.snap_to_symmetry`)."""
+    from crystalgan_jax.materials import candidates
 
     snapped = total = 0
     for paths in files.values():

@@ -1,8 +1,8 @@
 """Command-line flags derived from the run's configuration dataclasses.
 
-Every field of :class:`crystalgan_jax.runner.RunSpec`, of its
-:class:`crystalgan_jax.training.TrainConfig` and of that one's
-:class:`crystalgan_jax.losses.Weights` becomes exactly one absl flag. The flag's default
+Every field of :class:`crystalgan_jax.pipeline.runner.RunSpec`, of its
+:class:`crystalgan_jax.train.training.TrainConfig` and of that one's
+:class:`crystalgan_jax.core.losses.Weights` becomes exactly one absl flag. The flag's default
 is the field's default (there is no second copy to drift), its help text is the
 field's entry in the class docstring's ``Attributes:`` section, and its kind follows the
 field's type (bool, int, float, str, tuple -> comma-separated list). A field without a
@@ -28,9 +28,9 @@ from typing import Any, Callable, Sequence
 from absl import app, flags
 from absl import logging as absl_logging
 
-from crystalgan_jax.encoding import BLOCKS
-from crystalgan_jax.runner import RunSpec
-from crystalgan_jax.training import GEOMETRY_FORMS, METHODS
+from crystalgan_jax.core.encoding import BLOCKS
+from crystalgan_jax.pipeline.runner import RunSpec
+from crystalgan_jax.train.training import GEOMETRY_FORMS, METHODS
 
 # Flag names that differ from their field's name (kept for existing flagfiles and
 # commands): the field path "Class.field" -> flag name.
@@ -373,7 +373,7 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-# --- populations (crystalgan_jax.population): many runs in one compiled program ----------
+# --- populations (crystalgan_jax.pipeline.population): many runs in one compiled program ----------
 
 def define_population_flags(flag_values: flags.FlagValues = flags.FLAGS,
                             members: bool = True) -> None:
@@ -443,7 +443,7 @@ def use_cpu_cores(devices: int) -> None:
 
 def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The CHGNet screening flags shared by experiments/screen.py and table2.py --screen."""
-    from crystalgan_jax import screening  # no torch: that comes with load_calculator
+    from crystalgan_jax.screening import relax as screening  # no torch: that comes with load_calculator
 
     flags.DEFINE_enum("only", "ternary", ["unique", "strict", "paper", "ternary", "all"],
                       "Which candidates (verdicts before relaxation): one per StructureMatcher "

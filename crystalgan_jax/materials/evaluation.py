@@ -16,7 +16,7 @@ For a list (:func:`count_verdicts`): how many were generated, ternary, good (pap
 good (strict), and how many good (strict) ones are *unique* under pymatgen's
 StructureMatcher (default tolerances).
 
-All distances are periodic and come from :mod:`crystalgan_jax.geometry` (the same
+All distances are periodic and come from :mod:`crystalgan_jax.core.geometry` (the same
 primitives as the training penalty), evaluated in float64. Lengths are Angstrom,
 volumes Angstrom^3.
 """
@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax import geometry
-from crystalgan_jax.io import HYDROGEN, MIN_CELL_VOLUME
+from crystalgan_jax.core import geometry
+from crystalgan_jax.materials.io import HYDROGEN, MIN_CELL_VOLUME
 
 CUTOFF = 3.0  # Angstrom, neighbour table radius (the paper's Figure 5)
 SYMPREC = 0.1  # Angstrom, SpacegroupAnalyzer tolerance

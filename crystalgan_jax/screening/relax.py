@@ -11,7 +11,7 @@ each candidate (cell and positions) with CHGNet and FIRE, and judges what surviv
 - :class:`Hull`: pymatgen's PhaseDiagram from the elements and the relaxed training
   binaries; formation energy and energy above the hull of any composition of the system;
 - :func:`screen`: all of it over a list of candidates, plus the verdicts after relaxation
-  (ternary / good (paper) / good (strict) by :mod:`crystalgan_jax.evaluation`), unique
+  (ternary / good (paper) / good (strict) by :mod:`crystalgan_jax.materials.evaluation`), unique
   (StructureMatcher among the relaxed candidates), novel (matches no reference structure:
   the training set and the substitution baseline), and the S.U.N. counts
   (stable: E_hull <= threshold, unique, novel).
@@ -36,8 +36,8 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Structure
 
-from crystalgan_jax import evaluation
-from crystalgan_jax.io import HYDROGEN
+from crystalgan_jax.materials import evaluation
+from crystalgan_jax.materials.io import HYDROGEN
 
 DEFAULT_FMAX = 0.1  # eV/A, CHGNet's StructOptimizer default
 DEFAULT_MAX_STEPS = 500  # FIRE steps

@@ -38,7 +38,7 @@ keeps one structure per match. The build is deterministic: no randomness, fixed 
 
 Command line::
 
-    python -m crystalgan_jax.datasets --metal Pd --out data/PdH
+    python -m crystalgan_jax.materials.datasets --metal Pd --out data/PdH
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalgan_jax import geometry, io
+from crystalgan_jax.core import geometry
+from crystalgan_jax.materials import io
 
 HYDROGEN = "H"
 H_VOLUME = 2.9  # A^3 added to the cell per H atom (Peisl 1978; Fukai 2005)
@@ -405,9 +406,9 @@ def write_dataset(metal: str, out: str | Path, max_h: int = DEFAULT_MAX_H,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m crystalgan_jax.datasets --metal Pd --out data/PdH``."""
+    """Command line: ``python -m crystalgan_jax.materials.datasets --metal Pd --out data/PdH``."""
     parser = argparse.ArgumentParser(
-        prog="python -m crystalgan_jax.datasets",
+        prog="python -m crystalgan_jax.materials.datasets",
         description="Write a binary M-H data set of hydride prototypes as POSCAR files.")
     parser.add_argument("--metal", required=True, help="element symbol of the metal, e.g. Pd")
     parser.add_argument("--out", required=True, help="output folder (created if absent)")

@@ -3,7 +3,7 @@
 Each binary A-H structure becomes ternary A-B-H structures by putting B on some of the
 A sites (and each B-H structure by putting A on some B sites); the cell is scaled
 isotropically so that its volume follows Vegard's law. The results are evaluated by
-:mod:`crystalgan_jax.evaluation` exactly like generated structures.
+:mod:`crystalgan_jax.materials.evaluation` exactly like generated structures.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Sequence
 
 from pymatgen.core import Structure
 
-from crystalgan_jax.datasets import host_of
+from crystalgan_jax.materials.datasets import host_of
 
 
 def atomic_volume(symbol: str) -> float:

@@ -17,7 +17,7 @@ good structure). So::
     ase db runs/pdni/run.db good_paper=True,direction=AHB -c +spacegroup,reduced_formula
 
 select the candidates without any code. The verdicts come from the run's report (see
-:mod:`crystalgan_jax.report`); a run without a report exports the structures and their
+:mod:`crystalgan_jax.materials.report`); a run without a report exports the structures and their
 provenance only.
 """
 
@@ -67,7 +67,7 @@ def write_exports(output_dir: str | os.PathLike,
     Args:
       output_dir: the run's folder.
       files: ``{direction: [structure file, ...]}``: the run's final POSCAR files.
-      report: the run's report (:func:`crystalgan_jax.report.write_run_report`), whose
+      report: the run's report (:func:`crystalgan_jax.materials.report.write_run_report`), whose
         ``structures`` entries give each file's verdicts; None for none.
       provenance: key-value pairs shared by every row, e.g. ``{"seed": 0, "method":
         "crystalgan", "system": "Pd-Ni-H"}`` (str, int, float or bool values).
@@ -78,7 +78,7 @@ def write_exports(output_dir: str | os.PathLike,
     import ase.io
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from crystalgan_jax import io
+    from crystalgan_jax.materials import io
 
     output_dir = Path(output_dir)
     entries = {}

@@ -3,8 +3,8 @@
 Two levels, in the style of optax losses:
 
 * per-structure functions of plain arrays (:func:`reconstruction_error`,
-  :func:`occupancy_bce`, and in :mod:`crystalgan_jax.geometry` the penalty
-  :func:`~crystalgan_jax.geometry.penalty` and :func:`~crystalgan_jax.geometry.clash_energy`): lattice ``[3, 3]``, positions ``[N, 3]``,
+  :func:`occupancy_bce`, and in :mod:`crystalgan_jax.core.geometry` the penalty
+  :func:`~crystalgan_jax.core.geometry.penalty` and :func:`~crystalgan_jax.core.geometry.clash_energy`): lattice ``[3, 3]``, positions ``[N, 3]``,
   mask ``[N]``, per-atom class ids or radii ``[N]``, shifts ``[S, 3]``. Each returns one
   structure's value; ``jax.vmap`` them and reduce as the caller's loss needs. Logit
   losses (:func:`adversarial_bce`) return per-sample values the same way.
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from crystalgan_jax import geometry
-from crystalgan_jax.encoding import Crystal
+from crystalgan_jax.core import geometry
+from crystalgan_jax.core.encoding import Crystal
 
 # Structures per vmapped chunk of the clash term (:func:`clash`).
 CLASH_CHUNK = 16
@@ -174,7 +174,7 @@ def geometric(crystals: Crystal, shifts: jax.Array, d1: float, d2: float,
               form: str = "hinge") -> tuple[jax.Array, jax.Array]:
     """(L_geo1, L_geo2) averaged over a batch ``[B]`` of Cartesian crystals.
 
-    Per structure see :func:`crystalgan_jax.geometry.penalty_terms` (hinge:
+    Per structure see :func:`crystalgan_jax.core.geometry.penalty_terms` (hinge:
     sum relu(d1 - s)^2 and sum relu(s - d2)^2; paper: min (d1 - s)^2 and -min (d2 - s)^2).
     Occupancy is thresholded at 0.5, as in decoding; gradients reach lattice and
     positions.
@@ -186,7 +186,7 @@ def geometric(crystals: Crystal, shifts: jax.Array, d1: float, d2: float,
 
 def clash(crystals: Crystal, shifts: jax.Array, radii: Sequence[float],
           factor: float = 0.8) -> jax.Array:
-    """L_clash: :func:`crystalgan_jax.geometry.clash_penalty` averaged over a batch ``[B]``.
+    """L_clash: :func:`crystalgan_jax.core.geometry.clash_penalty` averaged over a batch ``[B]``.
 
     mean_b sum_{pairs i<j, images} relu(factor (r_i + r_j) - d_ij)^2, with r the covalent
     radius of each block's element (Angstrom).
@@ -225,13 +225,13 @@ def discriminator_objective(real_x: jax.Array, fake_x: jax.Array, real_y: jax.Ar
 def windows(crystals: Crystal, shifts: jax.Array,
             pair_windows: Sequence[tuple[Sequence[int], Sequence[int], float, float]]
             ) -> jax.Array:
-    """L_win: :func:`crystalgan_jax.geometry.window_penalty` averaged over a batch ``[B]``."""
+    """L_win: :func:`crystalgan_jax.core.geometry.window_penalty` averaged over a batch ``[B]``."""
     per = jax.vmap(lambda c: geometry.window_penalty(c, shifts, pair_windows))
     return jnp.mean(per(crystals))
 
 
 def cell_spacing(crystals: Crystal, min_spacing: float) -> jax.Array:
-    """L_cell: :func:`crystalgan_jax.geometry.spacing_penalty` averaged over a batch ``[B]``."""
+    """L_cell: :func:`crystalgan_jax.core.geometry.spacing_penalty` averaged over a batch ``[B]``."""
     return jnp.mean(jax.vmap(lambda l: geometry.spacing_penalty(l, min_spacing))(crystals.lattice))
 
 

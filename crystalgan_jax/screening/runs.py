@@ -1,11 +1,11 @@
 """Screening of whole runs and folders with CHGNet: journals, one system's hull, tables.
 
-:mod:`crystalgan_jax.screening` holds the physics (relaxation, references, hull,
+:mod:`crystalgan_jax.screening.relax` holds the physics (relaxation, references, hull,
 verdicts); this module applies it to what the scripts hand over: a run folder, any
 folder of structures, or every run of a Table 2 (``experiments/screen.py`` and
 ``experiments/table2.py --screen``). Each relaxation is appended to a journal as it ends,
 so an interrupted screening run again with the same settings continues where it stopped.
-Importing it loads no torch; :func:`crystalgan_jax.screening.load_calculator` does.
+Importing it loads no torch; :func:`crystalgan_jax.screening.relax.load_calculator` does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Any, Callable, Sequence
 
 from pymatgen.core import Structure
 
-from crystalgan_jax import encoding, evaluation, io, screening, substitution
+from crystalgan_jax.core import encoding
+from crystalgan_jax.materials import evaluation, io, substitution
+from crystalgan_jax.screening import relax as screening
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
@@ -250,7 +252,7 @@ def run_system(run_dir: Path) -> dict[str, Any]:
 
 
 def spec_system(base) -> dict[str, Any]:
-    """The same from a :class:`crystalgan_jax.runner.RunSpec` (flags or a flagfile)."""
+    """The same from a :class:`crystalgan_jax.pipeline.runner.RunSpec` (flags or a flagfile)."""
     classes = encoding.class_symbols(base.train.classes, base.element_a, base.element_b)
     return {"element_a": base.element_a, "element_b": base.element_b,
             "data_ah": base.data_ah, "data_bh": base.data_bh,

@@ -1,7 +1,7 @@
 """Evaluation report of generated structures: report.json, report.md and figures.
 
 :func:`write_report` evaluates every generated structure with
-:mod:`crystalgan_jax.evaluation`, counts the verdicts (generated, ternary, good (paper),
+:mod:`crystalgan_jax.materials.evaluation`, counts the verdicts (generated, ternary, good (paper),
 good (strict), unique), and writes
 
 - ``report.json``: criteria, ``counts`` over all final structures, counts per group
@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from pymatgen.core import Structure  # noqa: E402
 
-from crystalgan_jax import evaluation, io  # noqa: E402
-from crystalgan_jax.evaluation import StructureEvaluation  # noqa: E402
-from crystalgan_jax.io import HYDROGEN  # noqa: E402
+from crystalgan_jax.materials import evaluation, io  # noqa: E402
+from crystalgan_jax.materials.evaluation import StructureEvaluation  # noqa: E402
+from crystalgan_jax.materials.io import HYDROGEN  # noqa: E402
 
 DISTANCES_PNG = "distances.png"
 LOSSES_PNG = "losses.png"
@@ -288,7 +288,7 @@ def evaluate_training(training_structures: Sequence[Structure], element_a: str,
 
     Their distances only, no space groups (spglib took 0.33 of the 0.48 s that the 108
     embedded prototypes took). ``options``: those of
-    :func:`crystalgan_jax.evaluation.evaluate_structure`, as given to :func:`write_report`.
+    :func:`crystalgan_jax.materials.evaluation.evaluate_structure`, as given to :func:`write_report`.
     Nothing here depends on the generated structures, so a run computes it while it trains.
     """
     return evaluation.evaluate_structures(training_structures, element_a, element_b,
@@ -319,9 +319,9 @@ def write_report(output_dir: str | os.PathLike,
       element_a, element_b: the system's metals.
       metrics: optional loss records for :func:`plot_losses`.
       d1, d2, cutoff, symprec, classes, covalent_factor, volume_per_atom_range: as in
-        :func:`crystalgan_jax.evaluation.evaluate_structure`.
+        :func:`crystalgan_jax.materials.evaluation.evaluate_structure`.
       references: structures a candidate must not match to be new (substitution baseline
-        and training; :func:`crystalgan_jax.candidates.reference_structures`); where
+        and training; :func:`crystalgan_jax.materials.candidates.reference_structures`); where
         given, ``counts["novel"]`` counts the unique strictly good ones that match none.
       training_evaluations: :func:`evaluate_training` of ``training_structures`` with the
         same criteria, computed ahead (a run does it while it trains); computed here
@@ -349,7 +349,7 @@ def write_report(output_dir: str | os.PathLike,
 
     counts = evaluation.count_verdicts(structures, evaluations)
     if references is not None:
-        from crystalgan_jax import candidates
+        from crystalgan_jax.materials import candidates
 
         counts["novel"] = candidates.count_novel(structures, evaluations, references)
     by_group = {}

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, H_BLOCK, Crystal
+from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, H_BLOCK, Crystal
 
 # Metal-metal (A-A', B-B', A-B counted together) and H-H': the spec's default classes.
 DEFAULT_CLASSES: tuple[tuple[int, ...], ...] = ((A_BLOCK, B_BLOCK), (H_BLOCK,))
@@ -635,7 +635,7 @@ def window_penalty(crystal: Crystal, shifts: jax.Array,
 
     Each window ``(source blocks, target blocks, lo, hi)`` asks every source atom's
     nearest target atom (:func:`cross_nearest`) to lie in [lo, hi]; the windows are
-    learned from the training binaries (:func:`crystalgan_jax.candidates.learn_windows`).
+    learned from the training binaries (:func:`crystalgan_jax.materials.candidates.learn_windows`).
     Unlike the paper's classes this also covers metal-H pairs, in both directions.
     """
     total = jnp.zeros((), crystal.lattice.dtype)

@@ -5,7 +5,7 @@ structures:
 
 * :func:`learn_windows`: per-class nearest-neighbour windows (Angstrom) from the training
   binaries, for the differentiable window term of training
-  (:func:`crystalgan_jax.geometry.window_penalty`);
+  (:func:`crystalgan_jax.core.geometry.window_penalty`);
 * :func:`snap_to_symmetry`: a near-symmetric generated structure -> its idealised
   primitive standard cell (spglib through pymatgen), which the criteria then re-check;
 * :func:`novel_flags` / :func:`count_novel`: whether a candidate matches (pymatgen
@@ -22,9 +22,9 @@ import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
-from crystalgan_jax import evaluation, substitution
-from crystalgan_jax.encoding import A_BLOCK, B_BLOCK, H_BLOCK
-from crystalgan_jax.io import HYDROGEN
+from crystalgan_jax.materials import evaluation, substitution
+from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, H_BLOCK
+from crystalgan_jax.materials.io import HYDROGEN
 
 Window = tuple[tuple[int, ...], tuple[int, ...], float, float]
 
@@ -144,7 +144,7 @@ def count_novel(structures: Sequence[Structure],
     """Unique strictly good structures (StructureMatcher groups) that match no reference.
 
     One representative per group (its first member) is compared, as
-    :func:`crystalgan_jax.evaluation.unique_groups` groups them.
+    :func:`crystalgan_jax.materials.evaluation.unique_groups` groups them.
     """
     strict = [s for s, e in zip(structures, evaluations) if e.good_strict]
     labels = evaluation.unique_groups(strict, matcher)
