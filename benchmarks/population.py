@@ -3,11 +3,11 @@
 What is measured:
 
 * For each S (``--sizes``), in a fresh subprocess (so that its peak memory is its own),
-  :func:`crystalgan_jax.pipeline.population.run` trains S members (seeds 0..S-1) in the paper
+  :func:`crystalgan_jax.pipeline.job.run` trains S members (seeds 0..S-1) in the paper
   configuration (reference Pd-H/Ni-H data, 35 + 35 structures, minibatch 35, MLPs 5 x 100,
   one D then five G updates, Adam) for ``--epochs`` epochs per stage (default 200), no
   evaluation, chunks of ``--epochs / 2`` epochs, each device training its members in
-  vmapped groups of ``--group`` (default the library's ``population.member_group`` of
+  vmapped groups of ``--group`` (default the library's ``train_population.member_group`` of
   the platform: 4 on a CPU, all of a device's members on a GPU). Recorded: the wall time of the whole call
   (data, compilation, training, writing the structures), the training time (every chunk
   call, compilation of each stage's first chunk included), the steady-state time per epoch
@@ -56,11 +56,14 @@ PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate
 
 
 def _spec(out: Path, epochs: int):
-    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.pipeline import job
+    from crystalgan_jax.pipeline.prepare import load_domains
+    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
+    from crystalgan_jax.train import population as train_population
     from crystalgan_jax.train import training
 
     cfg = training.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
-    return runner.RunSpec(data_ah=str(REFERENCE / "PdH_dataset.mat"),
+    return RunSpec(data_ah=str(REFERENCE / "PdH_dataset.mat"),
                           data_bh=str(REFERENCE / "NiH_dataset.mat"), element_a="Pd",
                           element_b="Ni", output_dir=str(out), train=cfg,
                           checkpoint_every=epochs, evaluate=False)
@@ -70,12 +73,16 @@ def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
     """One population of ``size`` members, timed; runs in its own process."""
     import jax
 
-    from crystalgan_jax.pipeline import cli, population
+    from crystalgan_jax.pipeline import cli
+    from crystalgan_jax.pipeline import job
+    from crystalgan_jax.pipeline.prepare import load_domains
+    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
+    from crystalgan_jax.train import population as train_population
 
     cli.use_cpu_cores(min(size, cpu_devices))  # as train.py does; a lone run: one device
 
     calls: list[tuple[str, int, float]] = []
-    make = population.make_population_runner
+    make = train_population.make_population_chunk
 
     def timed(stage, *args, **kwargs):
         run_chunk = make(stage, *args, group=group, **kwargs)
@@ -87,13 +94,13 @@ def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
             return out
         return wrapped
 
-    population.make_population_runner = timed
+    train_population.make_population_chunk = timed
     with tempfile.TemporaryDirectory() as tmp:
         base = _spec(Path(tmp) / "pop", epochs)
-        spec = population.PopulationSpec(
-            base, population.make_members(list(range(size)), base.train.weights))
+        spec = PopulationSpec(
+            base, make_members(list(range(size)), base.train.weights))
         tic = time.perf_counter()
-        population.run(spec, log=lambda m: None)
+        job.run(spec, log=lambda m: None)
         wall = time.perf_counter() - tic
     steady = {}
     for stage in dict.fromkeys(name for name, _, _ in calls):
@@ -113,12 +120,15 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     import numpy as np
 
     from crystalgan_jax.core import encoding
-    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.pipeline import job
+    from crystalgan_jax.pipeline.prepare import load_domains
+    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
+    from crystalgan_jax.train import population as train_population
     from crystalgan_jax.train import training
 
     spec = _spec(Path("unused"), epochs)
     cfg = spec.train
-    ah, bh = runner.load_domains(spec)
+    ah, bh = load_domains(spec)
     layout = encoding.Layout.fit("Pd", "Ni", ah.structures + bh.structures)
     x, y = (jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(
         d.structures, layout, dtype=np.float32)) for d in (ah, bh))
@@ -160,7 +170,7 @@ def main() -> int:
                              "--cpu_devices (default: one per core; S = 1 uses one)")
     parser.add_argument("--group", type=int, default=None,
                         help="members vmapped together per device (default: the library's "
-                             "population.member_group of the platform)")
+                             "train_population.member_group of the platform)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ceiling_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,13 +189,16 @@ def main() -> int:
         return 1
     import jax
 
-    from crystalgan_jax.pipeline import population
+    from crystalgan_jax.pipeline import job
+    from crystalgan_jax.pipeline.prepare import load_domains
+    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
+    from crystalgan_jax.train import population as train_population
 
     sizes = [int(s) for s in args.sizes.split(",")]
     # the children take the library's default unless --group is given; the ceiling needs
     # a number: the default's, or all of the largest population's members per device
     group_args = [] if args.group is None else [f"--group={args.group}"]
-    ceiling_group = (args.group or population.member_group(jax.devices()[0].platform)
+    ceiling_group = (args.group or train_population.member_group(jax.devices()[0].platform)
                      or math.ceil(max(sizes) / len(jax.devices())))
     load_before = os.getloadavg()
     flops = epoch_flops(args.epochs)
@@ -229,7 +242,7 @@ def main() -> int:
         return 1
     ratio = results[-1]["train_s"] / results[0]["train_s"]
     report = {
-        "measured": "population.run, paper configuration on the reference data, no "
+        "measured": "job.run, paper configuration on the reference data, no "
                     "evaluation; training time includes compilation; steady state = last "
                     "chunk of each stage; FLOPs from XLA cost analysis of D and G "
                     "value_and_grad per minibatch",

@@ -119,16 +119,18 @@ def bench_in_process(epochs: int, work: Path) -> dict:
     import numpy as np
 
     from crystalgan_jax.core import encoding
-    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.pipeline import outputs
+    from crystalgan_jax.pipeline.prepare import load_domains
+    from crystalgan_jax.pipeline.spec import RunSpec
     from crystalgan_jax.train import training
 
     result: dict = {"import_in_process_s": time.perf_counter() - t0}
     cfg = training.TrainConfig(epochs=epochs)
-    spec = runner.RunSpec(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"),
+    spec = RunSpec(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"),
                           element_a="Pd", element_b="Ni", output_dir=str(work), train=cfg,
                           overwrite=True)
     t = time.perf_counter()
-    ah, bh = runner.load_domains(spec)
+    ah, bh = load_domains(spec)
     layout = encoding.Layout.fit("Pd", "Ni", ah.structures + bh.structures)
 
     def encode(domain):
@@ -180,7 +182,7 @@ def bench_in_process(epochs: int, work: Path) -> dict:
 
     t = time.perf_counter()
     generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
-    files = runner.write_structures(generated, layout, work, lambda msg: None)
+    files = outputs.write_structures(generated, layout, work, lambda msg: None)
     result["generate_write_s"] = time.perf_counter() - t
     t = time.perf_counter()
     from crystalgan_jax.materials import report as report_lib

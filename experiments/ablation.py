@@ -33,7 +33,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from crystalgan_jax.materials import candidates, evaluation  # noqa: E402
-from crystalgan_jax.pipeline import cli, runner  # noqa: E402
+from crystalgan_jax.pipeline import cli  # noqa: E402
+from crystalgan_jax.pipeline import errors, job, outputs  # noqa: E402
+from crystalgan_jax.pipeline.prepare import load_domains, prepare  # noqa: E402
+from crystalgan_jax.pipeline.spec import RunSpec  # noqa: E402
 from crystalgan_jax.core import encoding  # noqa: E402
 from crystalgan_jax.materials import substitution  # noqa: E402
 from crystalgan_jax.train import training  # noqa: E402
@@ -115,8 +118,8 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_row(base: runner.RunSpec, variant: str, seed: int, out: Path,
-            trained: dict[int, runner.RunResult]) -> dict:
+def run_row(base: RunSpec, variant: str, seed: int, out: Path,
+            trained: dict[int, job.RunResult]) -> dict:
     """One run (or, for a sampling-only row, one re-sampling of the plus state)."""
     cfg = variant_config(base.train, variant)
     spec = dataclasses.replace(base, seed=seed, output_dir=str(out / variant / f"seed{seed}"),
@@ -129,15 +132,14 @@ def run_row(base: runner.RunSpec, variant: str, seed: int, out: Path,
         plus = trained[seed]
         spec = dataclasses.replace(spec, train=dataclasses.replace(
             plus.spec.train, **VARIANTS[variant]))
-        spec, ah, bh, layout, x, y, nets = runner.prepare(spec, _log)
+        prepared = prepare(spec, _log)
         folder = Path(spec.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        _, report = runner.write_outputs(
-            spec, plus.state, nets, x, y, layout, ah, bh, folder, plus.metrics,
-            _log)
+        _, report = outputs.write_outputs(prepared.spec, plus.state, prepared, folder,
+                                          plus.metrics, _log)
         counts = report["counts"]
     else:
-        result = runner.run(spec)
+        result = job.run(spec)
         if variant == "plus":
             trained[seed] = result
         counts = result.report["counts"]
@@ -150,8 +152,8 @@ def run_row(base: runner.RunSpec, variant: str, seed: int, out: Path,
     return row
 
 
-def substitution_row(base: runner.RunSpec) -> dict:
-    ah, bh = runner.load_domains(base)
+def substitution_row(base: RunSpec) -> dict:
+    ah, bh = load_domains(base)
     tic = time.perf_counter()
     structures = substitution.substitution(ah.structures, bh.structures, base.element_a,
                                            base.element_b)
@@ -165,7 +167,7 @@ def substitution_row(base: runner.RunSpec) -> dict:
     return {"runs": [{"seed": None, "counts": counts}], "summary": summarize([counts])}
 
 
-def markdown(table: dict, base: runner.RunSpec, seeds: list[int]) -> str:
+def markdown(table: dict, base: RunSpec, seeds: list[int]) -> str:
     lines = [f"# Ablation: {base.element_a}-{base.element_b}-H", "",
              f"Seeds {', '.join(map(str, seeds))}; {base.train.epochs} epochs per stage; "
              f"d1 = {base.train.d1}, d2 = {base.train.d2} A. Mean +- std over seeds. Novel: "
@@ -207,7 +209,7 @@ def main(argv: list[str]) -> int:
     out = Path(FLAGS.output_dir)
     seeds = [int(s) for s in FLAGS.seeds]
     table: dict[str, dict] = {}
-    trained: dict[int, runner.RunResult] = {}
+    trained: dict[int, job.RunResult] = {}
     try:
         for variant in FLAGS.variants:
             runs = [run_row(base, variant, seed, out, trained) for seed in seeds]
@@ -215,7 +217,7 @@ def main(argv: list[str]) -> int:
             _write(out, table, base, seeds)  # after each row: nothing lost if cut short
         if FLAGS.with_substitution:
             table["substitution"] = substitution_row(base)
-    except (StructureFileError, FileExistsError, runner.RunError) as err:
+    except (StructureFileError, FileExistsError, errors.RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = _write(out, table, base, seeds)
@@ -223,7 +225,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def collect(folders: list[Path], out: Path, base: runner.RunSpec) -> int:
+def collect(folders: list[Path], out: Path, base: RunSpec) -> int:
     """Merges several ablation.json files (same system, other seeds) into one table.
 
     A row keeps the runs of every folder that has it; the substitution row is taken once.
@@ -258,7 +260,7 @@ def collect(folders: list[Path], out: Path, base: runner.RunSpec) -> int:
     return 0
 
 
-def _write(out: Path, table: dict, base: runner.RunSpec, seeds: list[int]) -> str:
+def _write(out: Path, table: dict, base: RunSpec, seeds: list[int]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(table, base, seeds)
     (out / "ablation.md").write_text(text)

@@ -38,13 +38,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from crystalgan_jax.pipeline import cli, population, runner  # noqa: E402
+from crystalgan_jax.pipeline import cli  # noqa: E402
+from crystalgan_jax.pipeline import folder  # noqa: E402
+from crystalgan_jax.pipeline import job  # noqa: E402
+from crystalgan_jax.pipeline.spec import PopulationSpec, make_members  # noqa: E402
 from crystalgan_jax.core import encoding  # noqa: E402
 from crystalgan_jax.materials import evaluation, substitution  # noqa: E402
 from crystalgan_jax.screening import runs as screen_runs  # noqa: E402
 from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
-from crystalgan_jax.pipeline.runner import (  # noqa: E402
-    CheckpointError, DivergenceError, RunError, check_output, load_domains)
+from crystalgan_jax.train.checkpoints import CheckpointError
+from crystalgan_jax.pipeline.errors import DivergenceError, RunError
+from crystalgan_jax.pipeline.folder import check_output
+from crystalgan_jax.pipeline.prepare import load_domains
 from crystalgan_jax.train.training import METHODS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -187,16 +192,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, "population.PopulationSpec"]:
+def run_specs(base, methods: list[str], seeds: list[int]) -> dict[str, "PopulationSpec"]:
     """Method -> the population of its seeds (one compiled program per method); building
     them checks every seed and method."""
     out = Path(FLAGS.output_dir)
     specs = {}
     for method in methods:
         train_cfg = method_config(base.train, method)
-        specs[method] = population.PopulationSpec(
+        specs[method] = PopulationSpec(
             dataclasses.replace(base, output_dir=str(out / method), train=train_cfg),
-            population.make_members(seeds, train_cfg.weights))
+            make_members(seeds, train_cfg.weights))
     return specs
 
 
@@ -214,7 +219,7 @@ class Job:
 
     name: str
     cost: float
-    run: Callable  # (device or None, stop event) -> population.run's result
+    run: Callable  # (device or None, stop event) -> job.run's result
     after: tuple[str, ...] = ()  # jobs that must be done first
     priority: float = 0.0  # cost of the longest chain from here: the order jobs start in
 
@@ -258,7 +263,7 @@ def _start_from_stage1(leader: Path, follower, epochs: int) -> None:
     if follower.base.resume and any((out / "checkpoints").glob("[0-9]*")):
         return
     if out.exists():  # --overwrite (check_output refused a run otherwise)
-        runner.clear_run(out)
+        folder.clear_run(out)
     shutil.copytree(leader / "checkpoints" / str(epochs), out / "checkpoints" / str(epochs))
     for member in follower.members:
         (out / "members" / member.name).mkdir(parents=True, exist_ok=True)
@@ -294,7 +299,7 @@ def make_jobs(specs: dict) -> list[Job]:
     return jobs
 
 
-def train_methods(specs: dict) -> dict[str, tuple["population.PopulationResult", float]]:
+def train_methods(specs: dict) -> dict[str, tuple["job.PopulationResult", float]]:
     """Job name (each method, and "stage1" where some share it) -> (its trained
     population, or None for the shared stage 1; wall seconds of the job).
 
@@ -354,7 +359,7 @@ def _train(name: str, spec, device=None, stop=None, until_epoch=None):
     logging.info("== %s, seeds %s%s", name, ", ".join(map(str, seeds)), where)
     tic = time.perf_counter()
     prefix = f"[process {jax.process_index()}] " if jax.process_count() > 1 else ""
-    result = population.run(spec, devices=None if device is None else [device], stop=stop,
+    result = job.run(spec, devices=None if device is None else [device], stop=stop,
                             until_epoch=until_epoch,
                             log=lambda msg: logging.info("%s[%s] %s", prefix, name, msg))
     return result, round(time.perf_counter() - tic, 1)

@@ -18,9 +18,12 @@ startup.collect_less()  # before the heavy imports below
 
 from absl import app, flags  # noqa: E402
 
-from crystalgan_jax.pipeline import cli, population  # noqa: E402
+from crystalgan_jax.pipeline import cli  # noqa: E402
+from crystalgan_jax.pipeline.spec import PopulationSpec, make_members  # noqa: E402
 from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
-from crystalgan_jax.pipeline.runner import CheckpointError, DivergenceError, RunError, run  # noqa: E402
+from crystalgan_jax.train.checkpoints import CheckpointError  # noqa: E402
+from crystalgan_jax.pipeline.errors import DivergenceError, RunError  # noqa: E402
+from crystalgan_jax.pipeline.job import run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -36,7 +39,7 @@ def is_population() -> bool:
             or FLAGS.distributed or FLAGS.coordinator_address is not None)
 
 
-def population_from_flags(spec) -> population.PopulationSpec:
+def population_from_flags(spec) -> PopulationSpec:
     """--seeds or --num_seeds (from --seed on), and the --sweep_l* values."""
     if FLAGS.seeds and FLAGS.num_seeds is not None:
         raise app.UsageError("give --seeds or --num_seeds, not both")
@@ -49,8 +52,8 @@ def population_from_flags(spec) -> population.PopulationSpec:
         raise app.UsageError(f"--seeds / --sweep_l*: not a number ({err})")
     if FLAGS.num_seeds is not None and FLAGS.num_seeds < 1:
         raise app.UsageError(f"--num_seeds must be at least 1, got {FLAGS.num_seeds}")
-    members = population.make_members(seeds, spec.train.weights, sweeps)
-    return population.PopulationSpec(spec, members)
+    members = make_members(seeds, spec.train.weights, sweeps)
+    return PopulationSpec(spec, members)
 
 
 def run_population(spec) -> int:
@@ -64,7 +67,7 @@ def run_population(spec) -> int:
     except cli.UsageError as err:
         raise app.UsageError(str(err)) from None
     try:
-        result = population.run(pop, extra_files={"flags.txt": FLAGS.flags_into_string()})
+        result = run(pop, extra_files={"flags.txt": FLAGS.flags_into_string()})
     except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3 if isinstance(err, DivergenceError) else 2

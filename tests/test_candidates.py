@@ -174,16 +174,18 @@ def test_perturb_and_sampling_shapes():
 
 def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
     from crystalgan_jax.train import checkpoints
-    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.pipeline import job
+    from crystalgan_jax.pipeline.prepare import prepare
+    from crystalgan_jax.pipeline.spec import RunSpec
 
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     cfg = training.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,
                                width=16, chunk_epochs=2, generator_steps=1,
                                samples_per_input=3, snapshots=2, snap_symprec=0.0)
-    spec = runner.RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
+    spec = RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                           output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=2,
                           seed=0, evaluate=False)
-    result = runner.run(spec, log=lambda m: None)
+    result = job.run(spec, log=lambda m: None)
     assert list(training.snapshot_epochs(cfg)) == [2]
     # global epoch 6 = stage-3 epoch 2: the checkpoint of that epoch holds the snapshot
     ckpt = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints")
@@ -200,7 +202,8 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
             np.testing.assert_allclose(np.asarray(a[0]), b, rtol=1e-6, atol=1e-7)
             assert not np.allclose(np.asarray(a[0]), np.asarray(final))  # trained on
     # sample block 0 runs the final generators, block 1 the snapshot, block 2 the final
-    spec, _, _, _, x, y, nets = runner.prepare(spec, lambda m: None)
+    prepared = prepare(spec, lambda m: None)
+    spec, x, y, nets = prepared.spec, prepared.x, prepared.y, prepared.nets
     cfg, key = spec.train, jax.random.PRNGKey(5)
     out = training.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
 

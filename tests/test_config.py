@@ -9,7 +9,7 @@ from absl import flags
 from crystalgan_jax.pipeline import cli
 from crystalgan_jax.core import losses
 from crystalgan_jax.train import training
-from crystalgan_jax.pipeline.runner import RunSpec
+from crystalgan_jax.pipeline.spec import RunSpec
 from tests.conftest import REPO
 
 REQUIRED = ["--data_ah=a", "--data_bh=b", "--element_a=Pd", "--element_b=Ni", "--output_dir=o"]

@@ -21,7 +21,8 @@ from pymatgen.core import Lattice, Structure
 from crystalgan_jax.materials import io
 from crystalgan_jax.core import losses
 from crystalgan_jax.train import training
-from crystalgan_jax.pipeline.runner import MAX_BLOCK_ROWS, MAX_SEED, RunSpec, check_sizes
+from crystalgan_jax.pipeline.spec import MAX_BLOCK_ROWS, MAX_SEED, RunSpec
+from crystalgan_jax.pipeline.prepare import check_sizes
 from tests.conftest import SHARED
 
 BAD_MAT = SHARED / "bad-inputs"

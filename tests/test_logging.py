@@ -10,7 +10,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.core import encoding
-from crystalgan_jax.pipeline import runner
+from crystalgan_jax.pipeline import loop, outputs, trainers
 from tests.conftest import REPO, small_domain
 
 
@@ -26,7 +26,7 @@ def test_skipped_samples_are_summarised_in_one_line(tmp_path):
     lattice[5] = np.diag([4.0, 4.0, 1e-6])  # sample 5: a flat cell
     crystals = encoding.Crystal(lattice, batch.positions, masks)
     messages = []
-    files = runner.write_structures({"final": {"AHB": crystals}}, layout, tmp_path,
+    files = outputs.write_structures({"final": {"AHB": crystals}}, layout, tmp_path,
                                     messages.append)
     assert [p.name for p in files["final"]["AHB"]] == ["000.vasp"]
     assert len(messages) == 1, messages
@@ -37,11 +37,11 @@ def test_skipped_samples_are_summarised_in_one_line(tmp_path):
 
 def test_compile_ahead_times_the_compilation_and_passes_other_callables():
     fn = jax.jit(lambda x: jnp.sin(x) * 2)
-    compiled, seconds = runner._compile_lowered(runner._lower(fn, jnp.ones(3)))
-    assert seconds is not None and seconds > 0
+    compiled, seconds, quick = loop.compile_lowered(trainers.lower(fn, True, jnp.ones(3)))
+    assert seconds is not None and seconds > 0 and quick
     np.testing.assert_allclose(compiled(jnp.ones(3)), 2 * np.sin(1.0), rtol=1e-6)
     plain = lambda x: x  # noqa: E731
-    assert runner._compile_lowered(runner._lower(plain, 1)) == (plain, None)
+    assert loop.compile_lowered(trainers.lower(plain, False, 1)) == (plain, None, False)
 
 
 def test_train_py_logs_progress_to_the_terminal_and_to_log_dir(tmp_path):

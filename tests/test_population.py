@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,11 @@ import numpy as np
 import pytest
 
 from crystalgan_jax.core import losses
-from crystalgan_jax.pipeline import population, runner
+from crystalgan_jax.pipeline import errors
+from crystalgan_jax.pipeline import job
+from crystalgan_jax.pipeline.pooled import write_pooled_report
+from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
+from crystalgan_jax.train import population as train_population
 from crystalgan_jax.train import training
 from tests.conftest import REPO, small_domain
 
@@ -34,21 +39,21 @@ def small_data(tmp_path_factory):
     return small_domain(tmp, "PdH", 5), small_domain(tmp, "NiH", 5)
 
 
-def _base(small_data, out, **kw) -> runner.RunSpec:
+def _base(small_data, out, **kw) -> RunSpec:
     ah, bh = small_data
-    return runner.RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
+    return RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                           output_dir=str(out), train=TINY, checkpoint_every=1, **kw)
 
 
-def _spec(small_data, out, **kw) -> population.PopulationSpec:
-    members = population.make_members(SEEDS, TINY.weights, {"l7": SWEEP_L7})
-    return population.PopulationSpec(_base(small_data, out, **kw), members)
+def _spec(small_data, out, **kw) -> PopulationSpec:
+    members = make_members(SEEDS, TINY.weights, {"l7": SWEEP_L7})
+    return PopulationSpec(_base(small_data, out, **kw), members)
 
 
 @pytest.fixture(scope="module")
 def pop_run(small_data, tmp_path_factory):
     traces = []
-    result = population.run(_spec(small_data, tmp_path_factory.mktemp("pop")),
+    result = job.run(_spec(small_data, tmp_path_factory.mktemp("pop")),
                             log=lambda m: None, on_trace=traces.append)
     return result, traces
 
@@ -63,19 +68,19 @@ def _member_params(tree, index):
 
 
 def test_members_are_named_by_seed_and_swept_weights():
-    members = population.make_members([0, 3], losses.Weights(), {"l5": [0.1, 1, 10]})
+    members = make_members([0, 3], losses.Weights(), {"l5": [0.1, 1, 10]})
     assert [m.name for m in members] == ["seed_0_l5_0.1", "seed_0_l5_1", "seed_0_l5_10",
                                          "seed_3_l5_0.1", "seed_3_l5_1", "seed_3_l5_10"]
     assert members[5].weights.l5 == 10.0 and members[5].weights.l6 == 1.0
-    assert [m.name for m in population.make_members([2], losses.Weights())] == ["seed_2"]
+    assert [m.name for m in make_members([2], losses.Weights())] == ["seed_2"]
     with pytest.raises(ValueError, match="distinct"):
-        population.make_members([1, 1], losses.Weights())
+        make_members([1, 1], losses.Weights())
     with pytest.raises(ValueError, match="sweep"):
-        population.make_members([1], losses.Weights(), {"occupancy": [1, 2]})
+        make_members([1], losses.Weights(), {"occupancy": [1, 2]})
 
 
 def test_padding_rows_repeat_member_zero():
-    one = population.MemberSharding.over(3, jax.devices()[:1])
+    one = train_population.MemberSharding.over(3, jax.devices()[:1])
     assert one.padded == 3 and one.local_members() == [0, 1, 2]
     sharding = dataclasses.replace(one, padded=4)  # as over 4 devices
     np.testing.assert_array_equal(sharding.pad(np.array([5, 6, 7])), [5, 6, 7, 5])
@@ -83,7 +88,7 @@ def test_padding_rows_repeat_member_zero():
 
 def test_members_equal_single_runs(pop_run, small_data, tmp_path):
     # members (seed 3, l7 = 0) and (seed 7, l7 = 1) of one program against the runs of
-    # runner.run with that seed and l7 (Python floats there, traced weights here)
+    # job.run with that seed and l7 (Python floats there, traced weights here)
     result, traces = pop_run
     assert traces == ["stage1", "stage3"]  # one compilation per stage for all members
     names = [m.name for m in result.members]
@@ -91,9 +96,9 @@ def test_members_equal_single_runs(pop_run, small_data, tmp_path):
         weights = dataclasses.replace(TINY.weights, l7=l7)
         spec = dataclasses.replace(_base(small_data, tmp_path / f"{seed}_{l7}", evaluate=False),
                                    seed=seed, train=dataclasses.replace(TINY, weights=weights))
-        single = runner.run(spec, log=lambda m: None)
+        single = job.run(spec, log=lambda m: None)
         index = names.index(f"seed_{seed}_l7_{l7:g}")
-        member = population.member_state(result.state.members, index)
+        member = train_population.member_state(result.state.members, index)
         _assert_params_close(single.state.params, member.params)
         np.testing.assert_array_equal(single.state.key, member.key)
         # the member's folder holds what the single run wrote, metrics included
@@ -146,7 +151,7 @@ def test_four_devices_equal_one(pop_run, small_data, tmp_path):
                         "--noevaluate"], devices=4, cwd=tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert len(config["devices"]) == 4 and config["padded_members"] == 8
-    four = population.read_checkpoint(out / "checkpoints")
+    four = train_population.read_checkpoint(out / "checkpoints")
     one = result.state.members
     assert int(four["epoch"]) == 2 * TINY.epochs
     for i in range(N_MEMBERS):
@@ -158,10 +163,10 @@ def test_accelerator_default_one_vmap_equals_groups(pop_run, small_data, tmp_pat
                                                     monkeypatch):
     # On a GPU the default is one vmap over a device's members; the CPU default (groups of
     # at most MEMBER_GROUP: 3 + 3 here) must train the same members
-    assert population.member_group("cpu") == population.MEMBER_GROUP
-    assert population.member_group("gpu") is None and population.member_group("tpu") is None
-    monkeypatch.setattr(population, "member_group", lambda platform: None)
-    whole = population.run(_spec(small_data, tmp_path / "whole", evaluate=False),
+    assert train_population.member_group("cpu") == train_population.MEMBER_GROUP
+    assert train_population.member_group("gpu") is None and train_population.member_group("tpu") is None
+    monkeypatch.setattr(train_population, "member_group", lambda platform: None)
+    whole = job.run(_spec(small_data, tmp_path / "whole", evaluate=False),
                            log=lambda m: None)
     result, _ = pop_run
     for i in range(N_MEMBERS):
@@ -180,9 +185,10 @@ def test_two_processes_equal_one(pop_run, small_data, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[0] [process 0] 6 members (3 on this process)" in proc.stderr
-    assert "[1] [process 1] 6 members (3 on this process)" in proc.stderr
-    two = population.read_checkpoint(out / "checkpoints")
+    for i in (0, 1):  # local_cluster's [i], the log line's prefix, then the process's own
+        assert re.search(rf"^\[{i}\] .*\[process {i}\] 6 members \(3 on this process\)",
+                         proc.stderr, re.M), proc.stderr[-3000:]
+    two = train_population.read_checkpoint(out / "checkpoints")
     for i in range(N_MEMBERS):
         _assert_params_close(_member_params(result.state.members.params, i),
                              _member_params(two["members"]["params"], i))
@@ -203,7 +209,7 @@ def test_two_processes_equal_one(pop_run, small_data, tmp_path):
 def test_resume_after_interrupt_equals_uninterrupted(pop_run, small_data, tmp_path,
                                                      monkeypatch):
     result, _ = pop_run
-    make = population.make_population_runner
+    make = train_population.make_population_chunk
     calls = []
 
     def interrupting(*args, **kwargs):
@@ -217,13 +223,13 @@ def test_resume_after_interrupt_equals_uninterrupted(pop_run, small_data, tmp_pa
             return out
         return wrapped
 
-    monkeypatch.setattr(population, "make_population_runner", interrupting)
+    monkeypatch.setattr(train_population, "make_population_chunk", interrupting)
     messages = []
     with pytest.raises(KeyboardInterrupt):
-        population.run(_spec(small_data, tmp_path, evaluate=False), log=messages.append)
-    monkeypatch.setattr(population, "make_population_runner", make)
+        job.run(_spec(small_data, tmp_path, evaluate=False), log=messages.append)
+    monkeypatch.setattr(train_population, "make_population_chunk", make)
     assert f"interrupted: state of epoch {TINY.epochs} saved" in messages[-1]
-    resumed = population.run(_spec(small_data, tmp_path, evaluate=False, resume=True),
+    resumed = job.run(_spec(small_data, tmp_path, evaluate=False, resume=True),
                              log=messages.append)
     assert any(f"from epoch {TINY.epochs}" in m for m in messages)
     _assert_params_close(result.state.members.params, resumed.state.members.params)
@@ -231,17 +237,17 @@ def test_resume_after_interrupt_equals_uninterrupted(pop_run, small_data, tmp_pa
         rows = [json.loads(l) for l in
                 (tmp_path / "members" / m.name / "metrics.jsonl").read_text().splitlines()]
         assert [r["global_epoch"] for r in rows] == list(range(1, 2 * TINY.epochs + 1))
-    other = population.PopulationSpec(_base(small_data, tmp_path, resume=True),
-                                      population.make_members([3, 5], TINY.weights, {"l7": SWEEP_L7}))
-    with pytest.raises(runner.ResumeMismatchError, match="other members"):
-        population.run(other, log=lambda m: None)
+    other = PopulationSpec(_base(small_data, tmp_path, resume=True),
+                                      make_members([3, 5], TINY.weights, {"l7": SWEEP_L7}))
+    with pytest.raises(errors.ResumeMismatchError, match="other members"):
+        job.run(other, log=lambda m: None)
 
 
 def test_pooled_candidates_hold_each_structure_once(tmp_path):
     # member a: files 0, 1 strictly good; member b: file 0 (the same structure as a's 0)
     # and 2. The pool has three groups; the shared one names both members.
     src = sorted((REPO / "data" / "PdH").glob("*.vasp"))[:3]
-    members = population.make_members([0, 1], losses.Weights())
+    members = make_members([0, 1], losses.Weights())
     chosen = {"seed_0": [0, 1], "seed_1": [0, 2]}
     for m in members:
         folder = tmp_path / "members" / m.name
@@ -259,7 +265,7 @@ def test_pooled_candidates_hold_each_structure_once(tmp_path):
                   "unique": 2}
         (folder / "report.json").write_text(json.dumps({"counts": counts,
                                                          "structures": entries}))
-    pooled = population.write_pooled_report(tmp_path, members, "Pd", "Ni")
+    pooled = write_pooled_report(tmp_path, members, "Pd", "Ni")
     found = sorted(tuple(c["found_by"]) for c in pooled["candidates"])
     assert found == [("seed_0",), ("seed_0", "seed_1"), ("seed_1",)]
     assert pooled["counts"]["unique"] == 3 and pooled["counts"]["good_strict"] == 4
@@ -284,14 +290,14 @@ def test_stage1_is_the_same_training_with_or_without_constraints(pop_run, small_
     # experiments/table2.py trains stage 1 once for nocons, crystalgan and crystalgan+clash
     # (until_epoch) and resumes each from it: that must be what training each gives.
     result, _ = pop_run  # crystalgan, members (seed, l7) = (3, 0), (3, 1), (5, 0), ...
-    first = population.read_checkpoint(result.output_dir / "checkpoints", TINY.epochs)
+    first = train_population.read_checkpoint(result.output_dir / "checkpoints", TINY.epochs)
     nocons = dataclasses.replace(TINY, method="nocons")
-    spec = population.PopulationSpec(
+    spec = PopulationSpec(
         dataclasses.replace(_base(small_data, tmp_path / "nocons", evaluate=False),
-                            train=nocons), population.make_members(SEEDS, nocons.weights))
-    assert population.run(spec, log=lambda m: None, until_epoch=TINY.epochs) is None
+                            train=nocons), make_members(SEEDS, nocons.weights))
+    assert job.run(spec, log=lambda m: None, until_epoch=TINY.epochs) is None
     assert not (tmp_path / "nocons" / "members" / "seed_3" / "structures").exists()
-    shared = population.read_checkpoint(tmp_path / "nocons" / "checkpoints")
+    shared = train_population.read_checkpoint(tmp_path / "nocons" / "checkpoints")
     assert shared["epoch"] == TINY.epochs
     for i in range(len(SEEDS)):  # each seed's stage 1, whatever l5..l7
         for j in range(len(SWEEP_L7)):
@@ -300,9 +306,9 @@ def test_stage1_is_the_same_training_with_or_without_constraints(pop_run, small_
                                                 i * len(SWEEP_L7) + j))
     # and a population stopped there and resumed ends where the uninterrupted one does
     out = tmp_path / "crystalgan"
-    assert population.run(_spec(small_data, out, evaluate=False), log=lambda m: None,
+    assert job.run(_spec(small_data, out, evaluate=False), log=lambda m: None,
                           until_epoch=TINY.epochs) is None
-    resumed = population.run(_spec(small_data, out, evaluate=False, resume=True),
+    resumed = job.run(_spec(small_data, out, evaluate=False, resume=True),
                              log=lambda m: None)
     assert int(resumed.state.epoch) == 2 * TINY.epochs
     _assert_params_close(result.state.members.params, resumed.state.members.params)
@@ -313,8 +319,8 @@ def test_stop_event_interrupts_like_ctrl_c(small_data, tmp_path):
     stop = threading.Event()
     stop.set()
     messages = []
-    with pytest.raises(runner.Interrupted):
-        population.run(_spec(small_data, tmp_path, evaluate=False), log=messages.append,
+    with pytest.raises(errors.Interrupted):
+        job.run(_spec(small_data, tmp_path, evaluate=False), log=messages.append,
                        stop=stop)
     assert "interrupted: state of epoch 0 saved" in messages[-1]
-    assert population.read_checkpoint(tmp_path / "checkpoints")["epoch"] == 0
+    assert train_population.read_checkpoint(tmp_path / "checkpoints")["epoch"] == 0

@@ -20,8 +20,11 @@ import pytest
 
 from crystalgan_jax.train import checkpoints, training
 from crystalgan_jax.train.checkpoints import CheckpointError, Checkpoints
-from crystalgan_jax.pipeline.runner import (DivergenceError, OutputDirError, RunSpec, check_output,
-                                   chunk_length, run)
+from crystalgan_jax.pipeline.errors import DivergenceError, OutputDirError
+from crystalgan_jax.pipeline.spec import RunSpec
+from crystalgan_jax.pipeline.folder import check_output
+from crystalgan_jax.pipeline.loop import chunk_length
+from crystalgan_jax.pipeline.job import run
 from tests.conftest import REPO, small_domain
 
 TRAIN = REPO / "experiments" / "train.py"

@@ -14,7 +14,9 @@ from ase.io import read as ase_read
 from crystalgan_jax.core import encoding, losses, models
 from crystalgan_jax.materials import io
 from crystalgan_jax.train import training
-from crystalgan_jax.pipeline.runner import ResumeMismatchError, RunSpec, run
+from crystalgan_jax.pipeline.errors import ResumeMismatchError
+from crystalgan_jax.pipeline.spec import RunSpec
+from crystalgan_jax.pipeline.job import run
 from tests.conftest import small_domain
 
 SMALL = training.TrainConfig(epochs=4, batch_size=4, depth=2, width=32, chunk_epochs=2,
@@ -68,16 +70,16 @@ def test_run_writes_structures_that_pymatgen_and_ase_read(full_run):
 
 def test_the_report_inputs_are_prepared_beside_training_and_change_nothing(
         small_data, tmp_path, monkeypatch):
-    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.pipeline import outputs, prepare
 
     threads = []
-    prepare = runner.report_inputs
+    report_inputs = outputs.report_inputs
 
     def recording(*args):
         threads.append(threading.current_thread())
-        return prepare(*args)
+        return report_inputs(*args)
 
-    monkeypatch.setattr(runner, "report_inputs", recording)
+    monkeypatch.setattr(outputs, "report_inputs", recording)
     spec = _spec(small_data, tmp_path / "run",
                  train=dataclasses.replace(SMALL, epochs=1, chunk_epochs=1))
     result = run(spec, log=lambda m: None)
@@ -85,9 +87,9 @@ def test_the_report_inputs_are_prepared_beside_training_and_change_nothing(
     # the same state's outputs again, the report's inputs computed where they are used
     again = tmp_path / "again"
     again.mkdir()
-    spec, ah, bh, layout, x, y, nets = runner.prepare(spec)
-    runner.write_outputs(spec, result.state, nets, x, y, layout, ah, bh, again,
-                         result.metrics, lambda m: None)
+    prepared = prepare.prepare(spec)
+    outputs.write_outputs(prepared.spec, result.state, prepared, again, result.metrics,
+                          lambda m: None)
     assert len(threads) == 2 and threads[1] is threading.main_thread()
     assert (json.loads((again / "report.json").read_text())
             == json.loads((result.output_dir / "report.json").read_text()))
@@ -234,19 +236,20 @@ def _encoded(small_data):
 
 
 def test_a_stage_that_cannot_be_traced_fails_before_any_training(small_data, tmp_path):
-    from crystalgan_jax.pipeline import runner
+    from crystalgan_jax.pipeline import loop
+    from crystalgan_jax.pipeline.prepare import prepare
+    from crystalgan_jax.pipeline.spec import PopulationSpec
+    from crystalgan_jax.pipeline.trainers import SingleTrainer
 
-    layout, x, y = _encoded(small_data)
-    lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), SMALL)
-    state = jax.eval_shape(lambda k: training.init_state(k, nets, SMALL), jax.random.PRNGKey(0))
+    spec = _spec(small_data, tmp_path)
+    trainer = SingleTrainer(PopulationSpec.single(spec), prepare(spec))
 
     def broken(stage):
         if stage == "stage3":
             raise RuntimeError("stage 3 does not trace")
 
-    futures = runner.compile_stages(_spec(small_data, tmp_path), ["stage1", "stage3"], state,
-                                     nets, x, y, training.penalty_shifts(lat, SMALL), broken)
+    futures = loop.compile_stages(trainer, ["stage1", "stage3"], trainer.abstract_state(),
+                                  2, broken)
     with pytest.raises(RuntimeError, match="stage 3 does not trace"):
         futures["stage1"].result()  # stage 1's runner is never handed over
 
@@ -375,7 +378,7 @@ def test_a_run_vmaps_over_seeds(small_data):
 
 
 def test_clash_term_is_logged_and_reaches_stage3_generators(small_data):
-    from crystalgan_jax.pipeline.runner import covalent_radii
+    from crystalgan_jax.pipeline.prepare import covalent_radii
 
     layout, x, y = _encoded(small_data)
     weights = dataclasses.replace(SMALL.weights, l7=1.0)

@@ -1,6 +1,6 @@
 """Command-line flags derived from the run's configuration dataclasses.
 
-Every field of :class:`crystalgan_jax.pipeline.runner.RunSpec`, of its
+Every field of :class:`crystalgan_jax.pipeline.spec.RunSpec`, of its
 :class:`crystalgan_jax.train.training.TrainConfig` and of that one's
 :class:`crystalgan_jax.core.losses.Weights` becomes exactly one absl flag. The flag's default
 is the field's default (there is no second copy to drift), its help text is the
@@ -29,7 +29,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from crystalgan_jax.core.encoding import BLOCKS
-from crystalgan_jax.pipeline.runner import RunSpec
+from crystalgan_jax.pipeline.spec import RunSpec
 from crystalgan_jax.train.training import GEOMETRY_FORMS, METHODS
 
 # Flag names that differ from their field's name (kept for existing flagfiles and

@@ -1,0 +1,210 @@
+"""What a run writes after training, for a single run and every member of a population
+alike: the structure files, symmetry snapping, the report with its novelty count, and the
+ASE exports.
+
+Into a run's (or member's) folder:
+
+* ``structures/stage1/{AHB,BHA}/NNN.vasp`` and ``.cif`` (step-1 outputs) and
+  ``structures/final/{AHB,BHA}/NNN.vasp`` and ``.cif`` (the generated ternaries; the GAN
+  baseline writes ``final/GAN``), real element symbols;
+* the report of :mod:`crystalgan_jax.materials.report` (``report.json``, ``report.md``,
+  plots) and ``structures.extxyz`` / ``run.db`` (:mod:`crystalgan_jax.materials.export`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import numpy as np
+from absl import logging
+
+from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.materials import io
+from crystalgan_jax.pipeline.prepare import Prepared
+from crystalgan_jax.pipeline.spec import RunSpec
+from crystalgan_jax.train import training
+
+
+class ReportInputs(NamedTuple):
+    """What a run's report needs besides its generated structures: nothing of it depends on
+    training (:func:`report_inputs`)."""
+
+    options: dict  # the criteria, keyword options of report.write_report
+    references: list  # structures a new candidate must not match
+    training: list  # the training structures' evaluations (report.evaluate_training)
+
+
+def report_criteria(spec: RunSpec) -> dict:
+    """The criteria a run's report judges by, as keyword options of
+    :func:`crystalgan_jax.materials.report.write_report`: the run's d1, d2 and constrained classes."""
+    cfg = spec.train
+    return {"d1": cfg.d1, "d2": cfg.d2,
+            "classes": encoding.class_symbols(cfg.classes, spec.element_a, spec.element_b)}
+
+
+def report_inputs(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> ReportInputs:
+    """The report's criteria, its reference structures
+    (:func:`crystalgan_jax.materials.candidates.reference_structures`) and the training structures'
+    evaluations. Importing what the report needs (matplotlib, pymatgen's structure matcher)
+    is most of it: ~0.8 s of the ~3 s of outputs, on the 2-core machine."""
+    from crystalgan_jax.materials import candidates
+    from crystalgan_jax.materials import report as report_lib
+
+    options = report_criteria(spec)
+    references = candidates.reference_structures(ah.structures, bh.structures,
+                                                 spec.element_a, spec.element_b)
+    training = report_lib.evaluate_training(ah.structures + bh.structures, spec.element_a,
+                                            spec.element_b, **options)
+    return ReportInputs(options, references, training)
+
+
+def write_outputs(spec: RunSpec, state: training.TrainState, prepared: Prepared,
+                  out: Path, metrics: list[dict], log: Callable[[str], None],
+                  inputs: ReportInputs | concurrent.futures.Future | None = None
+                  ) -> tuple[dict, dict | None]:
+    """Generates from a trained ``state`` with ``spec.train``'s sampling settings and writes
+    :func:`write_member_outputs` into ``out``. Returns (files, report).
+
+    Separate from training so that sampling-only variants (experiments/ablation.py) reuse
+    one trained state.
+    """
+    generated = training.generate(state, prepared.nets, spec.train, prepared.x, prepared.y,
+                                  jax.random.fold_in(state.key, 1))
+    return write_member_outputs(spec, jax.tree_util.tree_map(np.asarray, generated),
+                                prepared.layout, prepared.ah, prepared.bh, out, metrics, log,
+                                inputs)
+
+
+def write_member_outputs(spec: RunSpec, generated: dict, layout: encoding.Layout,
+                         ah: io.Domain, bh: io.Domain, out: Path, metrics: list[dict],
+                         log: Callable[[str], None],
+                         inputs: ReportInputs | concurrent.futures.Future | None = None
+                         ) -> tuple[dict, dict | None]:
+    """Everything a run (or one member of a population) writes after training, into
+    ``out``: the generated structures (snapped where ``snap_symprec`` > 0), if
+    ``spec.evaluate`` the report with the novelty count, and the exports
+    (``structures.extxyz``, ``run.db``). Returns (files, report).
+
+    ``generated``: :func:`crystalgan_jax.train.training.generate`'s output for this run, as
+    host arrays. ``inputs``: :func:`report_inputs` for ``spec``, or its future, computed
+    ahead; computed here where None.
+    """
+    cfg = spec.train
+    files = write_structures(generated, layout, out, log)
+    if cfg.snap_symprec > 0:
+        snap_files(files.get("final", {}), cfg.snap_symprec, log)
+    report = None
+    if spec.evaluate:
+        from crystalgan_jax.materials import report as report_lib
+
+        if inputs is None:
+            inputs = report_inputs(spec, ah, bh)
+        elif isinstance(inputs, concurrent.futures.Future):
+            inputs = inputs.result()
+        report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
+                                             spec.element_a, spec.element_b, metrics,
+                                             references=inputs.references,
+                                             training_evaluations=inputs.training,
+                                             **inputs.options)
+    from crystalgan_jax.materials import export
+
+    extxyz, database = export.write_exports(
+        out, files.get("final", {}), report,
+        {"seed": spec.seed, "method": cfg.method,
+         "system": f"{spec.element_a}-{spec.element_b}-H"})
+    log(f"final structures also in {extxyz} and {database} "
+        f"(e.g. `ase db {database} good_strict=True`)")
+    return files, report
+
+
+def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,
+                     out: Path, log: Callable[[str], None]) -> dict[str, dict[str, list[Path]]]:
+    """Decodes and writes every generated crystal as POSCAR (.vasp) and CIF.
+
+    A sample that does not decode (no atoms, or a degenerate cell) is skipped; file
+    numbers keep the sample index, so gaps show which. The skipped samples are summarised
+    in one ``log`` line per kind (count per reason, the first few named) and listed one by
+    one at ``--verbosity=1``. Files of an earlier pass (a resumed run) are removed first,
+    so none of them can be mistaken for this run's.
+    """
+    shutil.rmtree(out / "structures", ignore_errors=True)
+    files: dict[str, dict[str, list[Path]]] = {}
+    skipped: dict[str, dict[str, list[str]]] = {}  # kind -> reason -> samples
+    for kind, directions in generated.items():
+        files[kind] = {}
+        for direction, crystals in directions.items():
+            folder = out / "structures" / kind / direction
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = []
+            crystals = jax.tree_util.tree_map(np.asarray, crystals)
+            for i in range(crystals.lattice.shape[0]):
+                one = encoding.index(crystals, i)
+                reason = _undecodable(one)
+                if reason:
+                    logging.vlog(1, "skipped %s/%s/%03d: %s", kind, direction, i, reason)
+                    skipped.setdefault(kind, {}).setdefault(_reason_kind(reason), []).append(
+                        f"{direction}/{i:03d}")
+                    continue
+                structure = encoding.decode(one, layout)
+                path = folder / f"{i:03d}.vasp"
+                io.write_poscar(structure, path, comment=f"{kind} {direction} {i:03d}")
+                io.write_cif(structure, path.with_suffix(".cif"))
+                paths.append(path)
+            files[kind][direction] = paths
+    for kind, reasons in skipped.items():
+        total = sum(len(v) for v in files[kind].values()) + sum(map(len, reasons.values()))
+        log(f"skipped {sum(map(len, reasons.values()))} of {total} {kind} samples: "
+            + "; ".join(f"{len(names)} {reason} ({_first_few(names)})"
+                        for reason, names in reasons.items()))
+    return files
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its numbers, so that like failures are counted together."""
+    return reason.split(" (")[0]
+
+
+def _first_few(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
+
+
+# Below this spacing of lattice planes (Angstrom) a generated cell is no crystal, and
+# pymatgen's CIF reader refuses it; such samples are logged and not written.
+MIN_PLANE_SPACING = 0.1
+
+
+def _undecodable(crystal: encoding.Crystal) -> str | None:
+    if not any(np.any(np.asarray(m) > 0.5) for m in crystal.masks):
+        return "no atom has occupancy > 0.5"
+    lattice = np.asarray(crystal.lattice, np.float64)
+    if abs(np.linalg.det(lattice)) < io.MIN_CELL_VOLUME:
+        return "degenerate cell (zero volume)"
+    spacing = float(geometry.plane_spacings(lattice).min())
+    if spacing < MIN_PLANE_SPACING:
+        return f"degenerate cell (lattice planes {spacing:.3g} A apart)"
+    return None
+
+
+def snap_files(files: dict[str, list[Path]], symprec: float,
+                log: Callable[[str], None]) -> None:
+    """Rewrites each structure file that has a space group above P1 at ``symprec`` as its
+    idealised primitive standard cell (:func:`crystalgan_jax.materials.candidates.snap_to_symmetry`)."""
+    from crystalgan_jax.materials import candidates
+
+    snapped = total = 0
+    for paths in files.values():
+        for path in paths:
+            total += 1
+            structure = io.read_structure(path)
+            new, number = candidates.snap_to_symmetry(structure, symprec)
+            if number > 1:
+                snapped += 1
+                io.write_poscar(new, path, comment=f"{path.stem} snapped to space group {number}")
+                io.write_cif(new, path.with_suffix(".cif"))
+    log(f"symmetry: {snapped} of {total} final structures snapped (symprec {symprec} A)")
+
+
