@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -47,7 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import layer_products_rate, matmul_rate  # benchmarks/machine.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
+from common import layer_products_rate, matmul_rate, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"
@@ -244,13 +244,10 @@ def main() -> int:
         "failed": failed,
         "ratio": {"sizes": [results[0]["members"], results[-1]["members"]],
                   "train_time_ratio": ratio},
-        "environment": {"jax": jax.__version__, "python": platform.python_version(),
-                        "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-                        "load_average_before": load_before,
+        "environment": {"load_average_before": load_before,
                         "load_average_after": os.getloadavg()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"population_{results[-1]['members']}_over_{results[0]['members']}: {ratio:.2f}")
     return 0
 
