@@ -161,9 +161,16 @@ def main() -> int:
     parser.add_argument("--group", type=int, default=None,
                         help="members vmapped together per device (default: the library's "
                              "population.member_group of the platform)")
+    parser.add_argument("--depth", type=int, default=PAPER["depth"],
+                        help="hidden layers per network (default the paper's 5; fewer for a "
+                             "quick check)")
+    parser.add_argument("--width", type=int, default=PAPER["width"],
+                        help="units per hidden layer (default the paper's 100)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ceiling_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    PAPER.update(depth=args.depth, width=args.width)  # the children get the same flags
+    network_args = [f"--depth={args.depth}", f"--width={args.width}"]
     if args.child is not None:
         print(json.dumps(child(args.child, args.epochs, args.cpu_devices, args.group)))
         return 0
@@ -194,7 +201,7 @@ def main() -> int:
     for size in sizes:
         proc = subprocess.run([sys.executable, __file__, f"--child={size}",
                                f"--epochs={args.epochs}", f"--cpu_devices={args.cpu_devices}",
-                               *group_args],
+                               *group_args, *network_args],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
@@ -213,7 +220,8 @@ def main() -> int:
               f"{r['achieved_gflops']:.2f} GFLOP/s", flush=True)
     mm = matmul_rate(repeats=args.repeats)
     ceiling = json.loads(subprocess.run(
-        [sys.executable, __file__, "--ceiling_child", f"--cpu_devices={args.cpu_devices}",
+        [sys.executable, __file__, "--ceiling_child", *network_args,
+         f"--cpu_devices={args.cpu_devices}",
          f"--group={ceiling_group}", f"--repeats={args.repeats}"],
         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     ceiling["fraction_of_matmul_rate"] = ceiling["gflops"] / mm["gflops"]
@@ -234,6 +242,7 @@ def main() -> int:
                     "chunk of each stage; FLOPs from XLA cost analysis of D and G "
                     "value_and_grad per minibatch",
         "epochs_per_stage": args.epochs,
+        "network": {"depth": args.depth, "width": args.width},
         "cpu_devices": args.cpu_devices,
         "member_group": args.group if args.group is not None else "library default",
         "platform": jax.devices()[0].platform,

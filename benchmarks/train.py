@@ -53,6 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1000, help="epochs per stage (paper: 1000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output")
+    parser.add_argument("--depth", type=int, default=5,
+                        help="hidden layers per network in the in-process phases (default the "
+                             "paper's 5; fewer for a quick check; the end-to-end runs keep "
+                             "the flagfile's)")
     parser.add_argument("--matmul_repeats", type=int, default=MATMUL_REPEATS,
                         help="repeats of the matmul-rate measurement (median quoted)")
     parser.add_argument("--skip_wall", action="store_true",
@@ -113,7 +117,7 @@ def jaxpr_matmul_flops(jaxpr) -> float:
     return total
 
 
-def bench_in_process(epochs: int, work: Path) -> dict:
+def bench_in_process(epochs: int, work: Path, depth: int = 5) -> dict:
     """Every phase of one run, timed in this process (no checkpoints)."""
     t0 = time.perf_counter()
     import jax
@@ -125,7 +129,7 @@ def bench_in_process(epochs: int, work: Path) -> dict:
     from crystalgan_jax.train import training
 
     result: dict = {"import_in_process_s": time.perf_counter() - t0}
-    cfg = training.TrainConfig(epochs=epochs)
+    cfg = training.TrainConfig(epochs=epochs, depth=depth)
     spec = runner.RunSpec(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"),
                           element_a="Pd", element_b="Ni", output_dir=str(work), train=cfg,
                           overwrite=True)
@@ -201,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     imported = measure_import()
     with tempfile.TemporaryDirectory() as tmp:
-        phases = bench_in_process(args.epochs, Path(tmp) / "inprocess")
+        phases = bench_in_process(args.epochs, Path(tmp) / "inprocess", args.depth)
         rate = matmul_rate(MATMUL_N, args.matmul_repeats)
         wall = wall_warm = wall_1 = wall_1_warm = None
         if not args.skip_wall:
@@ -220,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          f"--epochs={args.epochs}",
               "environment": {"load_average_before": load_before,
                               "load_average_after": list(os.getloadavg())},
-              **imported, **phases, "matmul_1024": rate, "paper_config_wall_s": wall,
+              "depth": args.depth, **imported, **phases, "matmul_1024": rate, "paper_config_wall_s": wall,
               "paper_config_wall_warm_cache_s": wall_warm,
               "epochs_1_wall_s": wall_1, "epochs_1_wall_warm_cache_s": wall_1_warm,
               "benchmark_s": time.perf_counter() - start}

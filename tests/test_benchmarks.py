@@ -16,8 +16,9 @@ TINY = {
     "dataset_volumes": [],
     "finite_check": ["--chunk=1", "--repeats=1"],
     "geometry": ["--repeats=1"],
-    "train": ["--epochs=1", "--skip_wall", "--matmul_repeats=1"],
-    "population": ["--sizes=1", "--epochs=2", "--repeats=1", "--cpu_devices=1"],
+    "train": ["--epochs=1", "--skip_wall", "--matmul_repeats=1", "--depth=1"],
+    "population": ["--sizes=1", "--epochs=2", "--repeats=1", "--cpu_devices=1",
+                   "--depth=1", "--width=16"],
     "screening": ["--structures=1", "--repeats=1", "--steps=1"],
 }
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
