@@ -167,8 +167,9 @@ def summarize_table2(per_seed: Sequence[dict]) -> dict:
     from crystalgan_jax.screening import runs as screen_runs
 
     screened = tuple(k for k in screen_runs.COLUMNS if k in per_seed[0])
-    for key in COUNTS:  # every run has every count
-        [c[key] for c in per_seed]
+    missing = [k for k in COUNTS for c in per_seed if k not in c]
+    if missing:  # every run has every count
+        raise KeyError(f"a run has no count {missing[0]!r}")
     return summarize(per_seed, COUNTS + screened)
 
 
