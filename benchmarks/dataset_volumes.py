@@ -14,14 +14,16 @@ Exits 0 with a message naming the reference folder when it is absent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from crystalgan_jax.materials import datasets, io
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
+from common import write_results  # noqa: E402
+
+from crystalgan_jax.materials import datasets, io  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"
@@ -94,8 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name}: "
                   f"{regime['n_structures']} structures, median |e| = "
                   f"{regime['median_abs_relative_error']:.2%}, median e = {regime['median_relative_error']:+.2%}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"metals": results}, indent=2) + "\n")
+    write_results(args.out, {"metals": results})
     print(f"wrote {args.out}")
     return 0
 

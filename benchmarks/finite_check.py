@@ -12,14 +12,15 @@ their ratio; it writes them to a JSON file.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
+from common import median_time, write_results  # noqa: E402
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import io
@@ -27,15 +28,6 @@ from crystalgan_jax.train import training
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "finite_check.json"
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,19 +50,18 @@ def main() -> None:
                                         training.penalty_shifts(lattices, cfg),
                                         [d.lattice.shape[0] for d in data])
     active = jnp.ones(args.chunk, bool)
-    new_state, metrics, _ = jax.block_until_ready(runner(state, data, active))  # compile
+    new_state, metrics = jax.block_until_ready(runner(state, data, active))  # compile
     tree = (new_state.params, new_state.opt_state, metrics)
     jax.block_until_ready(training.tree_all_finite(tree))  # compile
-    chunk_s = _median_seconds(lambda: runner(state, data, active), args.repeats)
-    check_s = _median_seconds(lambda: training.tree_all_finite(tree), 20 * args.repeats)
+    chunk_s = median_time(lambda: runner(state, data, active), args.repeats)
+    check_s = median_time(lambda: training.tree_all_finite(tree), 20 * args.repeats)
     numbers = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
     result = {"device": str(jax.devices()[0]), "chunk_epochs": args.chunk,
               "checked_numbers": numbers, "chunk_median_s": chunk_s,
               "check_median_s": check_s, "check_over_chunk": check_s / chunk_s}
     print(f"{numbers} numbers checked: check {check_s * 1e3:.3f} ms, chunk of {args.chunk} "
           f"epochs {chunk_s * 1e3:.1f} ms (medians), ratio {check_s / chunk_s:.2e}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

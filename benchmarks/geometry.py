@@ -41,9 +41,7 @@ Run from the repository root:  ``python benchmarks/geometry.py [--repeats 20]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -57,9 +55,12 @@ import numpy as np
 import pymatgen.core
 from pymatgen.core import Structure
 
-from crystalgan_jax.core import encoding, geometry
-from crystalgan_jax.materials import io
-from crystalgan_jax.train.training import TrainConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
+from common import call_times, write_results  # noqa: E402
+
+from crystalgan_jax.core import encoding, geometry  # noqa: E402
+from crystalgan_jax.materials import io  # noqa: E402
+from crystalgan_jax.train.training import TrainConfig  # noqa: E402
 
 PAPER = TrainConfig()  # the paper's d1, d2 (their one definition)
 
@@ -126,12 +127,7 @@ def budgeted_repeats(asked: int, one_call_s: float) -> int:
 
 def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
     """Wall times (s) of ``repeats`` calls of ``fn``, each result blocked on."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return times
+    return call_times(fn, repeats)
 
 
 def bench_jax(batch: encoding.Crystal, shifts: np.ndarray, form: str,
@@ -184,15 +180,8 @@ def bench_pymatgen(structures: Sequence[Structure], r: float, repeats: int) -> d
 
 
 def environment() -> dict:
-    """Versions and hardware the figures were taken on."""
-    import jaxlib
-
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "pymatgen": getattr(pymatgen.core, "__version__", "unknown"),
-            "numpy": np.__version__, "python": platform.python_version(),
-            "device": str(jax.devices()[0]), "platform": jax.default_backend(),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "load_average_1_5_15": list(os.getloadavg())}
+    """The versions this benchmark adds to common.py's environment."""
+    return {"pymatgen": getattr(pymatgen.core, "__version__", "unknown")}
 
 
 def print_table(jax_results: dict, pmg_results: dict, speedup: float) -> None:
@@ -248,8 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "speedup_vs_pymatgen": round(speedup, 2),
         "speedup_definition": "pymatgen median at r=3.0 / jax per_species/hinge median",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report)
     print(f"{len(structures)} structures, float32, {len(shifts)} lattice images "
           f"{tuple(image_n)}, device {jax.devices()[0]}, {os.cpu_count()} CPUs; "
           f"JSON: {args.out}")

@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -47,7 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import layer_products_rate, matmul_rate  # benchmarks/machine.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
+from common import layer_products_rate, matmul_rate, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "data" / "crystalgan-reference"
@@ -56,10 +56,7 @@ PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate
 
 
 def _spec(out: Path, epochs: int):
-    from crystalgan_jax.pipeline import job
-    from crystalgan_jax.pipeline.prepare import load_domains
-    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
-    from crystalgan_jax.train import population as train_population
+    from crystalgan_jax.pipeline.spec import RunSpec
     from crystalgan_jax.train import training
 
     cfg = training.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
@@ -75,8 +72,7 @@ def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
 
     from crystalgan_jax.pipeline import cli
     from crystalgan_jax.pipeline import job
-    from crystalgan_jax.pipeline.prepare import load_domains
-    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
+    from crystalgan_jax.pipeline.spec import PopulationSpec, make_members
     from crystalgan_jax.train import population as train_population
 
     cli.use_cpu_cores(min(size, cpu_devices))  # as train.py does; a lone run: one device
@@ -120,10 +116,7 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     import numpy as np
 
     from crystalgan_jax.core import encoding
-    from crystalgan_jax.pipeline import job
     from crystalgan_jax.pipeline.prepare import load_domains
-    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
-    from crystalgan_jax.train import population as train_population
     from crystalgan_jax.train import training
 
     spec = _spec(Path("unused"), epochs)
@@ -171,9 +164,16 @@ def main() -> int:
     parser.add_argument("--group", type=int, default=None,
                         help="members vmapped together per device (default: the library's "
                              "train_population.member_group of the platform)")
+    parser.add_argument("--depth", type=int, default=PAPER["depth"],
+                        help="hidden layers per network (default the paper's 5; fewer for a "
+                             "quick check)")
+    parser.add_argument("--width", type=int, default=PAPER["width"],
+                        help="units per hidden layer (default the paper's 100)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ceiling_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    PAPER.update(depth=args.depth, width=args.width)  # the children get the same flags
+    network_args = [f"--depth={args.depth}", f"--width={args.width}"]
     if args.child is not None:
         print(json.dumps(child(args.child, args.epochs, args.cpu_devices, args.group)))
         return 0
@@ -189,9 +189,6 @@ def main() -> int:
         return 1
     import jax
 
-    from crystalgan_jax.pipeline import job
-    from crystalgan_jax.pipeline.prepare import load_domains
-    from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
     from crystalgan_jax.train import population as train_population
 
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -207,7 +204,7 @@ def main() -> int:
     for size in sizes:
         proc = subprocess.run([sys.executable, __file__, f"--child={size}",
                                f"--epochs={args.epochs}", f"--cpu_devices={args.cpu_devices}",
-                               *group_args],
+                               *group_args, *network_args],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             why = (f"killed by signal {-proc.returncode} (SIGKILL: most likely out of memory)"
@@ -226,7 +223,8 @@ def main() -> int:
               f"{r['achieved_gflops']:.2f} GFLOP/s", flush=True)
     mm = matmul_rate(repeats=args.repeats)
     ceiling = json.loads(subprocess.run(
-        [sys.executable, __file__, "--ceiling_child", f"--cpu_devices={args.cpu_devices}",
+        [sys.executable, __file__, "--ceiling_child", *network_args,
+         f"--cpu_devices={args.cpu_devices}",
          f"--group={ceiling_group}", f"--repeats={args.repeats}"],
         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     ceiling["fraction_of_matmul_rate"] = ceiling["gflops"] / mm["gflops"]
@@ -247,6 +245,7 @@ def main() -> int:
                     "chunk of each stage; FLOPs from XLA cost analysis of D and G "
                     "value_and_grad per minibatch",
         "epochs_per_stage": args.epochs,
+        "network": {"depth": args.depth, "width": args.width},
         "cpu_devices": args.cpu_devices,
         "member_group": args.group if args.group is not None else "library default",
         "platform": jax.devices()[0].platform,
@@ -257,13 +256,10 @@ def main() -> int:
         "failed": failed,
         "ratio": {"sizes": [results[0]["members"], results[-1]["members"]],
                   "train_time_ratio": ratio},
-        "environment": {"jax": jax.__version__, "python": platform.python_version(),
-                        "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-                        "load_average_before": load_before,
+        "environment": {"load_average_before": load_before,
                         "load_average_after": os.getloadavg()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_results(args.out, report)
     print(f"population_{results[-1]['members']}_over_{results[0]['members']}: {ratio:.2f}")
     return 0
 

@@ -1,8 +1,8 @@
 """Where CHGNet screening time goes on the CPU: batching, and BLAS threads.
 
-    python benchmarks/screening.py [--structures=16] [--repeats=5]
+    python benchmarks/screening.py [--structures=16] [--repeats=5] [--out=FILE]
 
-Prints and writes ``benchmarks/results/screening.json``:
+Prints and writes ``benchmarks/results/screening.json`` (or ``--out``):
 
 - CHGNet energy+forces+stress (``predict_structure``) on the first N reference Pd-H
   structures, one by one against batches of 4 and of N (median of repeats);
@@ -15,9 +15,7 @@ Needs the screen extra and ../shared/data/crystalgan-reference beside the reposi
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,9 @@ from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # common.py
 
+from common import RESULTS, median_time, write_results  # noqa: E402
 from crystalgan_jax.materials import io  # noqa: E402
 from crystalgan_jax.screening import relax as screening  # noqa: E402
 
@@ -34,15 +34,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("structures", 16, "Reference Pd-H structures to predict.")
 flags.DEFINE_integer("repeats", 5, "Repeats per timing (median quoted).")
 flags.DEFINE_integer("steps", 10, "FIRE steps of the relaxation timing.")
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+flags.DEFINE_string("out", str(RESULTS / "screening.json"), "JSON file to write.")
 
 
 def main(argv):
@@ -72,9 +64,8 @@ def main(argv):
             out[f"relax_{label}_steps"] = r.steps
     for k, v in out.items():
         print(f"{k}: {v if not isinstance(v, float) else round(v, 3)}")
-    path = REPO / "benchmarks" / "results" / "screening.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_results(FLAGS.out, out)
+    print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 What is measured (CPU, whatever JAX finds; wall clock, so other load on the machine
 shows: the JSON records the load average before and after):
 
-* ``import_s``: a fresh ``python -c "import crystalgan_jax.pipeline.runner"`` (what
+* ``import_s``: a fresh ``python -c "import crystalgan_jax.pipeline.job"`` (what
   ``experiments/train.py`` needs before training), and which heavy modules that import
   pulled in (matplotlib, pymatgen.analysis);
 * ``data_load_s``: reading and encoding ``data/PdH`` and ``data/NiH``;
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from machine import matmul_rate  # benchmarks/machine.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
+from common import matmul_rate, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "train.json"
@@ -53,6 +53,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1000, help="epochs per stage (paper: 1000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output")
+    parser.add_argument("--depth", type=int, default=5,
+                        help="hidden layers per network in the in-process phases (default the "
+                             "paper's 5; fewer for a quick check; the end-to-end runs keep "
+                             "the flagfile's)")
+    parser.add_argument("--matmul_repeats", type=int, default=MATMUL_REPEATS,
+                        help="repeats of the matmul-rate measurement (median quoted)")
     parser.add_argument("--skip_wall", action="store_true",
                         help="do not run experiments/train.py end to end")
     args = parser.parse_args(argv)
@@ -71,7 +77,7 @@ def timed_subprocess(cmd: list[str], cwd: Path, env: dict | None = None) -> tupl
 
 
 def measure_import() -> dict:
-    code = ("import time, sys, json; t = time.perf_counter(); import crystalgan_jax.pipeline.runner; "
+    code = ("import time, sys, json; t = time.perf_counter(); import crystalgan_jax.pipeline.job; "
             "dt = time.perf_counter() - t; "
             "print(json.dumps({'import_s': dt, 'heavy_modules_loaded': sorted(m for m in "
             "('matplotlib', 'pymatgen.analysis.structure_matcher', 'pymatgen.symmetry.analyzer',"
@@ -111,7 +117,7 @@ def jaxpr_matmul_flops(jaxpr) -> float:
     return total
 
 
-def bench_in_process(epochs: int, work: Path) -> dict:
+def bench_in_process(epochs: int, work: Path, depth: int = 5) -> dict:
     """Every phase of one run, timed in this process (no checkpoints)."""
     t0 = time.perf_counter()
     import jax
@@ -125,7 +131,7 @@ def bench_in_process(epochs: int, work: Path) -> dict:
     from crystalgan_jax.train import training
 
     result: dict = {"import_in_process_s": time.perf_counter() - t0}
-    cfg = training.TrainConfig(epochs=epochs)
+    cfg = training.TrainConfig(epochs=epochs, depth=depth)
     spec = RunSpec(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"),
                           element_a="Pd", element_b="Ni", output_dir=str(work), train=cfg,
                           overwrite=True)
@@ -201,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     imported = measure_import()
     with tempfile.TemporaryDirectory() as tmp:
-        phases = bench_in_process(args.epochs, Path(tmp) / "inprocess")
-        rate = matmul_rate(MATMUL_N, MATMUL_REPEATS)
+        phases = bench_in_process(args.epochs, Path(tmp) / "inprocess", args.depth)
+        rate = matmul_rate(MATMUL_N, args.matmul_repeats)
         wall = wall_warm = wall_1 = wall_1_warm = None
         if not args.skip_wall:
             # cold: an empty compilation cache, as on a fresh machine; warm: run again
@@ -216,20 +222,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             cmd1 = [a if not a.startswith("--epochs=") else "--epochs=1" for a in cmd]
             wall_1, _ = timed_subprocess(cmd1, REPO, env1)
             wall_1_warm, _ = timed_subprocess(cmd1, REPO, env1)
-    import jax
-
     report = {"command": f"python experiments/train.py --flagfile=experiments/pdni.flags "
                          f"--epochs={args.epochs}",
-              "environment": {"jax": jax.__version__, "device": str(jax.devices()[0]),
-                              "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                              "load_average_before": load_before,
+              "environment": {"load_average_before": load_before,
                               "load_average_after": list(os.getloadavg())},
-              **imported, **phases, "matmul_1024": rate, "paper_config_wall_s": wall,
+              "depth": args.depth, **imported, **phases, "matmul_1024": rate, "paper_config_wall_s": wall,
               "paper_config_wall_warm_cache_s": wall_warm,
               "epochs_1_wall_s": wall_1, "epochs_1_wall_warm_cache_s": wall_1_warm,
               "benchmark_s": time.perf_counter() - start}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report = write_results(args.out, report)
 
     print(f"device {report['environment']['device']}, {os.cpu_count()} CPUs, load "
           f"{load_before[0]:.2f}; {args.epochs} epochs per stage; JSON: {args.out}")

@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence

@@ -90,20 +90,6 @@ def check_elements(element_a: str, element_b: str) -> None:
                          "needs two different metals")
 
 
-def check_elements(element_a: str, element_b: str) -> None:
-    """Raises ValueError unless A and B are two different chemical elements other than H."""
-    from pymatgen.core import Element
-
-    for flag, symbol in (("element_a", element_a), ("element_b", element_b)):
-        if not Element.is_valid_symbol(symbol):
-            raise ValueError(f"{flag}: {symbol!r} is not a chemical element symbol")
-        if symbol == io.HYDROGEN:
-            raise ValueError(f"{flag}: the metals A and B cannot be H (H is the third element)")
-    if element_a == element_b:
-        raise ValueError(f"element_a and element_b are both {element_a}: a ternary A-B-H "
-                         "needs two different metals")
-
-
 
 WEIGHT_NAMES = tuple(f.name for f in dataclasses.fields(losses.Weights))  # l1..l7, occupancy
 SWEEPABLE = tuple(f"l{i}" for i in range(1, 8))

@@ -1,0 +1,63 @@
+"""Every benchmarks/*.py script at a tiny size: it runs, and its JSON carries the stamp
+(git commit, date, environment) of benchmarks/common.py."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+TINY = {
+    "dataset_volumes": [],
+    "finite_check": ["--chunk=1", "--repeats=1"],
+    "geometry": ["--repeats=1"],
+    "train": ["--epochs=1", "--skip_wall", "--matmul_repeats=1", "--depth=1"],
+    "population": ["--sizes=1", "--epochs=2", "--repeats=1", "--cpu_devices=1",
+                   "--depth=1", "--width=16"],
+    "screening": ["--structures=1", "--repeats=1", "--steps=1"],
+}
+NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
+
+
+def test_every_benchmark_script_is_smoke_tested():
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py")} - {"common"}
+    assert scripts == set(TINY)
+
+
+def test_stamp(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    report = common.write_results(tmp_path / "r.json", {"x": 1, "environment": {"a": 2}})
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert report["x"] == 1 and report["environment"]["a"] == 2
+    assert len(report["git_commit"]) == 40 and isinstance(report["git_dirty"], bool)
+    assert report["date"].endswith("+00:00")
+    assert {"python", "numpy", "cpu_count"} <= set(report["environment"])
+    assert common.median_time(lambda: None, 3) >= 0
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_benchmark_tiny(name, tmp_path, request):
+    if name in NEEDS_REFERENCE:
+        request.getfixturevalue("reference_dir")  # skips where ../shared is absent
+    if name == "screening" and importlib.util.find_spec("chgnet") is None:
+        pytest.skip("chgnet is not installed (the screen extra)")
+    out = tmp_path / f"{name}.json"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *TINY[name],
+                           f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                            "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {"git_commit", "git_dirty", "date", "environment"} <= set(report)
+    assert report["environment"]["cpu_count"] == os.cpu_count()
+    if name != "dataset_volumes":  # the one benchmark without JAX
+        assert "jax" in report["environment"]
