@@ -8,7 +8,7 @@ localhost port), ``--num_processes`` and ``--process_id`` added, so that
 ``jax.distributed.initialize`` joins them into one cluster: each trains the members held by
 its devices, process 0 writes the pooled outputs. ``--devices_per_process=K`` gives each
 process K CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=K``). It is the
-same code path as a real multi-host run (see the README, "Populations"), on one machine.
+same code path as a real multi-host run (see docs/running.md, "Populations"), on one machine.
 Every line a process prints is prefixed with its index; the exit status is the first
 non-zero one of the processes.
 """

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax.materials import io
+from crystalgan_jax.materials import io, mat_files
 from crystalgan_jax.core import losses
 from crystalgan_jax.train import training
 from crystalgan_jax.pipeline.spec import MAX_BLOCK_ROWS, MAX_SEED, RunSpec
@@ -279,7 +279,7 @@ def valid_mat(tmp_path_factory) -> bytes:
         cells[i, 3] = np.zeros((18, 3))
     path = tmp_path / "valid.mat"
     savemat(path, {"d": cells})
-    assert len(io.read_mat(path, "Pd", 2)) == 2
+    assert len(mat_files.read_mat(path, "Pd", 2)) == 2
     return path.read_bytes()
 
 
@@ -293,7 +293,7 @@ MAT_FUZZ = settings(max_examples=20, deadline=None,
        seed=st.integers(0, 2**32), count=st.integers(1, 20))
 def test_fuzz_mat_random_and_mutated(tmp_path, valid_mat, data, seed, count):
     valid = valid_mat
-    reader = lambda p: io.read_mat(p, "Pd", 2)  # noqa: E731
+    reader = lambda p: mat_files.read_mat(p, "Pd", 2)  # noqa: E731
     _read_only_raises_structure_error(tmp_path / "random.mat", data, reader)
     _read_only_raises_structure_error(tmp_path / "mutated.mat", _mutate(valid, seed, count),
                                       reader)

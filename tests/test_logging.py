@@ -1,6 +1,8 @@
 """Progress and warnings as a user reads them: one summary line, compile time apart, log files."""
 
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.core import encoding
-from crystalgan_jax.pipeline import loop, outputs, trainers
+from crystalgan_jax.pipeline import cli, loop, outputs, trainers
 from tests.conftest import REPO, small_domain
 
 
@@ -35,6 +37,24 @@ def test_skipped_samples_are_summarised_in_one_line(tmp_path):
     assert "1 degenerate cell" in messages[0] and "AHB/005" in messages[0]
 
 
+_SHORT = re.compile(r"^\d\d:\d\d:\d\d [DIWEF] ")  # 13:57:35 I ...
+_ABSL = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] ")  # absl's
+
+
+def test_terminal_lines_carry_a_short_prefix_and_files_absl_s_full_one(tmp_path):
+    from absl import logging as absl_logging
+    handler = absl_logging.PythonHandler()
+    handler.setFormatter(cli._TerminalFormatter(handler))
+    record = logging.LogRecord("x", logging.WARNING, __file__, 7, "[stage1] %s", ("w",), None)
+    handler.stream = sys.stderr
+    terminal = handler.format(record)
+    assert _SHORT.match(terminal) and terminal.endswith(" W [stage1] w"), terminal
+    with open(tmp_path / "log.INFO", "w") as f:
+        handler.stream = f
+        in_file = handler.format(record)
+    assert _ABSL.match(in_file) and in_file.endswith("] [stage1] w"), in_file
+
+
 def test_compile_ahead_times_the_compilation_and_passes_other_callables():
     fn = jax.jit(lambda x: jnp.sin(x) * 2)
     compiled, seconds, quick = loop.compile_lowered(trainers.lower(fn, True, jnp.ones(3)))
@@ -57,6 +77,10 @@ def test_train_py_logs_progress_to_the_terminal_and_to_log_dir(tmp_path):
     logs = list((tmp_path / "logs").glob("*.INFO"))
     assert logs, os.listdir(tmp_path / "logs")
     text = logs[0].read_text()
+    epoch = [line for line in proc.stderr.splitlines() if "[stage1] epoch 2/2" in line]
+    assert epoch and _SHORT.match(epoch[0]) and not _ABSL.match(epoch[0]), epoch
+    epoch = [line for line in text.splitlines() if "[stage1] epoch 2/2" in line]
+    assert epoch and _ABSL.match(epoch[0]), epoch
     for where in (proc.stderr, text):
         assert "[stage1] compiled in" in where
         assert "quick compilation for a short stage" in where  # 2 steps: stage_compiler_options

@@ -1,4 +1,9 @@
-"""The README's Python blocks run as written, from the repository root."""
+"""The Python blocks of the README and of every docs/*.md file run as written, from the
+repository root.
+
+Only blocks fenced as ```python run; a block meant as illustration only is fenced otherwise
+(```text, ```bash) and is not run.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+DOCUMENTS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 
 
 def python_blocks(markdown: str) -> list[str]:
@@ -23,15 +29,25 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+def _cases() -> list[tuple[str, int]]:
+    return [(str(doc.relative_to(REPO)), i) for doc in DOCUMENTS
+            for i in range(len(python_blocks(doc.read_text())))]
+
+
 def test_readme_has_python_blocks():
     assert python_blocks((REPO / "README.md").read_text())
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks((REPO / "README.md").read_text()))))
-def test_readme_python_block_runs(index):
-    code = python_blocks((REPO / "README.md").read_text())[index]
+def test_docs_exist_and_some_have_python_blocks():
+    docs = [d for d in DOCUMENTS if d.parent.name == "docs"]
+    assert docs and any(python_blocks(d.read_text()) for d in docs)
+
+
+@pytest.mark.parametrize("document,index", _cases())
+def test_python_block_runs(document, index):
+    code = python_blocks((REPO / document).read_text())[index]
     proc = _run(code)
-    assert proc.returncode == 0, f"README block {index} failed:\n{code}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{document} block {index} failed:\n{code}\n{proc.stderr[-3000:]}"
 
 
 def test_a_broken_block_is_caught():

@@ -1,11 +1,12 @@
-"""Reading and writing crystal structures of one binary hydride domain.
+"""Reading, checking and writing crystal structures of one binary hydride domain.
 
 A *domain* is a set of binary M-H structures (M one metal). They come from a folder of
-POSCAR / CONTCAR / ``*.vasp`` / ``*.cif`` files, read with pymatgen; from one file of
-structures that ASE reads (extended XYZ, ``.traj``, an ASE database, ...); or from
-the CrystalGAN authors' MATLAB ``.mat`` format (one object array of shape
-``[n_structures, 4]`` holding lattice, H, A and B blocks in Cartesian Angstrom; the block
-of the absent metal is an all-zero placeholder).
+POSCAR / CONTCAR / ``*.vasp`` / ``*.cif`` files, read here with pymatgen; from one file of
+structures that ASE reads (extended XYZ, ``.traj``, an ASE database, ...:
+:mod:`crystalgan_jax.materials.ase_files`); or from the CrystalGAN authors' MATLAB
+``.mat`` format (:mod:`crystalgan_jax.materials.mat_files`). :func:`read_domain` picks the
+reader. This module also holds what those readers share: :class:`Domain`, the checks, and
+:class:`StructureFileError`.
 
 Every failure on bad input raises :class:`StructureFileError`, whose message names the
 file (and the line, where one is to blame) and says what is wrong.
@@ -17,11 +18,7 @@ import dataclasses
 import itertools
 import math
 import os
-import pickle
 import re
-import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -37,9 +34,6 @@ MIN_CELL_VOLUME = 1e-3  # Angstrom^3
 # Two atoms closer than this (Angstrom, periodic images included) are one atom typed twice:
 # the shortest bond of any hydride (H-H in H2) is 0.74 A.
 MIN_SEPARATION = 0.5
-# A .mat file is read in a child process (scipy's reader can crash on damaged files); it
-# gets this long (seconds) before it counts as hung.
-MAT_READ_TIMEOUT = 120
 
 
 class DuplicateStructureWarning(UserWarning):
@@ -317,304 +311,27 @@ def warn_duplicates(structures: Sequence[Structure], sources: Sequence[str]) -> 
     return pairs
 
 
-# Run by ``python -I -c`` in a child: load the file, pickle what scipy returns to stdout.
-_MAT_CHILD = """
-import pickle, sys
-from scipy.io import loadmat
-try:
-    contents = loadmat(sys.argv[1])
-except Exception as err:
-    sys.stderr.write(f"{type(err).__name__}: {err}"[:300])
-    sys.exit(3)
-pickle.dump({k: v for k, v in contents.items() if not k.startswith("__")}, sys.stdout.buffer)
-"""
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles numpy arrays and plain Python values, nothing else."""
-
-    def find_class(self, module, name):
-        if module.split(".")[0] == "numpy" or (module == "builtins" and name in (
-                "dict", "list", "tuple", "str", "bytes", "int", "float", "complex", "bool")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"unexpected {module}.{name} in .mat contents")
-
-
-def load_mat(path: str | os.PathLike) -> dict:
-    """``scipy.io.loadmat`` of ``path`` (variables only), run in a child process.
-
-    scipy's reader can die with SIGSEGV on a damaged file; in a child that cannot take
-    the caller down and is reported as an unreadable file.
-
-    Raises:
-      StructureFileError: the reader failed, crashed or hung.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            header = f.read(128)
-    except OSError as err:
-        raise StructureFileError(path, f"cannot read file: {err}") from None
-    # Cell arrays (the authors' layout) exist only in MAT-file version 5 (and 7), whose
-    # 128-byte header starts with this text and ends with the endian mark 'IM' or 'MI'.
-    if not header.startswith(b"MATLAB 5.0 MAT-file") or header[126:128] not in (b"IM", b"MI"):
-        raise StructureFileError(
-            path, "not a MATLAB 5 .mat file (no 'MATLAB 5.0 MAT-file' header); the authors' "
-            "format is a version 5/7 cell array")
-    try:
-        proc = subprocess.run([sys.executable, "-I", "-c", _MAT_CHILD, str(path)],
-                              capture_output=True, timeout=MAT_READ_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise StructureFileError(
-            path, f"not a readable MATLAB .mat file: the reader hung (> {MAT_READ_TIMEOUT} s)"
-        ) from None
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        raise StructureFileError(
-            path, f"not a readable MATLAB .mat file: the reader crashed ({name}); the file "
-            "is damaged")
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise StructureFileError(
-            path, f"not a readable MATLAB .mat file: {detail[-1] if detail else 'unknown error'}")
-    try:
-        import io as _stdio
-
-        return _ArraysOnly(_stdio.BytesIO(proc.stdout)).load()
-    except Exception as err:
-        raise StructureFileError(path, f"not a readable MATLAB .mat file: {err}") from None
-
-
-def _mat_array(path: Path):
-    contents = load_mat(path)
-    keys = list(contents)
-    if len(keys) != 1:
-        raise StructureFileError(path, f"expected one variable, found {keys}")
-    array = contents[keys[0]]
-    if not isinstance(array, np.ndarray) or array.dtype != object or array.ndim != 2 \
-            or array.shape[1] != 4:
-        raise StructureFileError(
-            path, f"variable {keys[0]!r} must be a cell array [n, 4] (lattice, H, A, B), got "
-            f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}")
-    if array.shape[0] == 0:
-        raise StructureFileError(path, f"variable {keys[0]!r} holds no structures (0 rows)")
-    return array
-
-
-_COLUMNS = ("lattice", "H block", "metal A block", "metal B block")
-
-
-def _numeric_block(cell, source: str, column: int, rows: int | None = None) -> np.ndarray:
-    """One cell of a .mat row as a float64 ``[n, 3]`` array (``[3, 3]`` for the lattice).
-
-    Raises StructureFileError naming the row and column for strings, structs, nested
-    cells, a wrong number of columns or a non-finite entry.
-    """
-    what = f"column {column + 1} ({_COLUMNS[column]})"
-    array = np.asarray(cell)
-    if array.dtype.kind not in "iufb":
-        kind = {"U": "a string", "S": "a string", "V": "a MATLAB struct",
-                "O": "a nested cell"}.get(array.dtype.kind, f"dtype {array.dtype}")
-        raise StructureFileError(source, f"{what} holds {kind}, not numbers")
-    array = array.astype(np.float64)
-    if array.size == 0:
-        array = array.reshape(0, 3)
-    if array.ndim != 2 or array.shape[1] != 3 or (rows is not None and array.shape[0] != rows):
-        want = f"{rows} x 3" if rows is not None else "n x 3 (one row per atom)"
-        raise StructureFileError(source, f"{what} must be {want} numbers, got shape "
-                                 f"{array.shape}")
-    if not np.all(np.isfinite(array)):
-        r = int(np.flatnonzero(~np.all(np.isfinite(array), axis=1))[0])
-        raise StructureFileError(source, f"{what} row {r + 1} holds a non-finite number "
-                                 f"{array[r].tolist()}")
-    return array
-
-
-def _is_placeholder(block) -> bool:
-    """The authors' marker for an absent metal: an 18x3 block of zeros."""
-    block = np.asarray(block)
-    return block.shape == (18, 3) and not np.any(block)
-
-
-def read_mat(path: str | os.PathLike, metal: str, block: int) -> Domain:
-    """Reads the authors' ``.mat`` format (SOURCE.md) as domain ``metal``-H.
-
-    Args:
-      path: the ``.mat`` file.
-      metal: element symbol of the metal of this file.
-      block: column holding the metal's positions: 2 for element A, 3 for B (0 is the
-        lattice, 1 the H positions). The other metal column must be the all-zero
-        placeholder.
-
-    Raises:
-      StructureFileError: unreadable file (also a reader crash, see :func:`load_mat`),
-        wrong layout, or a bad row; the message names ``path[row]`` and the column.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StructureFileError(path, "no such file")
-    if not Element.is_valid_symbol(metal):
-        raise StructureFileError(path, f"{metal!r} is not an element symbol")
-    array = _mat_array(path)
-    other = 5 - block
-    structures, sources = [], []
-    for i, row in enumerate(array):
-        source = f"{path}[{i}]"
-        lattice = _numeric_block(row[0], source, 0, rows=3)
-        placeholder = _numeric_block(row[other], source, other)
-        if np.any(placeholder):
-            raise StructureFileError(
-                source, f"column {other + 1} should be the all-zero placeholder of the "
-                f"other metal, but holds atoms: is this file's metal {metal}?")
-        if not _is_placeholder(placeholder):
-            raise StructureFileError(
-                source, f"column {other + 1} (placeholder of the other metal) must be 18 x 3 "
-                f"zeros, got shape {placeholder.shape}")
-        if abs(np.linalg.det(lattice)) < MIN_CELL_VOLUME:
-            raise StructureFileError(source, "cell volume is zero (degenerate lattice vectors)")
-        h = _numeric_block(row[1], source, 1)
-        m = _numeric_block(row[block], source, block)
-        if len(h) == 0:
-            raise StructureFileError(source, "holds no H atom")
-        if len(m) == 0 or _is_placeholder(m):
-            raise StructureFileError(source, f"holds no {metal} atom")
-        species = [HYDROGEN] * len(h) + [metal] * len(m)
-        structure = Structure(Lattice(lattice), species, np.concatenate([h, m]),
-                              coords_are_cartesian=True)
-        check_training_structure(structure, source)
-        structures.append(structure)
-        sources.append(source)
-    warn_duplicates(structures, sources)
-    return Domain(metal, tuple(structures), tuple(sources))
-
-
-def _xyz_frame_lines(path: Path, text: str) -> list[int]:
-    """First line (1-based) of each frame of an (extended) XYZ file.
-
-    A frame is an atom-count line, a comment line and that many atom lines; a count
-    line that is no integer is reported with its line number.
-    """
-    lines = text.splitlines()
-    starts, number = [], 1
-    while number <= len(lines):
-        if not lines[number - 1].strip():
-            number += 1  # blank lines between or after frames
-            continue
-        try:
-            count = int(lines[number - 1].split()[0])
-        except ValueError:
-            raise StructureFileError(
-                path, f"expected the atom count of frame {len(starts) + 1}, got "
-                f"{lines[number - 1]!r}", number) from None
-        if count < 0 or number + 1 + count > len(lines):
-            raise StructureFileError(
-                path, f"frame {len(starts) + 1} announces {count} atoms but the file ends "
-                "first", number)
-        starts.append(number)
-        number += count + 2
-    return starts
-
-
-def _ase_frames(path: Path) -> list[tuple[str, str, int | None, "object"]]:
-    """(source label, name for messages, line or None, ase.Atoms) per structure of a file
-    ASE reads."""
-    import ase.db
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
-
-    try:
-        fmt = filetype(str(path))  # from the contents, else the name
-    except (UnknownFileTypeError, OSError) as err:
-        fmt, reason = None, str(err)
-    else:
-        reason = f"ASE has no reader for {fmt!r}"
-    if fmt not in ioformats or not ioformats[fmt].can_read:
-        raise StructureFileError(
-            path, f"not a structure format ASE reads ({reason}); give a folder of POSCAR/CIF "
-            "files, a .mat file, or a file ase.io.read reads (extxyz, .traj, .db, ...)")
-    if fmt == "db":
-        try:
-            with ase.db.connect(str(path)) as database:
-                return [(f"{path}[id={row.id}]", f"row id={row.id}", None, row.toatoms())
-                        for row in database.select()]
-        except Exception as err:  # sqlite and ASE raise several types
-            raise StructureFileError(path, f"unreadable ASE database: {err}") from None
-    lines: list[int | None] = []
-    if fmt in ("xyz", "extxyz"):
-        try:
-            lines = _xyz_frame_lines(path, path.read_text())
-        except (OSError, UnicodeDecodeError) as err:
-            raise StructureFileError(path, f"cannot read file: {err}") from None
-    frames = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for atoms in ase.io.iread(str(path), index=":", format=fmt):
-                frames.append(atoms)
-    except Exception as err:  # ASE's readers raise many types for malformed files
-        line = lines[len(frames)] if len(frames) < len(lines) else None
-        raise StructureFileError(
-            path, f"structure {len(frames) + 1}: malformed {fmt} ({err})", line) from None
-    return [(f"{path}[{i}]", f"structure {i + 1}", lines[i] if i < len(lines) else None, atoms)
-            for i, atoms in enumerate(frames)]
-
-
-def read_ase(path: str | os.PathLike, metal: str) -> Domain:
-    """Reads every structure of one file that ``ase.io.read`` reads, as domain ``metal``-H.
-
-    Extended XYZ, ASE trajectories (``.traj``), ASE databases (``.db``, one row per
-    structure) and the other formats ASE recognises from the file's contents or name.
-    Sources are ``path[i]`` (i the 0-based frame) or ``path[id=N]`` for database rows.
-
-    Raises:
-      StructureFileError: unreadable file, unknown format, a structure without a
-        periodic cell, a degenerate cell, or elements other than ``metal`` and H; for
-        (extended) XYZ files the message names the line where the structure starts.
-    """
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    path = Path(path)
-    if not path.is_file():
-        raise StructureFileError(path, "no such file")
-    frames = _ase_frames(path)
-    if not frames:
-        raise StructureFileError(path, "holds no structures")
-    structures, sources = [], []
-    for source, name, line, atoms in frames:
-        where = f"{name}: "
-        if not all(atoms.pbc) or abs(atoms.cell.volume) < MIN_CELL_VOLUME:
-            raise StructureFileError(
-                path, where + "no periodic cell (needs a lattice with pbc in all three "
-                "directions and nonzero volume)", line)
-        structure = AseAtomsAdaptor.get_structure(atoms)
-        try:
-            check_binary(structure, metal, source)
-        except StructureFileError as err:
-            raise StructureFileError(path, where + str(err)[len(err.path) + 2:], line) from None
-        structures.append(structure)
-        sources.append(source)
-    return Domain(metal, tuple(structures), tuple(sources))
-
-
 def read_domain(source: str | os.PathLike, metal: str, mat_block: int | None = None) -> Domain:
-    """Reads a domain from a folder of structure files, a ``.mat`` file, or any other file
-    ASE reads (:func:`read_ase`: extended XYZ, ``.traj``, an ASE database, ...).
+    """Reads a domain from a folder of structure files (:func:`read_folder`), a ``.mat``
+    file (:func:`crystalgan_jax.materials.mat_files.read_mat`), or any other file ASE
+    reads (:func:`crystalgan_jax.materials.ase_files.read_ase`: extended XYZ, ``.traj``,
+    an ASE database, ...).
 
     Args:
       source: folder, ``.mat`` file, or a file of structures.
       metal: element symbol of the domain's metal.
       mat_block: for ``.mat`` files, 2 if ``metal`` is the system's element A, 3 if B.
     """
+    # imported here: both modules build on this one's checks and Domain
+    from crystalgan_jax.materials import ase_files, mat_files
+
     source = Path(source)
     if source.suffix.lower() == ".mat":
         if mat_block is None:
             raise ValueError("mat_block (2 for element A, 3 for B) is needed for .mat files")
-        return read_mat(source, metal, mat_block)
+        return mat_files.read_mat(source, metal, mat_block)
     if source.is_file():
-        return read_ase(source, metal)
+        return ase_files.read_ase(source, metal)
     return read_folder(source, metal)
 
 

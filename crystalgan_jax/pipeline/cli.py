@@ -298,6 +298,31 @@ class _LibraryLevels(logging_std.Filter):
         return record.levelno >= (logging_std.WARNING if verbosity < 0 else lowest)
 
 
+class _TerminalFormatter(absl_logging.PythonFormatter):
+    """Short prefix on the terminal, absl's full prefix in the ``--log_dir`` file.
+
+    absl's handler writes a record to its stream (the log file once
+    ``start_logging_to_file`` ran) and, with ``--alsologtostderr``, again to stderr by
+    pointing that same stream at ``sys.stderr`` for the second write; this formatter
+    looks at where the handler writes now. On the terminal a line reads
+    ``13:57:35 I [stage1] epoch 2/2 ...`` (time and the level's first letter: D, I, W, E,
+    F); in the file it keeps absl's ``I1202 13:57:35.123456 4242 runner.py:88] ...``.
+    """
+
+    def __init__(self, handler: logging_std.StreamHandler):
+        super().__init__()
+        self.handler = handler
+
+    def format(self, record: logging_std.LogRecord) -> str:
+        if self.handler.stream not in (sys.stderr, sys.__stderr__):
+            return super().format(record)
+        level = {logging_std.DEBUG: "D", logging_std.INFO: "I", logging_std.WARNING: "W",
+                 logging_std.ERROR: "E", logging_std.CRITICAL: "F"}.get(
+                     record.levelno, record.levelname[:1])
+        when = self.formatTime(record, "%H:%M:%S")
+        return f"{when} {level} " + logging_std.Formatter.format(self, record)
+
+
 def start_script(argv: list[str], flag_values: flags.FlagValues,
                  script_folder: str | Path) -> None:
     """What each training script's ``main`` does first, once absl has parsed the flags:
@@ -340,7 +365,8 @@ def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
     hides it, ``--verbosity=1`` adds per-sample details and the libraries' INFO lines).
     With ``--log_dir`` the same lines also go to a log file there (absl's naming,
     ``<program>.INFO`` links the latest), and still to the terminal unless
-    ``--noalsologtostderr`` is given.
+    ``--noalsologtostderr`` is given. Terminal lines carry a short prefix (time and
+    level letter, :class:`_TerminalFormatter`); the file keeps absl's full prefix.
 
     Returns:
       The log file, or None when logging to the terminal only.
@@ -348,6 +374,7 @@ def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
     handler = absl_logging.get_absl_handler()
     folders = [Path(__file__).resolve().parent] + ([Path(script_folder)] if script_folder else [])
     handler.addFilter(_LibraryLevels(folders))
+    handler.python_handler.setFormatter(_TerminalFormatter(handler.python_handler))
     if not flag_values["log_dir"].value:
         return None
     Path(flag_values["log_dir"].value).mkdir(parents=True, exist_ok=True)

@@ -399,7 +399,7 @@ def merge_ablations(datas: Sequence[dict]) -> tuple[dict, list[int]]:
 # --- Table 2's population runs over devices ----------------------------------------------
 
 # Relative cost of one method's population, for sharing the work out over devices
-# (wall times of Table 2's rows on the 2-core machine, one device each: README), and of
+# (wall times of Table 2's rows on the 2-core machine, one device each: docs/results.md), and of
 # the stage 1 that several methods share (:func:`stage1_group`).
 COST = {"gan": 1.0, "discogan": 1.5, "nocons": 3.5, "crystalgan": 3.5,
         "crystalgan+clash": 6.5, "crystalgan_plus": 7.0}
