@@ -280,11 +280,11 @@ def test_neighbour_table_is_bounded_and_a_prefix_of_the_full_table():
 
 def test_plots_hold_the_pyplot_lock(tmp_path, monkeypatch):
     # pyplot is not thread-safe and table2.py writes reports from two threads: every
-    # figure is drawn and saved while report._PYPLOT is held
+    # figure is drawn and saved while report.PYPLOT is held
     held = []
-    save = report._save
-    monkeypatch.setattr(report, "_save", lambda fig, path: (held.append(report._PYPLOT.locked()),
+    save = report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: (held.append(report.PYPLOT.locked()),
                                                            save(fig, path))[1])
     metrics = [{"stage": "stage1", "epoch": e, "L_G1": 1.0 / e} for e in range(1, 4)]
     assert report.plot_losses(metrics, tmp_path / "losses.png").exists()
-    assert held == [True] and not report._PYPLOT.locked()
+    assert held == [True] and not report.PYPLOT.locked()

@@ -71,7 +71,7 @@ def test_min_image_distances_are_exact_for_thin_skewed_cells():
     # fixed +-1 shell (the replaced helper) misses.
     lattice = np.array([[1.2, 0.0, 0.0], [0.3, 5.0, 0.0], [6.7, 0.4, 3.1]])
     frac = np.array([[0.0, 0.0, 0.0], [0.35, 0.5, 0.45], [0.8, 0.1, 0.7]])
-    exact = datasets._min_image_distances(frac, lattice)
+    exact = datasets.min_image_distances(frac, lattice)
     reference = _pymatgen_min_pair_distances(lattice, frac)
     np.testing.assert_allclose(exact, reference, rtol=0, atol=1e-9)
     delta = frac[:, None, :] - frac[None, :, :]

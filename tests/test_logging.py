@@ -44,7 +44,7 @@ _ABSL = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] ")  # ab
 def test_terminal_lines_carry_a_short_prefix_and_files_absl_s_full_one(tmp_path):
     from absl import logging as absl_logging
     handler = absl_logging.PythonHandler()
-    handler.setFormatter(cli._TerminalFormatter(handler))
+    handler.setFormatter(cli.TerminalFormatter(handler))
     record = logging.LogRecord("x", logging.WARNING, __file__, 7, "[stage1] %s", ("w",), None)
     handler.stream = sys.stderr
     terminal = handler.format(record)

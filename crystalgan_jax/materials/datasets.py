@@ -220,7 +220,7 @@ def _site_permutations(lattice: np.ndarray, metal_frac: np.ndarray,
     return np.unique(np.array(permutations), axis=0)
 
 
-def _min_image_distances(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
+def min_image_distances(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
     """Pairwise shortest distances (Angstrom) between sites over periodic images.
 
     Exact for any cell: :func:`geometry.host_pair_distances` (float64, on the host) over
@@ -309,7 +309,7 @@ def interstitial_prototypes(metal: str, max_h: int = DEFAULT_MAX_H,
             if len(sites) > ORDERINGS_MAX_SITES:
                 continue
             permutations = _site_permutations(lattice, metal_frac, sites)
-            distances = _min_image_distances(sites, lattice)
+            distances = min_image_distances(sites, lattice)
             for k in _fillings(len(sites), max_h):
                 # Distances grow with the cell, whose volume depends on k.
                 scale = (rule_volume(metal, len(metal_frac), k)

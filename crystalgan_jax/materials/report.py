@@ -69,14 +69,14 @@ def pair_type_distances(evaluations: Sequence[StructureEvaluation], element_a: s
 # pyplot keeps global state (its figures, the mathtext parser's caches) and is not
 # thread-safe; experiments/table2.py writes the reports of two methods from two threads
 # (a run there failed in mathtext's parser without this lock).
-_PYPLOT = threading.Lock()
+PYPLOT = threading.Lock()  # pyplot is not thread-safe: every figure is drawn under it
 
 
 def _one_at_a_time(plot):
-    """``plot`` under :data:`_PYPLOT`."""
+    """``plot`` under :data:`PYPLOT`."""
     @functools.wraps(plot)
     def locked(*args, **kwargs):
-        with _PYPLOT:
+        with PYPLOT:
             return plot(*args, **kwargs)
     return locked
 
@@ -121,7 +121,7 @@ def plot_distance_histograms(generated: Sequence[StructureEvaluation],
         ax.set_ylabel("fraction of atoms")
         ax.legend(fontsize=8)
     fig.suptitle("Nearest-neighbour distances: generated vs training")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _is_number(value: Any) -> bool:
@@ -172,7 +172,7 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
         ax.set_ylabel("loss")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, ncol=2 if len(lines) > 5 else 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # Figure margins in inches, for a row of panels: room for tick labels and a rotated y
@@ -194,7 +194,8 @@ def _fixed_layout(fig) -> None:
                         wspace=m["between"] / panel)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Saves ``fig`` as ``path`` (folders made) with the fixed margins, and closes it."""
     _fixed_layout(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

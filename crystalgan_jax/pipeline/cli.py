@@ -298,7 +298,7 @@ class _LibraryLevels(logging_std.Filter):
         return record.levelno >= (logging_std.WARNING if verbosity < 0 else lowest)
 
 
-class _TerminalFormatter(absl_logging.PythonFormatter):
+class TerminalFormatter(absl_logging.PythonFormatter):
     """Short prefix on the terminal, absl's full prefix in the ``--log_dir`` file.
 
     absl's handler writes a record to its stream (the log file once
@@ -366,7 +366,7 @@ def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
     With ``--log_dir`` the same lines also go to a log file there (absl's naming,
     ``<program>.INFO`` links the latest), and still to the terminal unless
     ``--noalsologtostderr`` is given. Terminal lines carry a short prefix (time and
-    level letter, :class:`_TerminalFormatter`); the file keeps absl's full prefix.
+    level letter, :class:`TerminalFormatter`); the file keeps absl's full prefix.
 
     Returns:
       The log file, or None when logging to the terminal only.
@@ -374,7 +374,7 @@ def configure_logging(flag_values: flags.FlagValues = flags.FLAGS,
     handler = absl_logging.get_absl_handler()
     folders = [Path(__file__).resolve().parent] + ([Path(script_folder)] if script_folder else [])
     handler.addFilter(_LibraryLevels(folders))
-    handler.python_handler.setFormatter(_TerminalFormatter(handler.python_handler))
+    handler.python_handler.setFormatter(TerminalFormatter(handler.python_handler))
     if not flag_values["log_dir"].value:
         return None
     Path(flag_values["log_dir"].value).mkdir(parents=True, exist_ok=True)
