@@ -29,7 +29,7 @@ startup.collect_less()  # before the heavy imports below
 
 from absl import app, flags  # noqa: E402
 
-from crystalgan_jax.pipeline import cli, job, tables  # noqa: E402
+from crystalgan_jax.pipeline import cli, tables  # noqa: E402
 from crystalgan_jax.pipeline.spec import RunSpec  # noqa: E402
 from crystalgan_jax.train import training  # noqa: E402
 
@@ -65,11 +65,10 @@ def main(argv: list[str]) -> int:
         return collect([Path(p) for p in FLAGS.collect], out, base)
     plus = {k: getattr(FLAGS, k) for k in training.PLUS_DEFAULTS}  # None = plus default
     table: dict[str, dict] = {}
-    trained: dict[int, job.RunResult] = {}
+    trained: dict[int, tables.Trained] = {}
     try:
         for variant in variants:
-            runs = [tables.ablation_row(base, variant, seed, out, trained, plus)
-                    for seed in seeds]
+            runs = tables.ablation_rows(base, variant, seeds, out, trained, plus)
             table[variant] = {"runs": runs,
                               "summary": tables.summarize_ablation([r["counts"] for r in runs])}
             _write(out, table, base, seeds)  # after each row: nothing lost if cut short

@@ -30,7 +30,7 @@ startup.collect_less()  # before the heavy imports below
 
 from absl import app, flags, logging  # noqa: E402
 
-from crystalgan_jax.pipeline import cli, tables  # noqa: E402
+from crystalgan_jax.pipeline import cli, schedule, tables  # noqa: E402
 from crystalgan_jax.screening import runs as screen_runs  # noqa: E402
 from crystalgan_jax.pipeline.folder import check_output  # noqa: E402
 from crystalgan_jax.pipeline.prepare import load_domains  # noqa: E402
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     try:
         base = cli.spec_from_flags(FLAGS, data_root=HERE.parent)
         seeds = tables.parse_seeds(FLAGS.seeds)
-        specs = tables.table2_specs(  # all checked up front
+        specs = schedule.table2_specs(  # all checked up front
             base, tables.check_methods(FLAGS.methods), seeds, out,
             clash_weight=FLAGS.clash_weight, plus={k: getattr(FLAGS, k) for k in PLUS_DEFAULTS})
     except cli.UsageError as err:
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         for spec in specs.values():
             check_output(spec.base)  # every method's folder, before the first one trains
         load_domains(base)  # the data, likewise
-        table = tables.table2_rows(specs, tables.train_methods(specs, logging.info))
+        table = schedule.table2_rows(specs, schedule.train_methods(specs, logging.info))
         if table is None:  # not process 0
             return 0
         if FLAGS.with_substitution:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from crystalgan_jax.pipeline import tables
+from crystalgan_jax.pipeline import schedule
 from crystalgan_jax.pipeline.job import run
 from crystalgan_jax.pipeline.spec import RunSpec
 from crystalgan_jax.train import population as train_population
@@ -32,7 +32,7 @@ def plus_runs(tmp_path_factory):
     ah, bh = small_domain(tmp, "PdH", 5), small_domain(tmp, "NiH", 5)
     base = RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                    output_dir=str(tmp / "unused"), train=TINY, checkpoint_every=1)
-    specs = tables.table2_specs(base, ["crystalgan_plus"], SEEDS, tmp / "table2")
+    specs = schedule.table2_specs(base, ["crystalgan_plus"], SEEDS, tmp / "table2")
     pop = run(specs["crystalgan_plus"], log=lambda m: None)
     singles = {}
     for seed in SEEDS:
@@ -113,3 +113,17 @@ def test_no_module_calls_another_modules_underscore_names():
                     offences += [f"{path.relative_to(REPO)}:{node.lineno} import {a.name}"
                                  for a in node.names if a.name.startswith("_")]
     assert not offences, "\n".join(offences)
+
+
+def test_the_public_api_resolves_and_import_is_cheap():
+    import subprocess
+    import sys
+
+    import crystalgan_jax
+
+    for name in crystalgan_jax.__all__:
+        assert getattr(crystalgan_jax, name) is not None, name
+    code = "import sys, crystalgan_jax; print('jax' in sys.modules, 'pymatgen' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout.split()
+    assert out == ["False", "False"]
