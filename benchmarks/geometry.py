@@ -59,7 +59,7 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding, geometry
 from crystalgan_jax.materials import io
-from crystalgan_jax.train.training import TrainConfig
+from crystalgan_jax.train import TrainConfig
 
 PAPER = TrainConfig()  # the paper's d1, d2 (their one definition)
 

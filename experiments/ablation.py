@@ -36,7 +36,7 @@ from crystalgan_jax.materials import candidates, evaluation  # noqa: E402
 from crystalgan_jax.pipeline import cli, runner  # noqa: E402
 from crystalgan_jax.core import encoding  # noqa: E402
 from crystalgan_jax.materials import substitution  # noqa: E402
-from crystalgan_jax.train import training  # noqa: E402
+from crystalgan_jax import train  # noqa: E402
 from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -75,12 +75,12 @@ LABELS = {"crystalgan": "CrystalGAN (paper's method)", "plus": "crystalgan_plus 
 COLUMNS = ("generated", "ternary", "good_paper", "good_strict", "unique", "novel")
 
 
-def variant_config(base: training.TrainConfig, variant: str) -> training.TrainConfig:
+def variant_config(base: train.TrainConfig, variant: str) -> train.TrainConfig:
     """The TrainConfig of one row, from train.py's flags (``base``)."""
     if variant == "crystalgan":
         return dataclasses.replace(base, method="crystalgan",
-                                   **{k: None for k in training.PLUS_DEFAULTS})
-    fields = {k: getattr(FLAGS, k) for k in training.PLUS_DEFAULTS}  # None = plus default
+                                   **{k: None for k in train.PLUS_DEFAULTS})
+    fields = {k: getattr(FLAGS, k) for k in train.PLUS_DEFAULTS}  # None = plus default
     fields.update(VARIANTS[variant])
     weights = base.weights
     if variant == "-clash":

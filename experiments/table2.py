@@ -45,7 +45,7 @@ from crystalgan_jax.screening import runs as screen_runs  # noqa: E402
 from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
 from crystalgan_jax.pipeline.runner import (  # noqa: E402
     CheckpointError, DivergenceError, RunError, check_output, load_domains)
-from crystalgan_jax.train.training import METHODS  # noqa: E402
+from crystalgan_jax.train import METHODS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -109,7 +109,7 @@ def method_config(base, method: str):
         weights = dataclasses.replace(base.weights, l7=FLAGS.clash_weight)
         return dataclasses.replace(base, method="crystalgan", weights=weights)
     if method == "crystalgan_plus":  # its ingredients at their defaults unless flags set them
-        from crystalgan_jax.train.training import PLUS_DEFAULTS
+        from crystalgan_jax.train import PLUS_DEFAULTS
 
         return dataclasses.replace(base, method=method,
                                    **{k: getattr(FLAGS, k) for k in PLUS_DEFAULTS})

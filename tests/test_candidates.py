@@ -14,7 +14,7 @@ from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.materials import candidates, substitution
 from crystalgan_jax.core import encoding, geometry
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from tests.conftest import REPO, small_domain
 
 
@@ -145,29 +145,29 @@ def test_novelty_against_substitution_and_training():
 
 
 def test_config_defaults_keep_the_paper_method():
-    paper = training.TrainConfig()
-    for name, value in training.PLUS_OFF.items():
+    paper = train.TrainConfig()
+    for name, value in train.PLUS_OFF.items():
         assert getattr(paper, name) == value
     assert paper.weights.l7 == 0.0
-    plus = training.TrainConfig(method="crystalgan_plus")
-    for name, value in training.PLUS_DEFAULTS.items():
+    plus = train.TrainConfig(method="crystalgan_plus")
+    for name, value in train.PLUS_DEFAULTS.items():
         assert getattr(plus, name) == value
     assert plus.weights.l7 == 1.0
-    off = training.TrainConfig(method="crystalgan_plus", plus_clash=False, input_noise=0.0)
+    off = train.TrainConfig(method="crystalgan_plus", plus_clash=False, input_noise=0.0)
     assert off.weights.l7 == 0.0 and off.input_noise == 0.0 and off.window_weight == 1.0
     with pytest.raises(ValueError, match="samples_per_input"):
-        training.TrainConfig(method="crystalgan_plus", samples_per_input=0)
+        train.TrainConfig(method="crystalgan_plus", samples_per_input=0)
 
 
 def test_perturb_and_sampling_shapes():
     s = _rocksalt_pdh()
     c = jax.tree_util.tree_map(lambda a: a[None], _crystal(s))
-    noisy = training.perturb(c, jax.random.PRNGKey(0), 0.3)
+    noisy = train.perturb(c, jax.random.PRNGKey(0), 0.3)
     assert noisy.masks[0] is c.masks[0]
     delta = np.asarray(noisy.positions[0] - c.positions[0])
     assert 0 < np.abs(delta).max() < 3.0
-    cfg = training.TrainConfig(method="crystalgan_plus", samples_per_input=3)
-    x_all, y_all = training._sampled_inputs(c, c, c, c, jax.random.PRNGKey(1), cfg)
+    cfg = train.TrainConfig(method="crystalgan_plus", samples_per_input=3)
+    x_all, y_all = train.sampled_inputs(c, c, c, c, jax.random.PRNGKey(1), cfg)
     assert x_all.lattice.shape == (3, 3, 3) and y_all.positions[0].shape[0] == 3
     assert not np.allclose(np.asarray(x_all.lattice[0]), np.asarray(x_all.lattice[1]))
 
@@ -177,14 +177,14 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
     from crystalgan_jax.pipeline import runner
 
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
-    cfg = training.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,
+    cfg = train.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,
                                width=16, chunk_epochs=2, generator_steps=1,
                                samples_per_input=3, snapshots=2, snap_symprec=0.0)
     spec = runner.RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                           output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=2,
                           seed=0, evaluate=False)
     result = runner.run(spec, log=lambda m: None)
-    assert list(training.snapshot_epochs(cfg)) == [2]
+    assert list(train.snapshot_epochs(cfg)) == [2]
     # global epoch 6 = stage-3 epoch 2: the checkpoint of that epoch holds the snapshot
     ckpt = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints")
     try:
@@ -202,17 +202,17 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
     # sample block 0 runs the final generators, block 1 the snapshot, block 2 the final
     spec, _, _, _, x, y, nets = runner.prepare(spec, lambda m: None)
     cfg, key = spec.train, jax.random.PRNGKey(5)
-    out = training.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
+    out = train.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
 
     @jax.jit  # one program (op by op, these calls compiled for ~10 s)
     def expected_lattices(state, x, y):
         p = state.params
-        x1, y1 = training._stage1_outputs(p, nets, x, y)
-        x_g, y_g = training.feature_transfer(p, nets, x, y)
-        inputs, _ = training._sampled_inputs(x1, y1, x_g, y_g, key, cfg)
+        x1, y1 = train.stage1_outputs(p, nets, x, y)
+        x_g, y_g = train.feature_transfer(p, nets, x, y)
+        inputs, _ = train.sampled_inputs(x1, y1, x_g, y_g, key, cfg)
         n = x_g.lattice.shape[0]
         snapshot = jax.tree_util.tree_map(lambda a: a[0], state.snapshots["G_AHB2"])
-        return [training.apply_generator(
+        return [train.apply_generator(
                     nets.stage3_generator, params,
                     jax.tree_util.tree_map(lambda a: a[block * n:(block + 1) * n], inputs)
                 )[0].lattice

@@ -8,7 +8,7 @@ from pymatgen.core.operations import SymmOp
 
 from crystalgan_jax.materials import datasets, evaluation, io, report, substitution
 from crystalgan_jax.core import geometry
-from crystalgan_jax.train.training import TrainConfig
+from crystalgan_jax.train import TrainConfig
 
 A, B = "Pd", "Ni"
 # The thresholds a run passes: TrainConfig's defaults, their one definition.

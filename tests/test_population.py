@@ -14,10 +14,10 @@ import pytest
 
 from crystalgan_jax.core import losses
 from crystalgan_jax.pipeline import population, runner
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from tests.conftest import REPO, small_domain
 
-TINY = training.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,
+TINY = train.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,
                             generator_steps=1)
 SEEDS = (3, 5, 7)
 SWEEP_L7 = (0.0, 1.0)  # l7 traced per member; 0 must equal a run without the clash term

@@ -2,9 +2,9 @@
 
 A population is S *members*, each a whole run of :mod:`crystalgan_jax.pipeline.runner` with its own
 seed and its own loss weights l1..l7 (and occupancy weight). Their
-:class:`~crystalgan_jax.train.training.TrainState` pytrees are stacked along a leading member
+:class:`~crystalgan_jax.train.TrainState` pytrees are stacked along a leading member
 axis ``[P]`` and trained together: the per-member chunk function of
-:func:`crystalgan_jax.train.training.make_chunk_runner` is ``vmap``-ed over that axis, and the
+:func:`crystalgan_jax.train.make_chunk_runner` is ``vmap``-ed over that axis, and the
 axis is split over a one-axis :class:`jax.sharding.Mesh` of all devices (of all processes,
 after ``jax.distributed.initialize``) with ``shard_map``, so each device trains its own
 members and no device talks to another while training. ``P`` is S rounded up to a multiple
@@ -55,7 +55,7 @@ from jax.sharding import PartitionSpec as P
 from crystalgan_jax.core import encoding, losses
 from crystalgan_jax.materials import evaluation, io
 from crystalgan_jax.pipeline import runner
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.train.checkpoints import Checkpoints, signals_held
 
 AXIS = "members"
@@ -252,7 +252,7 @@ def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict
 class PopulationState:
     """Stacked member states ``[P]`` and the epoch they all reached (replicated scalar)."""
 
-    members: training.TrainState
+    members: train.TrainState
     epoch: jax.Array
 
 
@@ -262,7 +262,7 @@ def weight_rows(members: Sequence[Member]) -> np.ndarray:
                     np.float32)
 
 
-def static_config(cfg: training.TrainConfig, members: Sequence[Member]) -> training.TrainConfig:
+def static_config(cfg: train.TrainConfig, members: Sequence[Member]) -> train.TrainConfig:
     """The configuration that decides the program's shape: l7 is the members' largest.
 
     So the clash term is in the program (and its metric logged) iff some member uses it.
@@ -271,14 +271,14 @@ def static_config(cfg: training.TrainConfig, members: Sequence[Member]) -> train
     return dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, l7=l7))
 
 
-def traced_weights(row: jax.Array, cfg: training.TrainConfig) -> losses.Weights:
+def traced_weights(row: jax.Array, cfg: train.TrainConfig) -> losses.Weights:
     """One member's weights ``[8]`` as traced scalars; l7 stays 0 where no member uses it."""
     w = losses.Weights(*(row[i] for i in range(len(WEIGHT_NAMES))))
     return w if cfg.weights.l7 > 0 else dataclasses.replace(w, l7=0.0)
 
 
-def make_population_runner(stage: training.Stage, nets: training.Networks,
-                           cfg: training.TrainConfig, shifts: jax.Array,
+def make_population_runner(stage: train.Stage, nets: train.Networks,
+                           cfg: train.TrainConfig, shifts: jax.Array,
                            sizes: Sequence[int], sharding: MemberSharding,
                            on_trace: Callable[[str], None] | None = None,
                            group: int | None = None,
@@ -286,19 +286,19 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
     """Jitted ``run(members, weights[P, 8], data, active[chunk])`` -> (members, metrics).
 
     ``members`` and ``data`` are stacked ``[P, ...]``, metrics ``[P, chunk, n_metrics]``;
-    each member runs :func:`training.make_chunk_runner`'s chunk with its own weights.
+    each member runs :func:`train.make_chunk_runner`'s chunk with its own weights.
     ``cfg`` is :func:`static_config` of the population. Each device runs its members
     in vmapped groups of at most ``group`` (the largest divisor of its member count),
     one group's whole chunk after the other; ``group=None`` takes :func:`member_group`
     of the mesh's platform. ``compiler_options`` go to ``jax.jit``
-    (:func:`training.stage_compiler_options`).
+    (:func:`train.stage_compiler_options`).
     """
     if group is None:
         group = member_group(sharding.mesh.devices.flat[0].platform)
 
     def member(state, weights, data, active):
         member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
-        chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
+        chunk = train.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
         return chunk(state, data, active)
 
     def device_members(states, weights, data, active):
@@ -321,28 +321,28 @@ def make_population_runner(stage: training.Stage, nets: training.Networks,
                    compiler_options=compiler_options)
 
 
-def init_population(members: Sequence[Member], nets: training.Networks,
-                    cfg: training.TrainConfig, sharding: MemberSharding) -> PopulationState:
+def init_population(members: Sequence[Member], nets: train.Networks,
+                    cfg: train.TrainConfig, sharding: MemberSharding) -> PopulationState:
     """Fresh states of every member (``PRNGKey(seed)``, as a single run), sharded."""
     seeds = sharding.pad(np.array([m.seed for m in members], np.uint32))
-    init = jax.jit(jax.vmap(lambda s: training.init_state(jax.random.PRNGKey(s), nets, cfg)),
+    init = jax.jit(jax.vmap(lambda s: train.init_state(jax.random.PRNGKey(s), nets, cfg)),
                    out_shardings=sharding.members)
     states = init(sharding.put(seeds, sharding.members))
     return PopulationState(states, sharding.put(np.int32(0), sharding.replicated))
 
 
-def _stage_data(stage: str, states: training.TrainState, nets: training.Networks,
+def _stage_data(stage: str, states: train.TrainState, nets: train.Networks,
                 x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> tuple:
     """Each member's domains for ``stage`` ``[P, ...]`` (stage 3's depend on its stage 1)."""
-    fn = jax.vmap(lambda s, x, y: training.stage_data(stage, s, nets, x, y),
+    fn = jax.vmap(lambda s, x, y: train.stage_data(stage, s, nets, x, y),
                   in_axes=(0, None, None))
     return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
 
 
-def _generate(states: training.TrainState, nets: training.Networks, cfg: training.TrainConfig,
+def _generate(states: train.TrainState, nets: train.Networks, cfg: train.TrainConfig,
               x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> dict:
-    """:func:`training.generate` of every member, with the key a single run uses."""
-    fn = jax.vmap(lambda s, x, y: training.generate(s, nets, cfg, x, y,
+    """:func:`train.generate` of every member, with the key a single run uses."""
+    fn = jax.vmap(lambda s, x, y: train.generate(s, nets, cfg, x, y,
                                                     jax.random.fold_in(s.key, 1)),
                   in_axes=(0, None, None))
     return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
@@ -462,7 +462,7 @@ def run(spec: PopulationSpec, log: Callable[[str], None] | None = None, on_trace
                            until_epoch)
 
 
-def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainConfig,
+def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: train.TrainConfig,
                 sharding: "MemberSharding", ah: io.Domain, bh: io.Domain,
                 log: Callable[[str], None], on_trace, extra_files,
                 stop: threading.Event | None = None,
@@ -477,7 +477,7 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     x_host, y_host = encode(ah), encode(bh)
     x, y = (sharding.put(c, sharding.replicated) for c in (x_host, y_host))
     lattices = np.concatenate([x_host.lattice, y_host.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
+    nets = train.Networks.build(layout.rows, train.length_scale(lattices), cfg)
 
     out = Path(base.output_dir)
     if jax.process_index() == 0 or not base.overwrite:
@@ -525,7 +525,7 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
         f"{cfg.method}, {cfg.epochs} epochs per stage")
     try:
         state = train_stages(base, cfg, out, member_dirs, x, y, nets, state, weights,
-                             training.penalty_shifts(lattices, cfg), sharding, metrics, ckpt,
+                             train.penalty_shifts(lattices, cfg), sharding, metrics, ckpt,
                              log, on_trace, stop, until_epoch)
         if until_epoch is not None and until_epoch < len(cfg.stages) * cfg.epochs:
             ckpt.save(state, force=True)  # (a no-op where this epoch is saved already)
@@ -564,9 +564,9 @@ def _run_locked(spec: PopulationSpec, base: runner.RunSpec, cfg: training.TrainC
     return PopulationResult(out, spec.members, sharding, state, metrics, reports, pooled)
 
 
-def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
+def train_stages(base: runner.RunSpec, cfg: train.TrainConfig, out: Path,
                  member_dirs: dict[int, Path], x: encoding.Crystal, y: encoding.Crystal,
-                 nets: training.Networks, state: PopulationState, weights: jax.Array,
+                 nets: train.Networks, state: PopulationState, weights: jax.Array,
                  shifts: jax.Array, sharding: MemberSharding, metrics: dict[int, list[dict]],
                  ckpt: Checkpoints, log: Callable[[str], None], on_trace=None,
                  stop: threading.Event | None = None, until: int | None = None
@@ -584,16 +584,16 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
             end = start + cfg.epochs if until is None else min(start + cfg.epochs, until)
             if epoch >= end:
                 continue
-            stage = training.STAGES[stage_name]
+            stage = train.STAGES[stage_name]
             data = _stage_data(stage_name, state.members, nets, x, y, sharding)
             sizes = [d.lattice.shape[1] for d in data]
             chunk = max(1, min(cfg.chunk_epochs, base.checkpoint_every, cfg.epochs))
-            options = training.stage_compiler_options(  # each device trains all its members
+            options = train.stage_compiler_options(  # each device trains all its members
                 cfg, sizes, sharding.mesh.devices.flat[0].platform,
                 members=sharding.padded // sharding.mesh.size)
             run_chunk = make_population_runner(stage, nets, cfg, shifts, sizes, sharding,
                                                on_trace, compiler_options=options)
-            names = training.metric_names(stage, cfg)
+            names = train.metric_names(stage, cfg)
             while epoch < end:
                 if stop is not None and stop.is_set():
                     raise runner.Interrupted()  # saved below, as on Ctrl-C
@@ -602,7 +602,7 @@ def train_stages(base: runner.RunSpec, cfg: training.TrainConfig, out: Path,
                 tic = time.perf_counter()
                 active = sharding.put(np.arange(chunk) < n, sharding.replicated)
                 new_members, chunk_metrics = run_chunk(state.members, weights, data, active)
-                finite = bool(training.tree_all_finite((new_members, chunk_metrics)))
+                finite = bool(train.tree_all_finite((new_members, chunk_metrics)))
                 rows = local_rows(chunk_metrics)
                 rate = n / (time.perf_counter() - tic)
                 if not finite:  # keep the last finite state, as a single run does

@@ -47,7 +47,7 @@ from absl import logging
 from crystalgan_jax.core import encoding, geometry
 from crystalgan_jax.materials import io
 from crystalgan_jax.pipeline import provenance
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.train.checkpoints import CheckpointError, Checkpoints, signals_held
 
 # Rows a block is padded to at most unless n_h / n_metal raise it: every structure is
@@ -122,7 +122,7 @@ class RunSpec:
     element_a: str
     element_b: str
     output_dir: str
-    train: training.TrainConfig = training.TrainConfig()
+    train: train.TrainConfig = train.TrainConfig()
     seed: int = 0
     checkpoint_every: int = 100
     resume: bool = False
@@ -169,7 +169,7 @@ class RunResult:
 
     output_dir: Path
     layout: encoding.Layout
-    state: training.TrainState
+    state: train.TrainState
     files: dict[str, dict[str, list[Path]]]
     metrics: list[dict]
     report: dict | None
@@ -436,7 +436,7 @@ def append_metric_rows(stage_name: str, names: Sequence[str], values: np.ndarray
     file.flush()
 
 
-def _save_interrupted(ckpt: Checkpoints, state: training.TrainState,
+def _save_interrupted(ckpt: Checkpoints, state: train.TrainState,
                       err: KeyboardInterrupt, log: Callable[[str], None]) -> None:
     ckpt.save(state, force=True)
     name = f" [{signal.Signals(err.signum).name}]" if isinstance(err, Interrupted) else ""
@@ -444,13 +444,13 @@ def _save_interrupted(ckpt: Checkpoints, state: training.TrainState,
         f"continue with --resume{name}")
 
 
-def _diverged(stage_name: str, stage: training.Stage, cfg: training.TrainConfig,
+def _diverged(stage_name: str, stage: train.Stage, cfg: train.TrainConfig,
               chunk_metrics: np.ndarray, n: int, start: int, done: int,
-              state: training.TrainState, ckpt: Checkpoints, metrics: list[dict],
+              state: train.TrainState, ckpt: Checkpoints, metrics: list[dict],
               metrics_file) -> DivergenceError:
     """Logs the chunk's rows up to the first non-finite one, saves ``state`` (the last
     finite one) and returns the error to raise."""
-    names = training.metric_names(stage, cfg)
+    names = train.metric_names(stage, cfg)
     bad_rows = np.flatnonzero(~np.all(np.isfinite(chunk_metrics[:n]), axis=1))
     last = int(bad_rows[0]) if bad_rows.size else n - 1
     append_metric_rows(stage_name, names, chunk_metrics[:last + 1], start, done, metrics,
@@ -477,14 +477,14 @@ def chunk_length(epoch: int, stage_end: int, chunk: int, every: int) -> int:
 
 
 def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crystal,
-                 nets: training.Networks, state: training.TrainState, shifts: jax.Array,
+                 nets: train.Networks, state: train.TrainState, shifts: jax.Array,
                  metrics: list[dict], ckpt: Checkpoints,
                  log: Callable[[str], None], on_trace=None,
                  compiling: dict[str, concurrent.futures.Future] | None = None
-                 ) -> training.TrainState:
+                 ) -> train.TrainState:
     """Runs every stage of ``spec.train`` from ``state.epoch`` on, checkpointing as it goes.
 
-    ``shifts``: the geometric penalty's lattice shifts (:func:`training.penalty_shifts`).
+    ``shifts``: the geometric penalty's lattice shifts (:func:`train.penalty_shifts`).
     ``compiling``: the stages' programs from :func:`compile_stages`, started earlier;
     a stage missing from it is started here, with the stages after it.
     Chunks end at multiples of ``spec.checkpoint_every`` (global epochs), where ``ckpt``'s
@@ -505,8 +505,8 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
             start = s_index * cfg.epochs
             if int(state.epoch) >= start + cfg.epochs:
                 continue
-            stage = training.STAGES[stage_name]
-            data = training.stage_data(stage_name, state, nets, x, y)
+            stage = train.STAGES[stage_name]
+            data = train.stage_data(stage_name, state, nets, x, y)
             # not started by the caller (or a resume fell back to an older checkpoint):
             # this stage and the later ones start compiling now
             missing = [name for name in cfg.stages[s_index:] if name not in compiling]
@@ -515,7 +515,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                                                 on_trace))
             runner, compile_s = compiling[stage_name].result()
             if compile_s is not None:
-                quick = training.stage_compiler_options(
+                quick = train.stage_compiler_options(
                     cfg, [d.lattice.shape[0] for d in data], jax.default_backend()) is not None
                 log(f"[{stage_name}] compiled in {compile_s:.1f} s ({chunk} epochs per call"
                     + ("; quick compilation for a short stage" if quick else "") + ")")
@@ -533,7 +533,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                 new_state, chunk_metrics = runner(state, data, jnp.arange(chunk) < n)
                 chunk_metrics = np.asarray(chunk_metrics)
                 finite = (bool(np.all(np.isfinite(chunk_metrics))) and bool(
-                    training.tree_all_finite((new_state.params, new_state.opt_state))))
+                    train.tree_all_finite((new_state.params, new_state.opt_state))))
                 elapsed = time.perf_counter() - tic
                 if compile_s is None:  # this call compiled: count it as compile time
                     compile_s = elapsed
@@ -544,7 +544,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
                     raise _diverged(stage_name, stage, cfg, chunk_metrics, n, start, done,
                                     state, ckpt, metrics, metrics_file)
                 with signals_held():  # the metrics on disk and the state move on together
-                    append_metric_rows(stage_name, training.metric_names(stage, cfg),
+                    append_metric_rows(stage_name, train.metric_names(stage, cfg),
                                        chunk_metrics[:n], start, done, metrics, metrics_file)
                     state = new_state
                 log(_format_progress(stage_name, done + n, cfg.epochs, metrics[-1], rate))
@@ -561,7 +561,7 @@ def train_stages(spec: RunSpec, out: Path, x: encoding.Crystal, y: encoding.Crys
     return state
 
 
-def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.Networks,
+def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: train.Networks,
                    x: encoding.Crystal, y: encoding.Crystal, shifts: jax.Array, on_trace=None,
                    lowerer: concurrent.futures.ThreadPoolExecutor | None = None
                    ) -> dict[str, concurrent.futures.Future]:
@@ -577,7 +577,7 @@ def compile_stages(spec: RunSpec, stages: Sequence[str], state, nets: training.N
     while stage 1 trained and checkpointed took 1.8-2.1 s instead of 0.8 s. Compilations
     run one at a time: on a 2-core machine, compiling both stages at once delayed the
     start of training by the whole of stage 3's compilation. ``state`` may be abstract
-    (``jax.eval_shape`` of :func:`training.init_state`): only shapes are used.
+    (``jax.eval_shape`` of :func:`train.init_state`): only shapes are used.
     Each future gives ``(runner, compile seconds or None)`` (see :func:`_compile_lowered`).
 
     ``lowerer``: a one-thread executor of the caller's for the tracing, which the caller
@@ -606,16 +606,16 @@ class _Lowered(NamedTuple):
     seconds: float  # tracing and lowering
 
 
-def _lower_stage(stage_name: str, state: training.TrainState, nets: training.Networks,
-                 x: encoding.Crystal, y: encoding.Crystal, cfg: training.TrainConfig,
+def _lower_stage(stage_name: str, state: train.TrainState, nets: train.Networks,
+                 x: encoding.Crystal, y: encoding.Crystal, cfg: train.TrainConfig,
                  shifts: jax.Array, chunk: int, on_trace=None) -> _Lowered:
     """The chunk runner of one stage, lowered for the shapes of its data; needs no
     trained parameters, so it can run ahead."""
-    data = jax.eval_shape(lambda s, a, b: training.stage_data(stage_name, s, nets, a, b),
+    data = jax.eval_shape(lambda s, a, b: train.stage_data(stage_name, s, nets, a, b),
                           state, x, y)
     sizes = [d.lattice.shape[0] for d in data]
-    options = training.stage_compiler_options(cfg, sizes, jax.default_backend())
-    runner = training.make_chunk_runner(training.STAGES[stage_name], nets, cfg, shifts, sizes,
+    options = train.stage_compiler_options(cfg, sizes, jax.default_backend())
+    runner = train.make_chunk_runner(train.STAGES[stage_name], nets, cfg, shifts, sizes,
                                         on_trace, options)
     return _lower(runner, state, data, jnp.arange(chunk) < chunk)
 
@@ -740,7 +740,7 @@ def prepare(spec: RunSpec, log: Callable[[str], None] | None = None):
 
     x, y = encode(ah), encode(bh)
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), spec.train)
+    nets = train.Networks.build(layout.rows, train.length_scale(lattices), spec.train)
     return spec, ah, bh, layout, x, y, nets
 
 
@@ -784,7 +784,7 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     cfg = spec.train
     out = _prepare_output(spec, log)
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    shifts = training.penalty_shifts(lattices, cfg)
+    shifts = train.penalty_shifts(lattices, cfg)
     key = jax.random.PRNGKey(spec.seed)
     stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
     ckpt = Checkpoints(out / "checkpoints", every=spec.checkpoint_every, stage_ends=stage_ends,
@@ -798,7 +798,7 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     config = _config_json(spec, layout, ah, bh)
     lowerer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lower")
     compiling = compile_stages(spec, todo, jax.eval_shape(
-        lambda k: training.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace,
+        lambda k: train.init_state(k, nets, cfg), key), nets, x, y, shifts, on_trace,
         lowerer)
     # the report's inputs on the tracing thread once every stage is compiled: then they
     # take the core that the training leaves (one of two on the 2-core machine), and the
@@ -806,7 +806,7 @@ def _run_locked(prepared: tuple, log: Callable[[str], None], on_trace,
     inputs = (lowerer.submit(_after, compiling.values(), report_inputs, spec, ah, bh)
               if spec.evaluate else None)
     lowerer.shutdown(wait=False)
-    state = training.init_state(key, nets, cfg)
+    state = train.init_state(key, nets, cfg)
     metrics: list[dict] = []
     try:
         if spec.resume and ckpt.latest_step() is not None:
@@ -871,7 +871,7 @@ def report_inputs(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> ReportInputs:
     return ReportInputs(options, references, training)
 
 
-def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Networks,
+def write_outputs(spec: RunSpec, state: train.TrainState, nets: train.Networks,
                   x: encoding.Crystal, y: encoding.Crystal, layout: encoding.Layout,
                   ah: io.Domain, bh: io.Domain, out: Path, metrics: list[dict],
                   log: Callable[[str], None],
@@ -886,7 +886,7 @@ def write_outputs(spec: RunSpec, state: training.TrainState, nets: training.Netw
     (experiments/ablation.py) reuse one trained state.
     """
     cfg = spec.train
-    generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
+    generated = train.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
     files = write_structures(generated, layout, out, log)
     if cfg.snap_symprec > 0:
         _snap_files(files.get("final", {}), cfg.snap_symprec, log)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a :class:`~crystalgan_jax.train.training.TrainState`, verified on restore.
+"""Orbax checkpoints of a :class:`~crystalgan_jax.train.TrainState`, verified on restore.
 
 One Orbax ``CheckpointManager`` under the run's ``checkpoints/``, one folder per step
 (steps are global epoch counts). Orbax's policies decide what is written and kept:
