@@ -14,8 +14,8 @@ What is measured (CPU, whatever JAX finds on this machine):
     (``Layout('Pd', 'Ni', 18, 18, 18)``), to show what per-species padding saves;
   - ``per_species/paper`` and ``single_n/paper``: the same with ``form="paper"``.
 
-  The lattice shifts come from ``geometry.image_range(batch.lattice)`` (nearest-neighbour
-  range, maximum over the batch) and ``geometry.lattice_shifts``. Compilation
+  The lattice shifts come from ``cells.image_range(batch.lattice)`` (nearest-neighbour
+  range, maximum over the batch) and ``cells.lattice_shifts``. Compilation
   (``jit(...).lower(...).compile()``) is timed on its own and excluded; after warm-up
   calls each repeat is one call of the compiled function followed by
   ``jax.block_until_ready``. The median over ``--repeats`` is reported, except that a
@@ -57,7 +57,7 @@ import numpy as np
 import pymatgen.core
 from pymatgen.core import Structure
 
-from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.core import cells, encoding, geometry
 from crystalgan_jax.materials import io
 from crystalgan_jax.train import TrainConfig
 
@@ -216,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                "single_n": encoding.Layout("Pd", "Ni", PAPER_N, PAPER_N, PAPER_N)}
     batches = {k: encoding.encode_batch(structures, v, dtype=np.float32)
                for k, v in layouts.items()}
-    image_n = geometry.image_range(batches["per_species"].lattice)
-    shifts = geometry.lattice_shifts(image_n)
+    image_n = cells.image_range(batches["per_species"].lattice)
+    shifts = cells.lattice_shifts(image_n)
 
     jax_results = {f"{k}/{form}": bench_jax(batches[k], shifts, form, args.repeats)
                    for form in ("hinge", "paper") for k in layouts}

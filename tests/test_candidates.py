@@ -13,7 +13,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.materials import candidates, substitution
-from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.core import cells, encoding, geometry
 from crystalgan_jax import train
 from tests.conftest import REPO, small_domain
 
@@ -39,7 +39,7 @@ def test_cross_nearest_matches_pymatgen():
     s = _p1()
     layout = encoding.Layout.fit("Pd", "Ni", [s])
     c = encoding.encode(s, layout)
-    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(s.lattice.matrix, 6.0)),
+    shifts = jnp.asarray(cells.lattice_shifts(cells.image_range(s.lattice.matrix, 6.0)),
                          jnp.float64)
     with jax.enable_x64(True):
         c = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), c)
@@ -55,7 +55,7 @@ def test_cross_nearest_matches_pymatgen():
 
 def test_window_penalty_zero_inside_and_gradient_matches_finite_differences():
     s = _rocksalt_pdh()  # Pd-H 2.045 A, Pd-Pd and H-H 2.892 A
-    shifts = jnp.asarray(geometry.lattice_shifts((2, 2, 2)), jnp.float64)
+    shifts = jnp.asarray(cells.lattice_shifts((2, 2, 2)), jnp.float64)
     with jax.enable_x64(True):
         c = _crystal(s)
         inside = (((1,), (0,), 1.9, 2.2), ((1, 2), (1, 2), 2.5, 3.0))
@@ -82,14 +82,14 @@ def test_plane_spacing_terms_agree_with_numpy_and_image_range():
     cubic = 4.0 * np.eye(3)
     with jax.enable_x64(True):
         for lattice in (thin, cubic):
-            np.testing.assert_allclose(np.asarray(geometry.plane_spacings_jax(jnp.asarray(lattice))),
-                                       geometry.plane_spacings(lattice), rtol=1e-10)
-            np.testing.assert_array_equal(np.asarray(geometry.images_needed(jnp.asarray(lattice))),
-                                          geometry.image_range(lattice))
-        shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
+            np.testing.assert_allclose(np.asarray(geometry.plane_spacings(jnp.asarray(lattice))),
+                                       cells.plane_spacings(lattice), rtol=1e-10)
+            np.testing.assert_array_equal(np.asarray(geometry.image_range(jnp.asarray(lattice))),
+                                          cells.image_range(lattice))
+        shifts = jnp.asarray(cells.lattice_shifts((1, 1, 1)))
         assert bool(geometry.outside_image_range(jnp.asarray(thin), shifts))
         assert not bool(geometry.outside_image_range(jnp.asarray(cubic), shifts))
-        h = geometry.plane_spacings(thin)
+        h = cells.plane_spacings(thin)
         assert float(geometry.spacing_penalty(jnp.asarray(thin), 1.0)) == pytest.approx(
             float(np.sum(np.maximum(1.0 - h, 0.0) ** 2)))
         assert h.min() < 1.0

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.core import cells, encoding
 from crystalgan_jax.materials import io
 from crystalgan_jax.pipeline import provenance
 from crystalgan_jax import train
@@ -715,7 +715,7 @@ def _undecodable(crystal: encoding.Crystal) -> str | None:
     lattice = np.asarray(crystal.lattice, np.float64)
     if abs(np.linalg.det(lattice)) < io.MIN_CELL_VOLUME:
         return "degenerate cell (zero volume)"
-    spacing = float(geometry.plane_spacings(lattice).min())
+    spacing = float(cells.plane_spacings(lattice).min())
     if spacing < MIN_PLANE_SPACING:
         return f"degenerate cell (lattice planes {spacing:.3g} A apart)"
     return None
@@ -930,7 +930,7 @@ def _learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
             cfg.window_percentiles, cfg.d1, cfg.d2)
     if cfg.spacing_weight > 0 and cfg.min_plane_spacing == 0:
         lattices = np.array([s.lattice.matrix for s in ah.structures + bh.structures])
-        changes["min_plane_spacing"] = round(float(geometry.plane_spacings(lattices).min()), 4)
+        changes["min_plane_spacing"] = round(float(cells.plane_spacings(lattices).min()), 4)
     if not changes:
         return spec
     return dataclasses.replace(spec, train=dataclasses.replace(cfg, **changes))

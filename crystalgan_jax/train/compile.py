@@ -44,8 +44,8 @@ def quick_jit(fun: Callable, **jit_kwargs) -> Callable:
 
     For programs a run calls once or once per stage (initialisation, a stage's data,
     generation): on a short run their compilation is on the critical path, and their
-    running time is a few milliseconds at any optimisation level. On other platforms
-    (not measured) XLA's defaults. Called inside another trace it is a plain nested
+    running time is small at any optimisation level. On other platforms XLA's
+    defaults. Called inside another trace it is a plain nested
     ``jax.jit`` (JAX takes compiler options only at the top level; the outer program's
     apply).
     """

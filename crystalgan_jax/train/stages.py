@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crystalgan_jax.core import geometry
+from crystalgan_jax.core import cells
 from crystalgan_jax.train.config import TrainConfig
 
 
@@ -77,8 +77,8 @@ def penalty_shifts(lattices: np.ndarray, cfg: TrainConfig) -> jax.Array:
     At least one image each way (so own images are seen), at most ``cfg.max_images``.
     See :mod:`crystalgan_jax.core.geometry` for what a generated cell outside this range gets.
     """
-    n = np.clip(geometry.image_range(lattices), 1, cfg.max_images)
-    return jnp.asarray(geometry.lattice_shifts(n))
+    n = np.clip(cells.image_range(lattices), 1, cfg.max_images)
+    return jnp.asarray(cells.lattice_shifts(n))
 
 
 def length_scale(lattices: np.ndarray) -> float:

@@ -81,8 +81,8 @@ def init_state(key: jax.Array, nets: Networks, cfg: TrainConfig) -> TrainState:
     Parameters follow Flax's ``Dense`` defaults (LeCun truncated normal kernels, zero
     biases), drawn by :func:`draw_parameters`. Traceable (a population ``vmap``s it over
     its members' keys); called on a concrete key it runs a few small programs and cuts
-    the kernels from the draw on the host: one program with an output per array took
-    1.3 s to compile on the 2-core CPU, beside the first stage's compilation.
+    the kernels from the draw on the host, since one program with an output per array
+    is slow to compile.
     """
     key, init_key = _split(key)
     params = draw_parameters(init_key, parameter_shapes(nets, cfg))
@@ -167,8 +167,8 @@ def draw_parameters(key: jax.Array, shapes) -> Any:
     Every ``kernel [fan_in, fan_out]`` is LeCun truncated normal (N(0, 1) cut at +-2,
     times ``sqrt(1 / fan_in) / 0.8796``), every ``bias`` zero: the law of
     ``nn.Dense``'s default initialisers. All kernels are cut from ONE truncated-normal
-    draw: a draw per kernel made XLA compile the initialisation for 4 s on a 2-core
-    CPU (one random-number program per array); one draw compiles in 0.3 s. Under a
+    draw: a draw per kernel makes XLA compile one random-number program per array,
+    far slower than one draw. Under a
     trace (jit, vmap) the kernels are slices of the traced draw; with a concrete key
     they are cut and scaled on the host (NumPy float32, the same numbers) and put on
     the device together.

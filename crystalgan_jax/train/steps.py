@@ -51,8 +51,8 @@ def make_train_step(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.
             updates, opt_g = tx.update(grads, opt_g, gp)
             return (optax.apply_updates(gp, updates), opt_g), terms
 
-        # scanned, not unrolled: unrolling the five updates doubled the compile time and
-        # ran slower inside the epoch loop (measured on the 2-core CPU machine)
+        # scanned, not unrolled: unrolled updates compile longer and run slower inside
+        # the epoch loop
         (gp, opt_g), terms = jax.lax.scan(
             g_update, (gp, opt_g), jax.random.split(g_key, cfg.generator_steps))
         params = {**state.params, **gp, **dp}
@@ -115,9 +115,8 @@ def make_chunk_runner(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: ja
     ``lax.cond`` and leaves the state untouched (its metrics row is zeros). ``on_trace``
     is called each time JAX traces the function, which lets tests check that it compiles
     once per stage. Divergence is checked outside (:func:`tree_all_finite`): inside the
-    chunk's program, one check per array was ~550 of stage 1's ~1130 kernels to compile,
-    and one check over the arrays joined ran stage 3's epochs ~10 % slower (measured
-    alternately in one process on the 2-core CPU).
+    chunk's program, one check per array multiplies the kernels to compile, and one
+    check over the arrays joined slows the epochs.
     """
     epoch = make_epoch(stage, nets, cfg, shifts, sizes)
     n_metrics = len(metric_names(stage, cfg))
@@ -144,7 +143,7 @@ def tree_all_finite(tree) -> jax.Array:
     A reduction on the device over a chunk's new parameters and optimizer state (about a
     million numbers), so divergence is caught without copying the state to the host. One
     small program for every stage (the state's structure is the same in each): the leaves
-    are joined and reduced once, where a reduction per leaf made ~550 kernels to compile.
+    are joined and reduced once, where a reduction per leaf is a kernel per leaf to compile.
     """
     leaves = [jnp.ravel(x) for x in jax.tree_util.tree_leaves(tree)
               if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -161,11 +160,8 @@ def stage_compiler_options(cfg: TrainConfig, sizes: Sequence[int], platform: str
 
     On CPU, :func:`quick_compile_options` where those train steps in all are at most
     ``QUICK_COMPILE_STEPS``: XLA's defaults cost more to compile than they save on a
-    short run. Measured on the 2-core machine (paper configuration, one step per epoch,
-    compiled in one process): stage 1 compiled in 1.46 s against 2.14 s and ran at 53
-    against 156 epochs/s, stage 3 in 1.99 s against 3.43 s at 14 against 116 epochs/s: it
-    pays below ~23 steps (stage 3) and ~54 (stage 1). Otherwise None (XLA's defaults; GPU
-    and TPU were not measured).
+    short run (and run slower, which a short run does not feel). Otherwise None (XLA's
+    defaults).
     """
     steps = members * cfg.epochs * steps_per_epoch(sizes, cfg.batch_size)
     if platform == "cpu" and steps <= QUICK_COMPILE_STEPS:
