@@ -1,7 +1,7 @@
 """What the per-chunk divergence check costs next to the chunk it guards.
 
 After every chunk of epochs the chunk's program reduces the new parameters, optimizer
-state and metrics with ``training.tree_all_finite``. This times that reduction alone
+state and metrics with ``train.tree_all_finite``. This times that reduction alone
 and one chunk of stage-1 epochs on the paper's network size (5 x 100 MLPs, batch 35)
 with the embedded Pd-H / Ni-H data, in the same process, and prints the medians and
 their ratio; it writes them to a JSON file.
@@ -24,7 +24,7 @@ from common import median_time, write_results  # noqa: E402
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import io
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "finite_check.json"
@@ -41,20 +41,20 @@ def main() -> None:
     enc = lambda d: jax.tree_util.tree_map(  # noqa: E731
         jnp.asarray, encoding.encode_batch(d.structures, layout, dtype=np.float32))
     x, y = enc(ah), enc(bh)
-    cfg = training.TrainConfig(chunk_epochs=args.chunk)
+    cfg = train.TrainConfig(chunk_epochs=args.chunk)
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
-    state = training.init_state(jax.random.PRNGKey(0), nets, cfg)
-    data = training.stage_data("stage1", state, nets, x, y)
-    runner = training.make_chunk_runner(training.STAGES["stage1"], nets, cfg,
-                                        training.penalty_shifts(lattices, cfg),
+    nets = train.Networks.build(layout.rows, train.length_scale(lattices), cfg)
+    state = train.init_state(jax.random.PRNGKey(0), nets, cfg)
+    data = train.stage_data("stage1", state, nets, x, y)
+    runner = train.make_chunk_runner(train.STAGES["stage1"], nets, cfg,
+                                        train.penalty_shifts(lattices, cfg),
                                         [d.lattice.shape[0] for d in data])
     active = jnp.ones(args.chunk, bool)
     new_state, metrics = jax.block_until_ready(runner(state, data, active))  # compile
     tree = (new_state.params, new_state.opt_state, metrics)
-    jax.block_until_ready(training.tree_all_finite(tree))  # compile
+    jax.block_until_ready(train.tree_all_finite(tree))  # compile
     chunk_s = median_time(lambda: runner(state, data, active), args.repeats)
-    check_s = median_time(lambda: training.tree_all_finite(tree), 20 * args.repeats)
+    check_s = median_time(lambda: train.tree_all_finite(tree), 20 * args.repeats)
     numbers = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
     result = {"device": str(jax.devices()[0]), "chunk_epochs": args.chunk,
               "checked_numbers": numbers, "chunk_median_s": chunk_s,

@@ -14,8 +14,8 @@ What is measured (CPU, whatever JAX finds on this machine):
     (``Layout('Pd', 'Ni', 18, 18, 18)``), to show what per-species padding saves;
   - ``per_species/paper`` and ``single_n/paper``: the same with ``form="paper"``.
 
-  The lattice shifts come from ``geometry.image_range(batch.lattice)`` (nearest-neighbour
-  range, maximum over the batch) and ``geometry.lattice_shifts``. Compilation
+  The lattice shifts come from ``cells.image_range(batch.lattice)`` (nearest-neighbour
+  range, maximum over the batch) and ``cells.lattice_shifts``. Compilation
   (``jit(...).lower(...).compile()``) is timed on its own and excluded; after warm-up
   calls each repeat is one call of the compiled function followed by
   ``jax.block_until_ready``. The median over ``--repeats`` is reported, except that a
@@ -58,9 +58,9 @@ from pymatgen.core import Structure
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py, run as a module too
 from common import call_times, write_results  # noqa: E402
 
-from crystalgan_jax.core import encoding, geometry  # noqa: E402
+from crystalgan_jax.core import cells, encoding, geometry  # noqa: E402
 from crystalgan_jax.materials import io  # noqa: E402
-from crystalgan_jax.train.training import TrainConfig  # noqa: E402
+from crystalgan_jax.train import TrainConfig  # noqa: E402
 
 PAPER = TrainConfig()  # the paper's d1, d2 (their one definition)
 
@@ -205,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                "single_n": encoding.Layout("Pd", "Ni", PAPER_N, PAPER_N, PAPER_N)}
     batches = {k: encoding.encode_batch(structures, v, dtype=np.float32)
                for k, v in layouts.items()}
-    image_n = geometry.image_range(batches["per_species"].lattice)
-    shifts = geometry.lattice_shifts(image_n)
+    image_n = cells.image_range(batches["per_species"].lattice)
+    shifts = cells.lattice_shifts(image_n)
 
     jax_results = {f"{k}/{form}": bench_jax(batches[k], shifts, form, args.repeats)
                    for form in ("hinge", "paper") for k in layouts}

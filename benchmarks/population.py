@@ -57,9 +57,9 @@ PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate
 
 def _spec(out: Path, epochs: int):
     from crystalgan_jax.pipeline.spec import RunSpec
-    from crystalgan_jax.train import training
+    from crystalgan_jax import train
 
-    cfg = training.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
+    cfg = train.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
     return RunSpec(data_ah=str(REFERENCE / "PdH_dataset.mat"),
                           data_bh=str(REFERENCE / "NiH_dataset.mat"), element_a="Pd",
                           element_b="Ni", output_dir=str(out), train=cfg,
@@ -117,7 +117,7 @@ def epoch_flops(epochs: int) -> dict[str, float]:
 
     from crystalgan_jax.core import encoding
     from crystalgan_jax.pipeline.prepare import load_domains
-    from crystalgan_jax.train import training
+    from crystalgan_jax import train
 
     spec = _spec(Path("unused"), epochs)
     cfg = spec.train
@@ -126,16 +126,16 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     x, y = (jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(
         d.structures, layout, dtype=np.float32)) for d in (ah, bh))
     lattices = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
-    state = training.init_state(jax.random.PRNGKey(0), nets, cfg)
-    shifts = training.penalty_shifts(lattices, cfg)
+    nets = train.Networks.build(layout.rows, train.length_scale(lattices), cfg)
+    state = train.init_state(jax.random.PRNGKey(0), nets, cfg)
+    shifts = train.penalty_shifts(lattices, cfg)
     out = {}
     for name in cfg.stages:
-        stage = training.STAGES[name]
-        data = training.stage_data(name, state, nets, x, y)
-        steps = training.steps_per_epoch([d.lattice.shape[0] for d in data], cfg.batch_size)
+        stage = train.STAGES[name]
+        data = train.stage_data(name, state, nets, x, y)
+        steps = train.steps_per_epoch([d.lattice.shape[0] for d in data], cfg.batch_size)
         batch = tuple(jax.tree_util.tree_map(lambda a: a[:cfg.batch_size], d) for d in data)
-        g_loss, d_loss = training._stage_losses(stage, nets, cfg, shifts)
+        g_loss, d_loss = train.stage_losses(stage, nets, cfg, shifts)
         gp = {k: state.params[k] for k in stage.generators}
         dp = {k: state.params[k] for k in stage.discriminators}
         key = jax.random.PRNGKey(1)

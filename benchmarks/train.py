@@ -128,10 +128,10 @@ def bench_in_process(epochs: int, work: Path, depth: int = 5) -> dict:
     from crystalgan_jax.pipeline import outputs
     from crystalgan_jax.pipeline.prepare import load_domains
     from crystalgan_jax.pipeline.spec import RunSpec
-    from crystalgan_jax.train import training
+    from crystalgan_jax import train
 
     result: dict = {"import_in_process_s": time.perf_counter() - t0}
-    cfg = training.TrainConfig(epochs=epochs, depth=depth)
+    cfg = train.TrainConfig(epochs=epochs, depth=depth)
     spec = RunSpec(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"),
                           element_a="Pd", element_b="Ni", output_dir=str(work), train=cfg,
                           overwrite=True)
@@ -151,19 +151,19 @@ def bench_in_process(epochs: int, work: Path, depth: int = 5) -> dict:
     result["structures"] = [len(ah), len(bh)]
 
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), cfg)
-    state = training.init_state(jax.random.PRNGKey(0), nets, cfg)
-    shifts = training.penalty_shifts(lattices, cfg)
+    nets = train.Networks.build(layout.rows, train.length_scale(lattices), cfg)
+    state = train.init_state(jax.random.PRNGKey(0), nets, cfg)
+    shifts = train.penalty_shifts(lattices, cfg)
     result["penalty_shifts"] = int(shifts.shape[0])
     chunk = max(1, min(cfg.chunk_epochs, spec.checkpoint_every, cfg.epochs))
     stages = {}
     for stage_name in cfg.stages:
-        stage = training.STAGES[stage_name]
-        data = training.stage_data(stage_name, state, nets, x, y)
+        stage = train.STAGES[stage_name]
+        data = train.stage_data(stage_name, state, nets, x, y)
         sizes = [d.lattice.shape[0] for d in data]
-        epoch_fn = training.make_epoch(stage, nets, cfg, shifts, sizes)
+        epoch_fn = train.make_epoch(stage, nets, cfg, shifts, sizes)
         flops = jaxpr_matmul_flops(jax.make_jaxpr(epoch_fn)(state, data).jaxpr)
-        run_chunk = training.make_chunk_runner(stage, nets, cfg, shifts, sizes)
+        run_chunk = train.make_chunk_runner(stage, nets, cfg, shifts, sizes)
         active = jnp.arange(chunk) < chunk
         t = time.perf_counter()
         compiled = run_chunk.lower(state, data, active).compile()
@@ -187,7 +187,7 @@ def bench_in_process(epochs: int, work: Path, depth: int = 5) -> dict:
     result["stages"] = stages
 
     t = time.perf_counter()
-    generated = training.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
+    generated = train.generate(state, nets, cfg, x, y, jax.random.fold_in(state.key, 1))
     files = outputs.write_structures(generated, layout, work, lambda msg: None)
     result["generate_write_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -33,8 +33,8 @@ _EXPORTS = {
     "Layout": "crystalgan_jax.core.encoding",
     "Weights": "crystalgan_jax.core.losses",
     # train
-    "TrainConfig": "crystalgan_jax.train.training",
-    "METHODS": "crystalgan_jax.train.training",
+    "TrainConfig": "crystalgan_jax.train",
+    "METHODS": "crystalgan_jax.train",
     "Checkpoints": "crystalgan_jax.train.checkpoints",
     # pipeline
     "RunSpec": "crystalgan_jax.pipeline.spec",

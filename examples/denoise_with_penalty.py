@@ -2,7 +2,7 @@
 
 A small coordinate denoiser (a plain-JAX MLP, no Flax) learns to move the atoms of a
 noisy fcc Pd4 H4 cell back to their sites. Its loss is the mean squared error to the
-clean positions plus ``weight`` x the penalty of ``crystalgan_jax.core.geometry.penalty``,
+clean positions plus ``weight`` x the penalty of ``crystalgan_jax.core.geometry.array_penalty``,
 which pushes each atom's nearest same-class distance into [d1, d2] (metals with
 metals, H with H; here 2.76 A in the clean cell). Only arrays go in: lattice
 ``[3, 3]``, positions ``[N, 3]``, mask ``[N]``, class ids ``[N]``, lattice shifts.
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crystalgan_jax.core import geometry
+from crystalgan_jax.core import cells, geometry
 
 A = 3.9  # Angstrom, cubic cell edge
 LATTICE = np.eye(3) * A
@@ -51,12 +51,12 @@ def denoise(params, noisy: jax.Array) -> jax.Array:
 
 def main(steps: int = 300, batch: int = 32, noise: float = 0.35, weight: float = 1.0,
          seed: int = 0) -> dict[str, float]:
-    shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
+    shifts = jnp.asarray(cells.lattice_shifts((1, 1, 1)))
     lattice = jnp.asarray(LATTICE, jnp.float32)
     clean = jnp.asarray(CLEAN)
 
     def penalty(positions: jax.Array) -> jax.Array:  # one structure -> scalar
-        geo1, geo2 = geometry.penalty(lattice, positions, MASK, CLASS_IDS, shifts, D1, D2)
+        geo1, geo2 = geometry.array_penalty(lattice, positions, MASK, CLASS_IDS, shifts, D1, D2)
         return geo1 + geo2
 
     def loss(params, noisy):  # noisy: [B, N, 3]

@@ -31,7 +31,7 @@ from absl import app, flags  # noqa: E402
 
 from crystalgan_jax.pipeline import cli, tables  # noqa: E402
 from crystalgan_jax.pipeline.spec import RunSpec  # noqa: E402
-from crystalgan_jax.train import training  # noqa: E402
+from crystalgan_jax import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     out = Path(FLAGS.output_dir)
     if FLAGS.collect:
         return collect([Path(p) for p in FLAGS.collect], out, base)
-    plus = {k: getattr(FLAGS, k) for k in training.PLUS_DEFAULTS}  # None = plus default
+    plus = {k: getattr(FLAGS, k) for k in train.PLUS_DEFAULTS}  # None = plus default
     table: dict[str, dict] = {}
     trained: dict[int, tables.Trained] = {}
     try:

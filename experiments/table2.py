@@ -34,7 +34,7 @@ from crystalgan_jax.pipeline import cli, schedule, tables  # noqa: E402
 from crystalgan_jax.screening import runs as screen_runs  # noqa: E402
 from crystalgan_jax.pipeline.folder import check_output  # noqa: E402
 from crystalgan_jax.pipeline.prepare import load_domains  # noqa: E402
-from crystalgan_jax.train.training import PLUS_DEFAULTS  # noqa: E402
+from crystalgan_jax.train import PLUS_DEFAULTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

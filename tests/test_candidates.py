@@ -13,8 +13,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.materials import candidates, substitution
-from crystalgan_jax.core import encoding, geometry
-from crystalgan_jax.train import training
+from crystalgan_jax.core import cells, encoding, geometry
+from crystalgan_jax import train
 from tests.conftest import REPO, small_domain
 
 
@@ -39,7 +39,7 @@ def test_cross_nearest_matches_pymatgen():
     s = _p1()
     layout = encoding.Layout.fit("Pd", "Ni", [s])
     c = encoding.encode(s, layout)
-    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(s.lattice.matrix, 6.0)),
+    shifts = jnp.asarray(cells.lattice_shifts(cells.image_range(s.lattice.matrix, 6.0)),
                          jnp.float64)
     with jax.enable_x64(True):
         c = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), c)
@@ -55,7 +55,7 @@ def test_cross_nearest_matches_pymatgen():
 
 def test_window_penalty_zero_inside_and_gradient_matches_finite_differences():
     s = _rocksalt_pdh()  # Pd-H 2.045 A, Pd-Pd and H-H 2.892 A
-    shifts = jnp.asarray(geometry.lattice_shifts((2, 2, 2)), jnp.float64)
+    shifts = jnp.asarray(cells.lattice_shifts((2, 2, 2)), jnp.float64)
     with jax.enable_x64(True):
         c = _crystal(s)
         inside = (((1,), (0,), 1.9, 2.2), ((1, 2), (1, 2), 2.5, 3.0))
@@ -82,14 +82,14 @@ def test_plane_spacing_terms_agree_with_numpy_and_image_range():
     cubic = 4.0 * np.eye(3)
     with jax.enable_x64(True):
         for lattice in (thin, cubic):
-            np.testing.assert_allclose(np.asarray(geometry.plane_spacings_jax(jnp.asarray(lattice))),
-                                       geometry.plane_spacings(lattice), rtol=1e-10)
-            np.testing.assert_array_equal(np.asarray(geometry.images_needed(jnp.asarray(lattice))),
-                                          geometry.image_range(lattice))
-        shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
+            np.testing.assert_allclose(np.asarray(geometry.plane_spacings(jnp.asarray(lattice))),
+                                       cells.plane_spacings(lattice), rtol=1e-10)
+            np.testing.assert_array_equal(np.asarray(geometry.image_range(jnp.asarray(lattice))),
+                                          cells.image_range(lattice))
+        shifts = jnp.asarray(cells.lattice_shifts((1, 1, 1)))
         assert bool(geometry.outside_image_range(jnp.asarray(thin), shifts))
         assert not bool(geometry.outside_image_range(jnp.asarray(cubic), shifts))
-        h = geometry.plane_spacings(thin)
+        h = cells.plane_spacings(thin)
         assert float(geometry.spacing_penalty(jnp.asarray(thin), 1.0)) == pytest.approx(
             float(np.sum(np.maximum(1.0 - h, 0.0) ** 2)))
         assert h.min() < 1.0
@@ -145,29 +145,29 @@ def test_novelty_against_substitution_and_training():
 
 
 def test_config_defaults_keep_the_paper_method():
-    paper = training.TrainConfig()
-    for name, value in training.PLUS_OFF.items():
+    paper = train.TrainConfig()
+    for name, value in train.PLUS_OFF.items():
         assert getattr(paper, name) == value
     assert paper.weights.l7 == 0.0
-    plus = training.TrainConfig(method="crystalgan_plus")
-    for name, value in training.PLUS_DEFAULTS.items():
+    plus = train.TrainConfig(method="crystalgan_plus")
+    for name, value in train.PLUS_DEFAULTS.items():
         assert getattr(plus, name) == value
     assert plus.weights.l7 == 1.0
-    off = training.TrainConfig(method="crystalgan_plus", plus_clash=False, input_noise=0.0)
+    off = train.TrainConfig(method="crystalgan_plus", plus_clash=False, input_noise=0.0)
     assert off.weights.l7 == 0.0 and off.input_noise == 0.0 and off.window_weight == 1.0
     with pytest.raises(ValueError, match="samples_per_input"):
-        training.TrainConfig(method="crystalgan_plus", samples_per_input=0)
+        train.TrainConfig(method="crystalgan_plus", samples_per_input=0)
 
 
 def test_perturb_and_sampling_shapes():
     s = _rocksalt_pdh()
     c = jax.tree_util.tree_map(lambda a: a[None], _crystal(s))
-    noisy = training.perturb(c, jax.random.PRNGKey(0), 0.3)
+    noisy = train.perturb(c, jax.random.PRNGKey(0), 0.3)
     assert noisy.masks[0] is c.masks[0]
     delta = np.asarray(noisy.positions[0] - c.positions[0])
     assert 0 < np.abs(delta).max() < 3.0
-    cfg = training.TrainConfig(method="crystalgan_plus", samples_per_input=3)
-    x_all, y_all = training._sampled_inputs(c, c, c, c, jax.random.PRNGKey(1), cfg)
+    cfg = train.TrainConfig(method="crystalgan_plus", samples_per_input=3)
+    x_all, y_all = train.sampled_inputs(c, c, c, c, jax.random.PRNGKey(1), cfg)
     assert x_all.lattice.shape == (3, 3, 3) and y_all.positions[0].shape[0] == 3
     assert not np.allclose(np.asarray(x_all.lattice[0]), np.asarray(x_all.lattice[1]))
 
@@ -179,14 +179,14 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
     from crystalgan_jax.pipeline.spec import RunSpec
 
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
-    cfg = training.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,
+    cfg = train.TrainConfig(method="crystalgan_plus", epochs=4, batch_size=4, depth=1,
                                width=16, chunk_epochs=2, generator_steps=1,
                                samples_per_input=3, snapshots=2, snap_symprec=0.0)
     spec = RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                           output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=2,
                           seed=0, evaluate=False)
     result = job.run(spec, log=lambda m: None)
-    assert list(training.snapshot_epochs(cfg)) == [2]
+    assert list(train.snapshot_epochs(cfg)) == [2]
     # global epoch 6 = stage-3 epoch 2: the checkpoint of that epoch holds the snapshot
     ckpt = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints")
     try:
@@ -205,17 +205,17 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
     prepared = prepare(spec, lambda m: None)
     spec, x, y, nets = prepared.spec, prepared.x, prepared.y, prepared.nets
     cfg, key = spec.train, jax.random.PRNGKey(5)
-    out = training.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
+    out = train.generate(result.state, nets, cfg, x, y, key)["final"]["AHB"]
 
     @jax.jit  # one program (op by op, these calls compiled for ~10 s)
     def expected_lattices(state, x, y):
         p = state.params
-        x1, y1 = training._stage1_outputs(p, nets, x, y)
-        x_g, y_g = training.feature_transfer(p, nets, x, y)
-        inputs, _ = training._sampled_inputs(x1, y1, x_g, y_g, key, cfg)
+        x1, y1 = train.stage1_outputs(p, nets, x, y)
+        x_g, y_g = train.feature_transfer(p, nets, x, y)
+        inputs, _ = train.sampled_inputs(x1, y1, x_g, y_g, key, cfg)
         n = x_g.lattice.shape[0]
         snapshot = jax.tree_util.tree_map(lambda a: a[0], state.snapshots["G_AHB2"])
-        return [training.apply_generator(
+        return [train.apply_generator(
                     nets.stage3_generator, params,
                     jax.tree_util.tree_map(lambda a: a[block * n:(block + 1) * n], inputs)
                 )[0].lattice

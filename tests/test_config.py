@@ -8,7 +8,7 @@ from absl import flags
 
 from crystalgan_jax.pipeline import cli
 from crystalgan_jax.core import losses
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.pipeline.spec import RunSpec
 from tests.conftest import REPO
 
@@ -37,7 +37,7 @@ def test_every_trainconfig_field_has_exactly_one_flag_and_one_default():
     by_field = {}
     for item in items:
         by_field.setdefault((item.owner, item.field.name), []).append(item.flag)
-    fields = _leaf_fields(training.TrainConfig)
+    fields = _leaf_fields(train.TrainConfig)
     assert (losses.Weights, dataclasses.fields(losses.Weights)[0]) in fields  # nesting seen
     for owner, field in fields + _leaf_fields(RunSpec):
         assert len(by_field.get((owner, field.name), [])) == 1, (owner, field.name)
@@ -46,7 +46,7 @@ def test_every_trainconfig_field_has_exactly_one_flag_and_one_default():
     spec = cli.spec_from_flags(fv)
     # Nothing given: every value is the dataclass default (the flags hold no copy).
     assert spec == RunSpec("a", "b", "Pd", "Ni", "o")
-    assert spec.train == training.TrainConfig()
+    assert spec.train == train.TrainConfig()
     for item in items:
         assert item.help.strip(), item.flag  # help text from the class docstring
         if item.has_default and item.default is not None and not isinstance(item.default, tuple):
@@ -55,7 +55,7 @@ def test_every_trainconfig_field_has_exactly_one_flag_and_one_default():
 
 def test_changed_default_reaches_the_flag(monkeypatch):
     # A default changed in the dataclass is what the flag gives: no second copy to edit.
-    field = next(f for f in dataclasses.fields(training.TrainConfig) if f.name == "width")
+    field = next(f for f in dataclasses.fields(train.TrainConfig) if f.name == "width")
     monkeypatch.setattr(field, "default", 77)
     fv, _ = _defined()
     fv(["prog", *REQUIRED])

@@ -7,8 +7,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
 from crystalgan_jax.materials import datasets, evaluation, io, report, substitution
-from crystalgan_jax.core import geometry
-from crystalgan_jax.train.training import TrainConfig
+from crystalgan_jax.core import cells
+from crystalgan_jax.train import TrainConfig
 
 A, B = "Pd", "Ni"
 # The thresholds a run passes: TrainConfig's defaults, their one definition.
@@ -40,13 +40,13 @@ def test_figure5_passes_paper_fails_strict_on_pd_h(figure5_dir):
     assert ev.ternary and ev.good_paper and not ev.good_strict
     assert ev.good_paper_reason is None
     assert "Pd-H 0.810 A < 0.75*(1.39+0.31)=1.275 A" in ev.good_strict_reason
-    # the table is the paper's, and the same as geometry.neighbour_table gives
+    # the table is the paper's, and the same as cells.neighbour_table gives
     ref = json.loads((figure5_dir / "neighbours.json").read_text())
     for row, atom in zip(ev.neighbours, ref["atoms"]):
         assert [sp for sp, _ in row] == [sp for sp, _ in atom["neighbours"]]
         np.testing.assert_allclose([d for _, d in row], [d for _, d in atom["neighbours"]],
                                    atol=1e-3)
-    table = geometry.neighbour_table(s.lattice.matrix, s.cart_coords,
+    table = cells.neighbour_table(s.lattice.matrix, s.cart_coords,
                                      [x.specie.symbol for x in s], 3.0)
     # two computations (LLL-reduced cell or not) of distances quoted to 1e-4 A: the same
     # neighbours, distances within one unit of the last quoted digit

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Element, Lattice, Structure
 
-from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.core import cells, encoding, geometry
 from crystalgan_jax.materials import io
 
 
@@ -25,7 +25,7 @@ def _pymatgen_nearest(structure: Structure, members: set[str]) -> list[float]:
 def _jax_nearest(structure: Structure, members: set[str]) -> np.ndarray:
     rows = [i for i, s in enumerate(structure) if s.specie.symbol in members]
     lattice = structure.lattice.matrix
-    shifts = geometry.lattice_shifts(geometry.image_range(lattice))
+    shifts = cells.lattice_shifts(cells.image_range(lattice))
     with jax.enable_x64(True):
         d = geometry.nearest_distances(
             jnp.asarray(lattice), jnp.asarray(structure.cart_coords[rows]),
@@ -36,7 +36,7 @@ def _jax_nearest(structure: Structure, members: set[str]) -> np.ndarray:
 def test_figure5_neighbour_table_matches_paper(figure5_dir):
     s = io.read_structure(figure5_dir / "POSCAR")
     ref = json.loads((figure5_dir / "neighbours.json").read_text())
-    table = geometry.neighbour_table(s.lattice.matrix, s.cart_coords,
+    table = cells.neighbour_table(s.lattice.matrix, s.cart_coords,
                                      [x.specie.symbol for x in s], ref["cutoff_angstrom"])
     assert len(table) == len(ref["atoms"])
     for row, atom in zip(table, ref["atoms"]):
@@ -56,8 +56,8 @@ def test_nearest_distances_match_pymatgen_on_reference(reference_domains, member
     assert len(cases) == 70
     rows = [[i for i, x in enumerate(s) if x.specie.symbol in present] for s, present in cases]
     n = max(map(len, rows)) + 1  # at least one padding row in every call
-    shifts = geometry.lattice_shifts(np.max(
-        [geometry.image_range(s.lattice.matrix) for s, _ in cases], axis=0))
+    shifts = cells.lattice_shifts(np.max(
+        [cells.image_range(s.lattice.matrix) for s, _ in cases], axis=0))
     nearest = jax.jit(geometry.nearest_distances)
     for (s, present), r in zip(cases, rows):
         positions, mask = np.zeros((n, 3)), np.zeros(n)
@@ -78,7 +78,7 @@ def test_nearest_distances_match_pymatgen_on_reference(reference_domains, member
 def test_nearest_distances_thin_and_skewed_cells(lattice):
     rng = np.random.default_rng(0)
     s = Structure(Lattice(lattice), ["Pd", "Ni", "H", "H", "Pd"], rng.random((5, 3)))
-    assert max(geometry.image_range(lattice)) >= 2  # the point of the case
+    assert max(cells.image_range(lattice)) >= 2  # the point of the case
     for members in ({"H"}, {"Pd", "Ni"}):
         np.testing.assert_allclose(_jax_nearest(s, members), _pymatgen_nearest(s, members),
                                    atol=1e-4)
@@ -87,7 +87,7 @@ def test_nearest_distances_thin_and_skewed_cells(lattice):
 def test_single_atom_sees_its_own_images():
     # spec: a cell with one H of edge 4 A has H-H' = 4 A
     d = geometry.nearest_distances(jnp.eye(3) * 4.0, jnp.zeros((1, 3)), jnp.ones(1),
-                                   jnp.asarray(geometry.lattice_shifts((1, 1, 1))))
+                                   jnp.asarray(cells.lattice_shifts((1, 1, 1))))
     np.testing.assert_allclose(d, [4.0], rtol=1e-6)
 
 
@@ -100,7 +100,7 @@ def _crystal(lattice, h, metal_a, metal_b=(), n=(4, 3, 3)):
 
 
 def _penalty(crystal, form="hinge"):
-    shifts = jnp.asarray(geometry.lattice_shifts((2, 2, 2)), jnp.float64)
+    shifts = jnp.asarray(cells.lattice_shifts((2, 2, 2)), jnp.float64)
     if form == "clash":  # covalent radii of H, Pd, Ni; factor large enough to bite
         return geometry.clash_penalty(crystal, shifts, (0.31, 1.39, 1.24), 1.2)
     return sum(geometry.geometric_penalty(crystal, shifts, 1.8, 3.0, form=form))
@@ -170,7 +170,7 @@ def test_penalty_vmaps_and_jits_over_a_batch(reference_domains):
     structures = pdh.structures[:6] + nih.structures[:6]
     layout = encoding.Layout.fit("Pd", "Ni", structures)
     batch = encoding.encode_batch(structures, layout, dtype=np.float32)
-    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
+    shifts = jnp.asarray(cells.lattice_shifts(cells.image_range(batch.lattice)))
     fn = jax.jit(jax.vmap(lambda c: geometry.geometric_penalty(c, shifts, 1.8, 3.0)))
     geo1, geo2 = fn(jax.tree_util.tree_map(jnp.asarray, batch))
     assert geo1.shape == (12,)
@@ -203,7 +203,7 @@ def test_clash_penalty_matches_pymatgen_reference():
             crystal, layout = _crystal(lattice, rng.random((3, 3)) * 3, rng.random((2, 3)) * 3,
                                        rng.random((2, 3)) * 3)
             radii = [covalent_radii[Element(s).Z] for s in layout.symbols]
-            shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(lattice, 3.0)),
+            shifts = jnp.asarray(cells.lattice_shifts(cells.image_range(lattice, 3.0)),
                                  jnp.float64)
             value = float(geometry.clash_penalty(crystal, shifts, radii, 0.8))
             reference = _pymatgen_clash(encoding.decode(crystal, layout), 0.8)
@@ -218,7 +218,7 @@ def test_clash_gradient_equals_autodiff_of_the_plain_sum():
     # a padding row holding garbage.
     rng = np.random.default_rng(11)
     radii_table = jnp.asarray([0.31, 1.39, 1.24, 0.31])
-    shifts = jnp.asarray(geometry.lattice_shifts((1, 2, 1)), jnp.float64)
+    shifts = jnp.asarray(cells.lattice_shifts((1, 2, 1)), jnp.float64)
 
     def plain(lattice, positions, mask, radii):
         d = geometry.pair_distances(lattice, positions, positions, shifts)
@@ -255,7 +255,7 @@ def test_clash_penalty_zero_for_reference_structures_positive_when_h_moved(refer
     batch = jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(structures, layout,
                                                                      dtype=np.float32))
     radii = [covalent_radii[Element(s).Z] for s in layout.symbols]
-    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
+    shifts = jnp.asarray(cells.lattice_shifts(cells.image_range(batch.lattice)))
     per = jax.vmap(lambda c: geometry.clash_penalty(c, shifts, radii, 0.75))
     # float32: a pair pymatgen puts a hair outside 0.75 x the radius sum may come out a
     # hair inside here, so "zero" is a violation below 1e-4 A (squared: 1e-8 A^2)
@@ -283,8 +283,8 @@ def test_table_from_distances_matches_a_plain_python_table_with_many_repeats():
         pairs = {(round(float(v), 4), symbols[j]) for j in range(n) for v in d[i, j] if v <= 3.0}
         return [(sym, dist) for dist, sym in sorted(pairs)]
 
-    full = geometry.table_from_distances(d, symbols, 3.0)
-    bounded = geometry.table_from_distances(d, symbols, 3.0, max_neighbours=12)
+    full = cells.table_from_distances(d, symbols, 3.0)
+    bounded = cells.table_from_distances(d, symbols, 3.0, max_neighbours=12)
     for i in range(n):
         expected = plain(i)
         assert [sym for sym, _ in full[i]] == [sym for sym, _ in expected]

@@ -20,7 +20,7 @@ from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.materials import io, mat_files
 from crystalgan_jax.core import losses
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.pipeline.spec import MAX_BLOCK_ROWS, MAX_SEED, RunSpec
 from crystalgan_jax.pipeline.prepare import check_sizes
 from tests.conftest import SHARED
@@ -163,7 +163,7 @@ def test_reference_mat_duplicate_is_warned(reference_dir):
 ])
 def test_train_config_ranges(changes, pattern):
     with pytest.raises(ValueError, match=pattern):
-        training.TrainConfig(**changes)
+        train.TrainConfig(**changes)
 
 
 def _run_spec(**kw):

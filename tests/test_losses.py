@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crystalgan_jax.core import encoding, geometry, losses
+from crystalgan_jax.core import cells, encoding, geometry, losses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,14 +67,14 @@ def test_array_penalty_with_class_ids_equals_crystal_penalty(reference_domains, 
     layout = encoding.Layout.fit("Pd", "Ni", structures)
     batch = jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(structures, layout,
                                                                      dtype=np.float32))
-    shifts = jnp.asarray(geometry.lattice_shifts(geometry.image_range(batch.lattice)))
+    shifts = jnp.asarray(cells.lattice_shifts(cells.image_range(batch.lattice)))
     # one array of rows H, A, B; metals (A and B) are class 0, H class 1
     positions = jnp.concatenate(batch.positions, axis=1)
     mask = jnp.concatenate(batch.masks, axis=1)
     ids = jnp.array([1] * layout.n_h + [0] * (layout.n_a + layout.n_b))
 
     def array_level(lattice, positions):
-        geo = jax.vmap(lambda l, p, m: geometry.penalty(l, p, m, ids, shifts, 1.8, 3.0, form))
+        geo = jax.vmap(lambda l, p, m: geometry.array_penalty(l, p, m, ids, shifts, 1.8, 3.0, form))
         return sum(jnp.mean(g) for g in geo(lattice, positions, mask))
 
     def crystal_level(lattice, positions):
@@ -95,11 +95,11 @@ def test_array_penalty_with_class_ids_equals_crystal_penalty(reference_domains, 
 def test_negative_class_id_is_unconstrained():
     lattice = jnp.eye(3) * 6.0
     positions = jnp.array([[0.0, 0, 0], [1.0, 0, 0], [3.0, 3, 3]])
-    shifts = jnp.asarray(geometry.lattice_shifts((1, 1, 1)))
+    shifts = jnp.asarray(cells.lattice_shifts((1, 1, 1)))
     s = geometry.class_nearest(lattice, positions, jnp.ones(3), jnp.array([0, 0, -1]), shifts)
     np.testing.assert_allclose(s[:2], [1.0, 1.0], rtol=1e-6)
     assert np.isinf(s[2])
-    geo1, _ = geometry.penalty(lattice, positions, jnp.ones(3), jnp.array([0, 0, -1]), shifts,
+    geo1, _ = geometry.array_penalty(lattice, positions, jnp.ones(3), jnp.array([0, 0, -1]), shifts,
                                1.8, 3.0)
     np.testing.assert_allclose(geo1, 2 * 0.8**2, rtol=1e-5)
 

@@ -14,10 +14,10 @@ from crystalgan_jax.pipeline import schedule
 from crystalgan_jax.pipeline.job import run
 from crystalgan_jax.pipeline.spec import RunSpec
 from crystalgan_jax.train import population as train_population
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from tests.conftest import REPO, small_domain
 
-TINY = training.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,
+TINY = train.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,
                             generator_steps=1)
 SEEDS = (0, 4)
 # what a run writes that is not one of the files a member writes

@@ -19,10 +19,10 @@ from crystalgan_jax.pipeline import job
 from crystalgan_jax.pipeline.pooled import write_pooled_report
 from crystalgan_jax.pipeline.spec import PopulationSpec, RunSpec, make_members
 from crystalgan_jax.train import population as train_population
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from tests.conftest import REPO, small_domain
 
-TINY = training.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,
+TINY = train.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs=1,
                             generator_steps=1)
 SEEDS = (3, 5, 7)
 SWEEP_L7 = (0.0, 1.0)  # l7 traced per member; 0 must equal a run without the clash term

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crystalgan_jax.train import checkpoints, training
+from crystalgan_jax import train
+from crystalgan_jax.train import checkpoints
 from crystalgan_jax.train.checkpoints import CheckpointError, Checkpoints
 from crystalgan_jax.pipeline.errors import DivergenceError, OutputDirError
 from crystalgan_jax.pipeline.spec import RunSpec
@@ -46,7 +47,7 @@ def data(tmp_path_factory):
 
 
 def _spec(data, out, **kw):
-    cfg = kw.pop("train", training.TrainConfig(epochs=4, batch_size=4, depth=1, width=8,
+    cfg = kw.pop("train", train.TrainConfig(epochs=4, batch_size=4, depth=1, width=8,
                                                chunk_epochs=2, generator_steps=1))
     return RunSpec(data_ah=str(data[0]), data_bh=str(data[1]), element_a="Pd",
                    element_b="Ni", output_dir=str(out), train=cfg, checkpoint_every=2,
@@ -202,7 +203,7 @@ def test_divergence_from_the_command_line(data, tmp_path):
 
 
 def test_divergence_keeps_the_last_good_checkpoint_for_resume(data, tmp_path, monkeypatch):
-    make_runner = training.make_chunk_runner
+    make_runner = train.make_chunk_runner
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -218,7 +219,7 @@ def test_divergence_keeps_the_last_good_checkpoint_for_resume(data, tmp_path, mo
             return new_state, metrics
         return wrapped
 
-    monkeypatch.setattr(training, "make_chunk_runner", poisoned)
+    monkeypatch.setattr(train, "make_chunk_runner", poisoned)
     with pytest.raises(DivergenceError, match=r"L_G2 became NaN or inf in stage3 at epoch 2 "
                                               r"\(global epoch 6\)") as err:
         run(_spec(data, tmp_path), log=lambda m: None)
@@ -226,7 +227,7 @@ def test_divergence_keeps_the_last_good_checkpoint_for_resume(data, tmp_path, mo
     rows = [_strict_json(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["global_epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[-1]["L_G2"] is None
-    monkeypatch.setattr(training, "make_chunk_runner", make_runner)
+    monkeypatch.setattr(train, "make_chunk_runner", make_runner)
     messages = []
     resumed = run(_spec(data, tmp_path, resume=True), log=messages.append)
     assert any("resumed from epoch 4" in m for m in messages)
@@ -240,7 +241,7 @@ def test_divergence_keeps_the_last_good_checkpoint_for_resume(data, tmp_path, mo
 
 def _states():
     keys = jax.random.split(jax.random.PRNGKey(0), 8)
-    return [training.TrainState({"w": jax.random.normal(k, (64, 64))}, {"m": jnp.ones(3) * i},
+    return [train.TrainState({"w": jax.random.normal(k, (64, 64))}, {"m": jnp.ones(3) * i},
                                 k, jnp.asarray(i + 1, jnp.int32)) for i, k in enumerate(keys)]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from crystalgan_jax.materials.io import StructureFileError
 from crystalgan_jax.pipeline import errors, tables
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.train.checkpoints import CheckpointError
 from tests.conftest import REPO, small_domain
 
@@ -132,12 +132,12 @@ def test_arguments_checked():
 
 
 def test_configurations():
-    base = training.TrainConfig(epochs=2)
+    base = train.TrainConfig(epochs=2)
     clash = tables.method_config(base, "crystalgan+clash", clash_weight=0.5)
     assert clash.method == "crystalgan" and clash.weights.l7 == 0.5
     plus = tables.method_config(base, "crystalgan_plus", plus={"input_noise": 0.2})
     assert plus.method == "crystalgan_plus" and plus.input_noise == 0.2
-    assert plus.window_weight == training.PLUS_DEFAULTS["window_weight"]  # None: default
+    assert plus.window_weight == train.PLUS_DEFAULTS["window_weight"]  # None: default
     no_noise = tables.variant_config(base, "-noise", {"input_noise": 0.2})
     assert no_noise.input_noise == 0.0
     no_clash = tables.variant_config(base, "-clash", {"input_noise": 0.2})

@@ -13,13 +13,13 @@ from ase.io import read as ase_read
 
 from crystalgan_jax.core import encoding, losses, models
 from crystalgan_jax.materials import io
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.pipeline.errors import ResumeMismatchError
 from crystalgan_jax.pipeline.spec import RunSpec
 from crystalgan_jax.pipeline.job import run
 from tests.conftest import small_domain
 
-SMALL = training.TrainConfig(epochs=4, batch_size=4, depth=2, width=32, chunk_epochs=2,
+SMALL = train.TrainConfig(epochs=4, batch_size=4, depth=2, width=32, chunk_epochs=2,
                              generator_steps=2)
 
 
@@ -105,7 +105,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(full_run, small_data, t
                                                        monkeypatch):
     result, _ = full_run
     calls = []
-    make_runner = training.make_chunk_runner
+    make_runner = train.make_chunk_runner
 
     def interrupting(*args, **kwargs):
         run_chunk = make_runner(*args, **kwargs)
@@ -118,11 +118,11 @@ def test_resume_after_interrupt_equals_uninterrupted_run(full_run, small_data, t
             return out
         return wrapped
 
-    monkeypatch.setattr(training, "make_chunk_runner", interrupting)
+    monkeypatch.setattr(train, "make_chunk_runner", interrupting)
     messages = []
     with pytest.raises(KeyboardInterrupt):
         run(_spec(small_data, tmp_path), log=messages.append)
-    monkeypatch.setattr(training, "make_chunk_runner", make_runner)
+    monkeypatch.setattr(train, "make_chunk_runner", make_runner)
     end_of_stage1 = SMALL.epochs
     assert f"interrupted: state of epoch {end_of_stage1} saved" in messages[-1]
     assert (tmp_path / "checkpoints" / str(end_of_stage1)).is_dir()
@@ -163,7 +163,7 @@ def test_networks_compute_what_a_flax_dense_stack_computes():
                                rtol=1e-6, atol=1e-6)
     # a generator maps a batch as it maps each crystal
     gen = models.Generator(rows=(2, 1, 1), length_scale=3.0, depth=3, width=16)
-    gp = training.draw_parameters(jax.random.PRNGKey(2), gen.param_shapes())
+    gp = train.draw_parameters(jax.random.PRNGKey(2), gen.param_shapes())
     crystals = encoding.Crystal(
         jax.random.normal(jax.random.PRNGKey(3), (4, 3, 3)),
         tuple(jax.random.normal(jax.random.PRNGKey(4 + i), (4, n, 3)) for i, n in enumerate((2, 1, 1))),
@@ -178,11 +178,11 @@ def test_initial_state_is_the_same_eager_jitted_and_vmapped(small_data):
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, method="crystalgan_plus", epochs=4, snapshots=3)
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
     key = jax.random.PRNGKey(11)
-    eager = training.init_state(key, nets, cfg)
-    jitted = jax.jit(training.init_state, static_argnames=("nets", "cfg"))(key, nets, cfg)
-    vmapped = jax.vmap(lambda k: training.init_state(k, nets, cfg))(jnp.stack([key, key]))
+    eager = train.init_state(key, nets, cfg)
+    jitted = jax.jit(train.init_state, static_argnames=("nets", "cfg"))(key, nets, cfg)
+    vmapped = jax.vmap(lambda k: train.init_state(k, nets, cfg))(jnp.stack([key, key]))
     assert jax.tree_util.tree_structure(eager) == jax.tree_util.tree_structure(jitted)
     assert eager.snapshots and eager.opt_state["stage3/G"]
     for a, b, c in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted),
@@ -198,10 +198,10 @@ def test_feature_transfer_mixes_the_blocks(small_data):
     layout, x, y = _encoded(small_data)
     x = jax.tree_util.tree_map(lambda a: a[:4], x)  # 4 A-H against 6 B-H: pairs wrap
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), SMALL)
-    state = training.init_state(jax.random.PRNGKey(4), nets, SMALL)
-    xg, yg = training.feature_transfer(state.params, nets, x, y)
-    x1, y1 = (training.harden(c) for c in training._stage1_outputs(state.params, nets, x, y))
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), SMALL)
+    state = train.init_state(jax.random.PRNGKey(4), nets, SMALL)
+    xg, yg = train.feature_transfer(state.params, nets, x, y)
+    x1, y1 = (train.harden(c) for c in train.stage1_outputs(state.params, nets, x, y))
     assert xg.lattice.shape[0] == yg.lattice.shape[0] == 6
     for i in range(6):
         ix, iy = i % 4, i
@@ -258,16 +258,16 @@ def test_reconstruction_loss_falls(small_data):
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, epochs=60, chunk_epochs=60, learning_rate=1e-3)
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
-    state = training.init_state(jax.random.PRNGKey(0), nets, cfg)
-    data = training.stage_data("stage1", state, nets, x, y)
-    runner = training.make_chunk_runner(training.STAGES["stage1"], nets, cfg,
-                                        training.penalty_shifts(lat, cfg), [6, 6])
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
+    state = train.init_state(jax.random.PRNGKey(0), nets, cfg)
+    data = train.stage_data("stage1", state, nets, x, y)
+    runner = train.make_chunk_runner(train.STAGES["stage1"], nets, cfg,
+                                        train.penalty_shifts(lat, cfg), [6, 6])
     new_state, metrics = runner(state, data, jnp.ones(60, bool))
-    assert bool(training.tree_all_finite((new_state.params, new_state.opt_state, metrics)))
+    assert bool(train.tree_all_finite((new_state.params, new_state.opt_state, metrics)))
     poisoned = new_state.params["G_AHB1"]["MLP_0"]["Dense_0"]["kernel"].at[0, 0].set(jnp.inf)
-    assert not bool(training.tree_all_finite(poisoned))
-    names = training.STAGES["stage1"].metric_names
+    assert not bool(train.tree_all_finite(poisoned))
+    names = train.STAGES["stage1"].metric_names
     rec = np.asarray(metrics)[:, [names.index("L_RAH"), names.index("L_RBH")]].sum(axis=1)
     assert rec[-5:].mean() < 0.5 * rec[:5].mean()
 
@@ -276,18 +276,18 @@ def test_reconstruction_loss_falls(small_data):
 def test_geometric_gradient_reaches_stage3_generators(small_data, method):
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, method=method)
-    cfg = training.TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    cfg = train.TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
-    state = training.init_state(jax.random.PRNGKey(1), nets, cfg)
-    xg, yg = training.feature_transfer(state.params, nets, x, y)
-    stage = training.STAGES["stage3"]
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
+    state = train.init_state(jax.random.PRNGKey(1), nets, cfg)
+    xg, yg = train.feature_transfer(state.params, nets, x, y)
+    stage = train.STAGES["stage3"]
     gp = {k: state.params[k] for k in stage.generators}
     dp = {k: state.params[k] for k in stage.discriminators}
-    shifts = training.penalty_shifts(lat, cfg)
+    shifts = train.penalty_shifts(lat, cfg)
 
     def geo_part(gparams):
-        _, terms = training.cross_domain_generator_loss(
+        _, terms = train.cross_domain_generator_loss(
             gparams, dp, xg, yg, stage=stage, nets=nets, cfg=cfg, shifts=shifts)
         total, gan_f, rec_x, gan_b, rec_y, geo1, geo2 = terms
         without_geo = losses.generator_objective(gan_f, rec_x, gan_b, rec_y, weights=cfg.weights)
@@ -307,28 +307,28 @@ def test_geometric_gradient_reaches_stage3_generators(small_data, method):
 
 
 def test_short_stages_compile_quickly_to_the_same_numbers(small_data):
-    # a short stage on CPU is compiled quickly (LLVM -O0, training.stage_compiler_options),
+    # a short stage on CPU is compiled quickly (LLVM -O0, train.stage_compiler_options),
     # a long one with XLA's defaults: the same arithmetic, so the same trained state
-    steps = dataclasses.replace(SMALL, epochs=training.QUICK_COMPILE_STEPS)  # 1 step/epoch
-    quick = training.stage_compiler_options(steps, [6, 6], "cpu")
-    assert quick == training.quick_compile_options() and quick.items() <= \
-        training.QUICK_COMPILE.items()  # those of the options the installed XLA knows
-    assert training.stage_compiler_options(steps, [6, 6], "cpu", members=2) is None
-    longer = dataclasses.replace(steps, epochs=training.QUICK_COMPILE_STEPS + 1)
-    assert training.stage_compiler_options(longer, [6, 6], "cpu") is None
-    assert training.stage_compiler_options(SMALL, [6, 6], "gpu") is None
+    steps = dataclasses.replace(SMALL, epochs=train.QUICK_COMPILE_STEPS)  # 1 step/epoch
+    quick = train.stage_compiler_options(steps, [6, 6], "cpu")
+    assert quick == train.quick_compile_options() and quick.items() <= \
+        train.QUICK_COMPILE.items()  # those of the options the installed XLA knows
+    assert train.stage_compiler_options(steps, [6, 6], "cpu", members=2) is None
+    longer = dataclasses.replace(steps, epochs=train.QUICK_COMPILE_STEPS + 1)
+    assert train.stage_compiler_options(longer, [6, 6], "cpu") is None
+    assert train.stage_compiler_options(SMALL, [6, 6], "gpu") is None
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, epochs=3, chunk_epochs=3)
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
-    state = training.init_state(jax.random.PRNGKey(2), nets, cfg)
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
+    state = train.init_state(jax.random.PRNGKey(2), nets, cfg)
     # quick_jit's programs: compiled quickly when called, nested in the caller's when traced
-    data = training.stage_data("stage3", state, nets, x, y)
-    traced = jax.jit(lambda s: training.stage_data("stage3", s, nets, x, y))(state)
+    data = train.stage_data("stage3", state, nets, x, y)
+    traced = jax.jit(lambda s: train.stage_data("stage3", s, nets, x, y))(state)
     for a, b in zip(jax.tree_util.tree_leaves(data), jax.tree_util.tree_leaves(traced)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    stage = training.STAGES["stage3"]
-    ends = [training.make_chunk_runner(stage, nets, cfg, training.penalty_shifts(lat, cfg),
+    stage = train.STAGES["stage3"]
+    ends = [train.make_chunk_runner(stage, nets, cfg, train.penalty_shifts(lat, cfg),
                                        [6, 6], compiler_options=options)(
         state, data, jnp.ones(3, bool)) for options in (quick, None)]
     # float32 rounding differs (FMA, vector reductions) and reaches the Adam moments of
@@ -343,16 +343,16 @@ def test_short_stages_compile_quickly_to_the_same_numbers(small_data):
 
 def test_quick_compilation_drops_options_xla_does_not_know(monkeypatch):
     # a newer XLA may drop an option; passing it would fail every short run's compilation
-    monkeypatch.setattr(training, "QUICK_COMPILE",
-                        {**training.QUICK_COMPILE, "xla_no_such_option": True})
-    training.quick_compile_options.cache_clear()
+    monkeypatch.setattr(train, "QUICK_COMPILE",
+                        {**train.QUICK_COMPILE, "xla_no_such_option": True})
+    train.quick_compile_options.cache_clear()
     try:
-        known = training.quick_compile_options()
+        known = train.quick_compile_options()
         assert "xla_no_such_option" not in known
         assert known["xla_backend_optimization_level"] == 0
-        assert training.stage_compiler_options(SMALL, [6, 6], "cpu") == known
+        assert train.stage_compiler_options(SMALL, [6, 6], "cpu") == known
     finally:
-        training.quick_compile_options.cache_clear()
+        train.quick_compile_options.cache_clear()
 
 
 def test_a_run_vmaps_over_seeds(small_data):
@@ -361,15 +361,15 @@ def test_a_run_vmaps_over_seeds(small_data):
     layout, x, y = _encoded(small_data)
     cfg = dataclasses.replace(SMALL, epochs=2, chunk_epochs=2)
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
-    stage = training.STAGES["stage1"]
-    runner = training.make_chunk_runner(stage, nets, cfg, training.penalty_shifts(lat, cfg),
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
+    stage = train.STAGES["stage1"]
+    runner = train.make_chunk_runner(stage, nets, cfg, train.penalty_shifts(lat, cfg),
                                         [6, 6])
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
-    states = jax.vmap(lambda k: training.init_state(k, nets, cfg))(keys)
-    data = training.stage_data("stage1", training.init_state(keys[0], nets, cfg), nets, x, y)
+    states = jax.vmap(lambda k: train.init_state(k, nets, cfg))(keys)
+    data = train.stage_data("stage1", train.init_state(keys[0], nets, cfg), nets, x, y)
     batched = jax.vmap(runner, in_axes=(0, None, None))(states, data, jnp.ones(2, bool))[0]
-    single = runner(training.init_state(keys[1], nets, cfg), data, jnp.ones(2, bool))[0]
+    single = runner(train.init_state(keys[1], nets, cfg), data, jnp.ones(2, bool))[0]
     for a, b in zip(jax.tree_util.tree_leaves(single.params),
                     jax.tree_util.tree_leaves(batched.params)):
         np.testing.assert_allclose(a, b[1], rtol=1e-5, atol=1e-6)
@@ -385,21 +385,21 @@ def test_clash_term_is_logged_and_reaches_stage3_generators(small_data):
     cfg = dataclasses.replace(SMALL, weights=weights, clash_radii=covalent_radii("Pd", "Ni"),
                               clash_factor=1.5)
     assert dataclasses.replace(cfg, method="nocons").weights.l7 == 0.0
-    stage = training.STAGES["stage3"]
-    assert training.metric_names(stage, cfg)[-1] == "L_clash"
-    assert "L_clash" not in training.metric_names(stage, SMALL)
+    stage = train.STAGES["stage3"]
+    assert train.metric_names(stage, cfg)[-1] == "L_clash"
+    assert "L_clash" not in train.metric_names(stage, SMALL)
     lat = np.concatenate([x.lattice, y.lattice])
-    nets = training.Networks.build(layout.rows, training.length_scale(lat), cfg)
-    state = training.init_state(jax.random.PRNGKey(2), nets, cfg)
-    xg, yg = training.feature_transfer(state.params, nets, x, y)
+    nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
+    state = train.init_state(jax.random.PRNGKey(2), nets, cfg)
+    xg, yg = train.feature_transfer(state.params, nets, x, y)
     gp = {k: state.params[k] for k in stage.generators}
     dp = {k: state.params[k] for k in stage.discriminators}
 
     def clash_part(gparams):
-        _, terms = training.cross_domain_generator_loss(
+        _, terms = train.cross_domain_generator_loss(
             gparams, dp, xg, yg, stage=stage, nets=nets, cfg=cfg,
-            shifts=training.penalty_shifts(lat, cfg))
-        assert terms.shape == (len(training.metric_names(stage, cfg)) - 1,)  # all but L_D
+            shifts=train.penalty_shifts(lat, cfg))
+        assert terms.shape == (len(train.metric_names(stage, cfg)) - 1,)  # all but L_D
         return terms[-1]
 
     value, grads = jax.jit(jax.value_and_grad(clash_part))(gp)  # eagerly: ~20 s of compiles
@@ -407,8 +407,8 @@ def test_clash_term_is_logged_and_reaches_stage3_generators(small_data):
     for name in stage.generators:
         assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[name])) > 0
     with pytest.raises(ValueError, match="clash_radii"):
-        training.make_train_step(stage, nets, dataclasses.replace(cfg, clash_radii=(0, 0, 0)),
-                                 training.penalty_shifts(lat, cfg))
+        train.make_train_step(stage, nets, dataclasses.replace(cfg, clash_radii=(0, 0, 0)),
+                                 train.penalty_shifts(lat, cfg))
 
 
 def test_run_exports_its_structures_for_ase_db_and_records_provenance(full_run):

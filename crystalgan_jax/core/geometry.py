@@ -1,23 +1,26 @@
-"""Periodic nearest-neighbour geometry and CrystalGAN's geometric penalty.
+"""Periodic nearest-neighbour geometry and CrystalGAN's geometric penalty, in JAX.
 
-Every JAX function here is written for ONE structure and is jit-, vmap- and
-grad-friendly; lift it over a batch with ``jax.vmap``. :func:`penalty`,
-:func:`class_nearest` and :func:`clash_energy` take plain arrays (lattice, positions,
-mask, class ids or radii, shifts), so any JAX model can use them; the ``Crystal``
-functions wrap them for CrystalGAN's H/A/B blocks. :func:`host_pair_distances` and the
-neighbour tables are NumPy float64 on the host, for evaluation. Lengths are Angstrom;
-positions are Cartesian unless a docstring says otherwise.
+Every function here is written for ONE structure and is jit-, vmap- and grad-friendly;
+lift it over a batch with ``jax.vmap``. :func:`array_penalty`, :func:`class_nearest` and
+:func:`clash_energy` take plain arrays (lattice, positions, mask, class ids or radii,
+shifts), so any JAX model can use them; :func:`geometric_penalty`, :func:`clash_penalty`
+and :func:`window_penalty` take a ``Crystal`` and wrap them for CrystalGAN's H/A/B
+blocks. The host tools (image ranges, lattice shifts, NumPy distances, neighbour tables)
+are in :mod:`crystalgan_jax.core.cells`; a twin there has the same name as here
+(:func:`pair_distances`, :func:`plane_spacings`, :func:`image_range`). Lengths are
+Angstrom; positions are Cartesian unless a docstring says otherwise.
 
 Periodic images. The distance from atom i to atom j is taken over the images
 ``r_j - r_i + k @ L`` for integer triples k in a fixed set of *shifts*. The fractional
 difference ``f_j - f_i`` is first wrapped into [-0.5, 0.5), so an image within ``r_c`` of
 atom i has ``|f_j - f_i + k|_m * h_m <= r_c`` along each axis m, where ``h_m = V / |a_p x a_q|``
 is the spacing of the lattice planes spanned by the other two vectors. Hence
-``|k_m| <= r_c / h_m + 1/2`` and :func:`image_range` takes ``n_m = floor(r_c / h_m + 1/2)``.
-This is exact for any cell, however skewed or thin (a fixed +-1 shell is not: a thin cell
-has small ``h_m`` and needs many images). For a *nearest*-neighbour distance no cutoff is
-needed: an atom's own image at the shortest lattice vector bounds it, so ``r_c`` defaults
-to the shortest lattice vector. Under ``jit`` the shift set must have a static size: it is
+``|k_m| <= r_c / h_m + 1/2``, and :func:`image_range` here and in
+:mod:`~crystalgan_jax.core.cells` take ``n_m = floor(r_c / h_m + 1/2)``. This is exact
+for any cell, however skewed or thin (a fixed +-1 shell is not: a thin cell has small
+``h_m`` and needs many images). For a *nearest*-neighbour distance no cutoff is needed:
+an atom's own image at the shortest lattice vector bounds it, so ``r_c`` defaults to the
+shortest lattice vector. Under ``jit`` the shift set must have a static size: it is
 computed on the host from concrete lattices (the training data, with a margin) and passed
 in. For a lattice outside that range the distance returned is still a real image
 distance, only possibly not the shortest one, i.e. an upper bound.
@@ -36,55 +39,6 @@ from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, H_BLOCK, Crystal
 # Metal-metal (A-A', B-B', A-B counted together) and H-H': the spec's default classes.
 DEFAULT_CLASSES: tuple[tuple[int, ...], ...] = ((A_BLOCK, B_BLOCK), (H_BLOCK,))
 _TINY = 1e-12  # squared Angstrom; keeps sqrt differentiable for coincident atoms
-
-
-def plane_spacings(lattice: np.ndarray) -> np.ndarray:
-    """Spacing h_m (Angstrom) of the lattice planes normal to each reciprocal axis.
-
-    Args:
-      lattice: ``[..., 3, 3]`` rows a, b, c in Angstrom.
-    Returns:
-      ``[..., 3]``: ``V / |b x c|``, ``V / |c x a|``, ``V / |a x b|``.
-    """
-    lattice = np.asarray(lattice, np.float64)
-    a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
-    volume = np.abs(np.einsum("...i,...i", a, np.cross(b, c)))
-    areas = np.stack([np.linalg.norm(np.cross(b, c), axis=-1),
-                      np.linalg.norm(np.cross(c, a), axis=-1),
-                      np.linalg.norm(np.cross(a, b), axis=-1)], axis=-1)
-    return volume[..., None] / areas
-
-
-def image_range(lattice: np.ndarray, cutoff: float | None = None) -> tuple[int, int, int]:
-    """Images per axis needed to see every neighbour within ``cutoff`` (host side).
-
-    Args:
-      lattice: ``[..., 3, 3]`` one lattice or a batch (the maximum over it is returned).
-      cutoff: Angstrom; ``None`` means the shortest lattice vector of each cell, which
-        suffices for nearest-neighbour distances.
-    Returns:
-      ``(n_a, n_b, n_c)``: shifts k_m in ``[-n_m, n_m]`` are needed.
-    """
-    lattice = np.asarray(lattice, np.float64).reshape(-1, 3, 3)
-    if cutoff is None:
-        r = np.linalg.norm(lattice, axis=-1).min(axis=-1, keepdims=True)
-    else:
-        r = np.full((len(lattice), 1), float(cutoff))
-    # 1e-9 keeps an image lying exactly at the cutoff (e.g. a cubic cell's own image).
-    n = np.floor(r / plane_spacings(lattice) + 0.5 + 1e-9).astype(int)
-    return tuple(int(v) for v in n.max(axis=0))
-
-
-def lattice_shifts(n: Sequence[int]) -> np.ndarray:
-    """All integer triples k with ``|k_m| <= n_m``, the zero shift first; ``[S, 3]`` float32.
-
-    Ordered by ``sum |k_m|``, then lexicographically (NumPy sort: a degenerate cell can
-    need tens of thousands of shifts).
-    """
-    axes = [np.arange(-int(m), int(m) + 1) for m in n]
-    k = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    order = np.lexsort((k[:, 2], k[:, 1], k[:, 0], np.abs(k).sum(axis=1)))
-    return k[order].astype(np.float32)
 
 
 def pair_distances(lattice: jax.Array, pos_i: jax.Array, pos_j: jax.Array,
@@ -126,8 +80,7 @@ def wrap(lattice: jax.Array, delta: jax.Array) -> jax.Array:
     (generated atoms can lie outside the cell). round() has zero gradient, as it should,
     so the gradient is the identity in ``delta`` and ``-round(.)`` in the lattice. Written
     this way, not as ``(frac - round(frac)) @ L``, the backward pass never goes through
-    the inverse: the same value, and 5x faster value + gradient of an all-pairs
-    ``[70, 30, 30, 3]`` batch on CPU (measured).
+    the inverse: the same value, and a much cheaper gradient.
     """
     n = jax.lax.stop_gradient(jnp.round(times3(delta, inverse3(lattice))))
     return delta - times3(n, lattice)
@@ -138,8 +91,7 @@ def times3(x: jax.Array, matrix: jax.Array) -> jax.Array:
 
     The same numbers as the matmul, written so that XLA fuses them with what surrounds
     them: vmapped over a batch, ``@`` becomes a batched dot of 3 x 3 matrices, which
-    XLA's CPU backend runs as one small library call per structure (measured: the
-    penalty's value + gradient over 70 structures took twice as long that way).
+    XLA's CPU backend runs as one small library call per structure, which is slower.
     """
     return x[..., 0:1] * matrix[0] + x[..., 1:2] * matrix[1] + x[..., 2:3] * matrix[2]
 
@@ -248,9 +200,8 @@ def _nearest_within(lattice: jax.Array, positions: jax.Array, allowed: jax.Array
 
 def _min_and_first_index(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Row minima of ``x [R, C]`` and the first column attaining each (int32, < C)."""
-    # min, then the first index attaining it as an integer min: several times faster on
-    # CPU than argmin, or argmax of the equality, whose variadic reductions XLA does not
-    # vectorise (measured: the penalty's value + gradient took 2-3x as long)
+    # min, then the first index attaining it as an integer min: faster on CPU than
+    # argmin, or argmax of the equality, whose variadic reductions XLA does not vectorise
     smallest = jnp.min(x, axis=1)
     c = x.shape[1]
     column = jnp.arange(c, dtype=jnp.int32)[None, :]
@@ -272,7 +223,7 @@ def nearest_distances(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
       lattice: ``[3, 3]`` Angstrom.
       positions: ``[N, 3]`` Cartesian Angstrom.
       mask: ``[N]`` rows that are atoms (> 0.5).
-      shifts: ``[S, 3]`` from :func:`lattice_shifts`, zero shift first.
+      shifts: ``[S, 3]`` from :func:`crystalgan_jax.core.cells.lattice_shifts`, zero shift first.
       target_positions, target_mask: ``[M, 3]`` and ``[M]``, a different set.
     Returns:
       ``[N]`` distances (Angstrom); ``inf`` for padding rows and where the target set
@@ -299,7 +250,7 @@ def class_nearest(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
       class_ids: ``[N]`` integer class of each row; a negative id leaves the atom
         unconstrained (e.g. metal-H pairs are free in the spec: give the metals id 0,
         H id 1).
-      shifts: ``[S, 3]`` from :func:`lattice_shifts`, zero shift first.
+      shifts: ``[S, 3]`` from :func:`crystalgan_jax.core.cells.lattice_shifts`, zero shift first.
     Returns:
       ``[N]`` distances (Angstrom); ``inf`` for padding, unconstrained rows and atoms
       alone in their class with no own image in ``shifts``.
@@ -311,9 +262,9 @@ def class_nearest(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
     return jnp.where((mask > 0.5) & (class_ids >= 0), nearest, jnp.inf)
 
 
-def penalty(lattice: jax.Array, positions: jax.Array, mask: jax.Array, class_ids: jax.Array,
-            shifts: jax.Array, d1: float, d2: float, form: str = "hinge"
-            ) -> tuple[jax.Array, jax.Array]:
+def array_penalty(lattice: jax.Array, positions: jax.Array, mask: jax.Array,
+                  class_ids: jax.Array, shifts: jax.Array, d1: float, d2: float,
+                  form: str = "hinge") -> tuple[jax.Array, jax.Array]:
     """(L_geo1, L_geo2) of ONE structure from plain arrays (no :class:`Crystal` needed).
 
     :func:`penalty_terms` of :func:`class_nearest`; vmap it over a batch and reduce
@@ -448,8 +399,7 @@ def _repulsion(v: jax.Array, t: jax.Array, limit: jax.Array, weight: jax.Array,
     atom at zero shift from itself).
 
     Why a custom VJP: autodiff of the ``[P, S]`` expression keeps several temporaries of
-    that size and reduces each back to v and t (32 ms for value + gradient of a batch of
-    70 generated Pd-Ni-H cells, over all ordered pairs, against 0.5 ms for the value).
+    that size and reduces each back to v and t, many times the cost of the value.
     Here the forward pass also forms the two small cotangents, ``sum_k c (v + t)`` and
     ``sum_p c (v + t)`` with ``c = dE/d|u| / |u|``, and the backward pass only scales
     them. ``weight`` and ``itself`` get no gradient.
@@ -468,7 +418,6 @@ def _repulsion_fwd(v, t, limit, weight, itself):
     c = jax.lax.optimization_barrier(jnp.where(sq > _TINY, -2.0 * weight[:, None] * gap / d, 0.0))
     # sum_k c (v + t) and sum_p c (v + t) as row and column sums of c and two thin
     # products: fewer passes over [P, S] than one reduction per component and axis
-    # (value + gradient of 70 cells 4.2-5.2 -> 2.8-3.1 ms with the matrix difference above)
     d_v = v * jnp.sum(c, axis=1)[:, None] + c @ t
     d_t = c.T @ v + t * jnp.sum(c, axis=0)[:, None]
     d_limit = jnp.sum(2.0 * weight[:, None] * gap, axis=1)
@@ -506,98 +455,6 @@ def clash_penalty(crystal: Crystal, shifts: jax.Array, radii: Sequence[float],
     r = jnp.concatenate([jnp.full((p.shape[0],), rad, positions.dtype)
                          for p, rad in zip(crystal.positions, radii)])
     return clash_energy(crystal.lattice, positions, mask, r, shifts, factor)
-
-
-def host_pair_distances(lattice: np.ndarray, pos_i: np.ndarray, pos_j: np.ndarray,
-                        shifts: np.ndarray) -> np.ndarray:
-    """:func:`pair_distances` in NumPy float64 on the host, for evaluation and tables.
-
-    The same image set and wrap as the penalty; no compilation, so a report of many
-    differently shaped generated cells costs only the arithmetic.
-
-    Args:
-      lattice: ``[3, 3]``; pos_i ``[Ni, 3]``; pos_j ``[Nj, 3]`` (Cartesian Angstrom).
-      shifts: ``[S, 3]`` integer lattice translations.
-    Returns:
-      ``[Ni, Nj, S]`` distances (Angstrom).
-    """
-    lattice = np.asarray(lattice, np.float64)
-    frac = (np.asarray(pos_j, np.float64)[None, :, :]
-            - np.asarray(pos_i, np.float64)[:, None, :]) @ np.linalg.inv(lattice)
-    v = (frac - np.round(frac)) @ lattice
-    t = np.asarray(shifts, np.float64) @ lattice
-    # |v + t|^2 = |v|^2 + 2 v.t + |t|^2: one matmul; float64 keeps the cancellation
-    # ~1e-12 A for cells of tens of Angstrom
-    sq = (np.einsum("ijk,ijk->ij", v, v)[:, :, None] + 2.0 * (v @ t.T)
-          + np.einsum("sk,sk->s", t, t)[None, None, :])
-    return np.sqrt(np.maximum(sq, 0.0))
-
-
-def neighbour_table(lattice: np.ndarray, positions: np.ndarray, symbols: Sequence[str],
-                    cutoff: float = 3.0, decimals: int = 4, max_neighbours: int | None = None
-                    ) -> list[list[tuple[str, float]]]:
-    """Every atom's neighbours within ``cutoff`` (the layout of the paper's Figure 5).
-
-    Uses :func:`host_pair_distances` (the penalty's image set and wrap, float64).
-
-    Args:
-      lattice: ``[3, 3]`` Angstrom.
-      positions: ``[N, 3]`` Cartesian Angstrom, all rows atoms.
-      symbols: ``N`` element symbols.
-      cutoff: Angstrom.
-      decimals, max_neighbours: see :func:`table_from_distances` (default: all).
-    Returns:
-      per atom, ``(symbol, distance)`` sorted by distance.
-    """
-    lattice = np.asarray(lattice, np.float64)
-    shifts = lattice_shifts(image_range(lattice, cutoff))
-    d = host_pair_distances(lattice, positions, positions, shifts)
-    n = len(positions)
-    d[np.arange(n), np.arange(n), 0] = np.inf  # the atom itself; its other images count
-    return table_from_distances(d, symbols, cutoff, decimals, max_neighbours)
-
-
-def table_from_distances(d: np.ndarray, symbols: Sequence[str], cutoff: float = 3.0,
-                         decimals: int = 4, max_neighbours: int | None = None
-                         ) -> list[list[tuple[str, float]]]:
-    """The Figure-5 table from precomputed ``[N, N, S]`` distances (self pair set to inf).
-
-    Equal (species, distance) pairs from several images, after rounding to ``decimals``
-    (as ``np.round``), are listed once, as in the paper; each row is sorted by distance,
-    then symbol. ``max_neighbours`` keeps only the first entries of each row (the nearest
-    shells), which bounds the table of a degenerate cell whose cutoff sphere holds
-    thousands of images; ``None`` keeps all.
-
-    Each (distance, species) pair is one integer key, so a row is deduplicated by a 1-D
-    integer sort; with ``max_neighbours`` only the smallest keys are sorted (found by
-    ``np.partition``, linear time), which keeps a cell with millions of images within
-    the cutoff to milliseconds.
-    """
-    names, species = np.unique(np.asarray(symbols), return_inverse=True)  # sorted names
-    n_species, scale = len(names), 10.0 ** decimals
-    table = []
-    for i in range(len(symbols)):
-        within = d[i] <= cutoff  # [N, S]
-        j = np.nonzero(within)[0]
-        keys = np.rint(d[i][within] * scale).astype(np.int64) * n_species + species[j]
-        table.append([(str(names[k % n_species]), float((k // n_species) / scale))
-                      for k in _smallest_unique(keys, max_neighbours)])
-    return table
-
-
-def _smallest_unique(keys: np.ndarray, count: int | None) -> np.ndarray:
-    """The ``count`` smallest distinct values of ``keys`` (all if None), ascending."""
-    if count is None:
-        return np.unique(keys)
-    take = 8 * count
-    while take < len(keys):
-        # the `take` smallest keys hold every key below their largest, so once they hold
-        # `count` distinct values those are the smallest distinct values of all keys
-        head = np.unique(np.partition(keys, take)[:take])
-        if len(head) >= count:
-            return head[:count]
-        take *= 4
-    return np.unique(keys)[:count]
 
 
 # --- crystalgan_plus: per-class distance windows and cell shape (issue 13) ---------------
@@ -647,8 +504,9 @@ def window_penalty(crystal: Crystal, shifts: jax.Array,
     return total
 
 
-def plane_spacings_jax(lattice: jax.Array) -> jax.Array:
-    """:func:`plane_spacings` for one ``[3, 3]`` lattice in JAX (differentiable), ``[3]``."""
+def plane_spacings(lattice: jax.Array) -> jax.Array:
+    """:func:`crystalgan_jax.core.cells.plane_spacings` for one ``[3, 3]`` lattice in JAX
+    (differentiable), ``[3]``."""
     a, b, c = lattice[0], lattice[1], lattice[2]
     volume = jnp.abs(jnp.dot(a, jnp.cross(b, c)))
     areas = jnp.stack([jnp.linalg.norm(jnp.cross(b, c)), jnp.linalg.norm(jnp.cross(c, a)),
@@ -656,10 +514,11 @@ def plane_spacings_jax(lattice: jax.Array) -> jax.Array:
     return volume / jnp.maximum(areas, _TINY)
 
 
-def images_needed(lattice: jax.Array) -> jax.Array:
-    """In-graph :func:`image_range` (nearest-neighbour radius) of one lattice: ``[3]`` int."""
+def image_range(lattice: jax.Array) -> jax.Array:
+    """:func:`crystalgan_jax.core.cells.image_range` in the graph, for one lattice and the
+    nearest-neighbour radius (no cutoff): ``[3]`` int32."""
     r = jnp.min(jnp.linalg.norm(lattice, axis=-1))
-    return jnp.floor(r / plane_spacings_jax(lattice) + 0.5 + 1e-9).astype(jnp.int32)
+    return jnp.floor(r / plane_spacings(lattice) + 0.5 + 1e-9).astype(jnp.int32)
 
 
 def outside_image_range(lattice: jax.Array, shifts: jax.Array) -> jax.Array:
@@ -668,7 +527,7 @@ def outside_image_range(lattice: jax.Array, shifts: jax.Array) -> jax.Array:
     For such a cell the penalty's nearest distances are upper bounds, not exact.
     """
     compiled = jnp.max(jnp.abs(shifts), axis=0).astype(jnp.int32)
-    return jnp.any(images_needed(lattice) > compiled)
+    return jnp.any(image_range(lattice) > compiled)
 
 
 def spacing_penalty(lattice: jax.Array, min_spacing: float) -> jax.Array:
@@ -678,4 +537,4 @@ def spacing_penalty(lattice: jax.Array, min_spacing: float) -> jax.Array:
     periodic images than the penalty was compiled with; this term stops cells from
     flattening instead of growing the image set.
     """
-    return jnp.sum(jax.nn.relu(min_spacing - plane_spacings_jax(lattice)) ** 2)
+    return jnp.sum(jax.nn.relu(min_spacing - plane_spacings(lattice)) ** 2)

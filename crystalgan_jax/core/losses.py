@@ -4,7 +4,8 @@ Two levels, in the style of optax losses:
 
 * per-structure functions of plain arrays (:func:`reconstruction_error`,
   :func:`occupancy_bce`, and in :mod:`crystalgan_jax.core.geometry` the penalty
-  :func:`~crystalgan_jax.core.geometry.penalty` and :func:`~crystalgan_jax.core.geometry.clash_energy`): lattice ``[3, 3]``, positions ``[N, 3]``,
+  :func:`~crystalgan_jax.core.geometry.array_penalty` and
+  :func:`~crystalgan_jax.core.geometry.clash_energy`): lattice ``[3, 3]``, positions ``[N, 3]``,
   mask ``[N]``, per-atom class ids or radii ``[N]``, shifts ``[S, 3]``. Each returns one
   structure's value; ``jax.vmap`` them and reduce as the caller's loss needs. Logit
   losses (:func:`adversarial_bce`) return per-sample values the same way.
@@ -193,8 +194,7 @@ def clash(crystals: Crystal, shifts: jax.Array, radii: Sequence[float],
     """
     # lax.map over chunks of CLASH_CHUNK structures, each chunk vmapped: the term keeps
     # a [P, S] array per structure (see geometry._repulsion), and a whole batch of
-    # them outgrows the CPU caches (value + gradient of 140 Pd-Ni-H cells took 34 ms at
-    # once against 14 ms in chunks; 70 cells: the same either way)
+    # them outgrows the CPU caches
     per = jax.lax.map(lambda c: geometry.clash_penalty(c, shifts, radii, factor), crystals,
                       batch_size=CLASH_CHUNK)
     return jnp.mean(per)

@@ -58,7 +58,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Element, Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalgan_jax.core import geometry
+from crystalgan_jax.core import cells
 from crystalgan_jax.materials import io
 
 HYDROGEN = "H"
@@ -223,9 +223,9 @@ def _site_permutations(lattice: np.ndarray, metal_frac: np.ndarray,
 def min_image_distances(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
     """Pairwise shortest distances (Angstrom) between sites over periodic images.
 
-    Exact for any cell: :func:`geometry.host_pair_distances` (float64, on the host) over
+    Exact for any cell: :func:`cells.pair_distances` (float64, on the host) over
     every lattice image within the longest minimum-image pair distance
-    (:func:`geometry.image_range`); a fixed +-1 shell is not enough for thin cells.
+    (:func:`cells.image_range`); a fixed +-1 shell is not enough for thin cells.
 
     Args:
       frac: ``[N, 3]`` fractional coordinates.
@@ -235,10 +235,10 @@ def min_image_distances(frac: np.ndarray, lattice: np.ndarray) -> np.ndarray:
     """
     lattice = np.asarray(lattice, np.float64)
     cart = np.asarray(frac, np.float64) @ lattice
-    wrapped = geometry.host_pair_distances(lattice, cart, cart, np.zeros((1, 3)))
+    wrapped = cells.pair_distances(lattice, cart, cart, np.zeros((1, 3)))
     # the minimum image of each pair is at most its wrapped distance away
-    shifts = geometry.lattice_shifts(geometry.image_range(lattice, float(wrapped.max())))
-    best = geometry.host_pair_distances(lattice, cart, cart, shifts).min(axis=2)
+    shifts = cells.lattice_shifts(cells.image_range(lattice, float(wrapped.max())))
+    best = cells.pair_distances(lattice, cart, cart, shifts).min(axis=2)
     np.fill_diagonal(best, np.inf)
     return best
 

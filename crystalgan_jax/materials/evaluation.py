@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from crystalgan_jax.core import geometry
+from crystalgan_jax.core import cells
 from crystalgan_jax.materials.io import HYDROGEN, MIN_CELL_VOLUME
 
 CUTOFF = 3.0  # Angstrom, neighbour table radius (the paper's Figure 5)
@@ -47,7 +47,7 @@ VOLUME_PER_ATOM_RANGE = (2.0, 40.0)  # Angstrom^3, strict
 MAX_DISTANCE_ENTRIES = 5_000_000
 # Entries per atom kept in the Figure-5 neighbour table of a report (the nearest shells):
 # a degenerate generated cell can hold thousands of images within the cutoff, which made
-# report.json hundreds of MB. geometry.neighbour_table gives the full list of one structure.
+# report.json hundreds of MB. cells.neighbour_table gives the full list of one structure.
 MAX_NEIGHBOURS = 12
 # Failure messages listed per verdict before the rest are only counted.
 MAX_LISTED_FAILURES = 4
@@ -185,11 +185,11 @@ def _distance_lattice(lattice: Lattice) -> np.ndarray:
 
 def _shifts_for(matrix: np.ndarray, radius: float, n_atoms: int) -> np.ndarray | None:
     """Lattice shifts that see every image within ``radius``; None if too many."""
-    n = geometry.image_range(matrix, radius)
+    n = cells.image_range(matrix, radius)
     n_shifts = int(np.prod([2 * m + 1 for m in n]))
     if n_atoms ** 2 * n_shifts > MAX_DISTANCE_ENTRIES:
         return None
-    return geometry.lattice_shifts(n)
+    return cells.lattice_shifts(n)
 
 
 def periodic_distances(structure: Structure, cutoff: float = CUTOFF) -> np.ndarray | None:
@@ -198,7 +198,7 @@ def periodic_distances(structure: Structure, cutoff: float = CUTOFF) -> np.ndarr
     The shifts cover every image within ``cutoff`` and every image that can be a
     nearest neighbour, so minima over the last axis are exact. The site itself at zero
     shift is set to ``inf``; its other images count. Computed with
-    :func:`geometry.host_pair_distances` (NumPy, float64) on an LLL-reduced basis of the
+    :func:`cells.pair_distances` (NumPy, float64) on an LLL-reduced basis of the
     cell.
 
     Returns:
@@ -210,12 +210,12 @@ def periodic_distances(structure: Structure, cutoff: float = CUTOFF) -> np.ndarr
     # The wrapped (zero-shift) distance bounds the nearest image of another atom, and the
     # shortest lattice vector bounds the nearest own image: together they say how many
     # images guarantee the exact minimum.
-    zero = geometry.host_pair_distances(matrix, cart, cart, np.zeros((1, 3)))[:, :, 0]
+    zero = cells.pair_distances(matrix, cart, cart, np.zeros((1, 3)))[:, :, 0]
     radius = max(float(zero.max()), float(np.linalg.norm(matrix, axis=1).min()), cutoff)
     shifts = _shifts_for(matrix, radius, len(cart))
     if shifts is None:
         return None
-    d = geometry.host_pair_distances(matrix, cart, cart, shifts)
+    d = cells.pair_distances(matrix, cart, cart, shifts)
     d[np.arange(len(cart)), np.arange(len(cart)), 0] = np.inf  # the atom itself
     return d
 
@@ -353,7 +353,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
             f"volume per atom {volume_per_atom:.2f} A^3 outside {low:g}..{high:g} A^3")
     good_strict = not strict_failures
 
-    table = tuple(map(tuple, geometry.table_from_distances(d, symbols, cutoff,
+    table = tuple(map(tuple, cells.table_from_distances(d, symbols, cutoff,
                                                            max_neighbours=max_neighbours)))
     return StructureEvaluation(
         formula=formula, n_atoms=n_atoms, volume_per_atom=volume_per_atom,

@@ -1,7 +1,7 @@
 """Command-line flags derived from the run's configuration dataclasses.
 
 Every field of :class:`crystalgan_jax.pipeline.spec.RunSpec`, of its
-:class:`crystalgan_jax.train.training.TrainConfig` and of that one's
+:class:`crystalgan_jax.train.TrainConfig` and of that one's
 :class:`crystalgan_jax.core.losses.Weights` becomes exactly one absl flag. The flag's default
 is the field's default (there is no second copy to drift), its help text is the
 field's entry in the class docstring's ``Attributes:`` section, and its kind follows the
@@ -30,7 +30,7 @@ from absl import logging as absl_logging
 
 from crystalgan_jax.core.encoding import BLOCKS
 from crystalgan_jax.pipeline.spec import RunSpec
-from crystalgan_jax.train.training import GEOMETRY_FORMS, METHODS
+from crystalgan_jax.train import GEOMETRY_FORMS, METHODS
 
 # Flag names that differ from their field's name (kept for existing flagfiles and
 # commands): the field path "Class.field" -> flag name.

@@ -44,7 +44,8 @@ from crystalgan_jax.pipeline import folder, loop, outputs, pooled, provenance
 from crystalgan_jax.pipeline.prepare import Prepared, prepare, with_clash_radii
 from crystalgan_jax.pipeline.spec import Member, PopulationSpec, RunSpec
 from crystalgan_jax.pipeline.trainers import PopulationTrainer, SingleTrainer
-from crystalgan_jax.train import population, training
+from crystalgan_jax import train
+from crystalgan_jax.train import population
 from crystalgan_jax.train.checkpoints import Checkpoints
 
 
@@ -54,7 +55,7 @@ class RunResult:
 
     output_dir: Path
     layout: encoding.Layout
-    state: training.TrainState
+    state: train.TrainState
     files: dict[str, dict[str, list[Path]]]
     metrics: list[dict]
     report: dict | None

@@ -15,11 +15,11 @@ import numpy as np
 from crystalgan_jax.pipeline import folder
 from crystalgan_jax.pipeline.errors import DivergenceError, Interrupted
 from crystalgan_jax.pipeline.trainers import Lowered
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.train.checkpoints import Checkpoints, signals_held
 
 
-def chunk_epochs(cfg: training.TrainConfig, checkpoint_every: int) -> int:
+def chunk_epochs(cfg: train.TrainConfig, checkpoint_every: int) -> int:
     """Epochs one call of a stage's program runs at most."""
     return max(1, min(cfg.chunk_epochs, checkpoint_every, cfg.epochs))
 
@@ -130,7 +130,7 @@ def diverged(stage_name: str, names: Sequence[str], rows: dict[int, np.ndarray],
         "(with --overwrite).", stage_name, epoch, start + epoch, saved)
 
 
-def train_stages(trainer, cfg: training.TrainConfig, every: int, member_dirs: dict[int, Path],
+def train_stages(trainer, cfg: train.TrainConfig, every: int, member_dirs: dict[int, Path],
                  state, metrics: dict[int, list[dict]], ckpt: Checkpoints,
                  log: Callable[[str], None], on_trace=None,
                  compiling: dict[str, concurrent.futures.Future] | None = None,
@@ -166,8 +166,8 @@ def train_stages(trainer, cfg: training.TrainConfig, every: int, member_dirs: di
             end = start + cfg.epochs if until is None else min(start + cfg.epochs, until)
             if trainer.epoch(state) >= end:
                 continue
-            stage = training.STAGES[stage_name]
-            names = training.metric_names(stage, cfg)
+            stage = train.STAGES[stage_name]
+            names = train.metric_names(stage, cfg)
             data = trainer.stage_data(stage_name, state)
             # not started by the caller (or a resume fell back to an older checkpoint):
             # this stage and the later ones start compiling now

@@ -22,11 +22,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.core import cells, encoding
 from crystalgan_jax.materials import io
 from crystalgan_jax.pipeline.prepare import Prepared
 from crystalgan_jax.pipeline.spec import RunSpec
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 
 
 class ReportInputs(NamedTuple):
@@ -62,7 +62,7 @@ def report_inputs(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> ReportInputs:
     return ReportInputs(options, references, training)
 
 
-def write_outputs(spec: RunSpec, state: training.TrainState, prepared: Prepared,
+def write_outputs(spec: RunSpec, state: train.TrainState, prepared: Prepared,
                   out: Path, metrics: list[dict], log: Callable[[str], None],
                   inputs: ReportInputs | concurrent.futures.Future | None = None
                   ) -> tuple[dict, dict | None]:
@@ -72,7 +72,7 @@ def write_outputs(spec: RunSpec, state: training.TrainState, prepared: Prepared,
     Separate from training so that sampling-only variants (experiments/ablation.py) reuse
     one trained state.
     """
-    generated = training.generate(state, prepared.nets, spec.train, prepared.x, prepared.y,
+    generated = train.generate(state, prepared.nets, spec.train, prepared.x, prepared.y,
                                   jax.random.fold_in(state.key, 1))
     return write_member_outputs(spec, jax.tree_util.tree_map(np.asarray, generated),
                                 prepared.layout, prepared.ah, prepared.bh, out, metrics, log,
@@ -89,7 +89,7 @@ def write_member_outputs(spec: RunSpec, generated: dict, layout: encoding.Layout
     ``spec.evaluate`` the report with the novelty count, and the exports
     (``structures.extxyz``, ``run.db``). Returns (files, report).
 
-    ``generated``: :func:`crystalgan_jax.train.training.generate`'s output for this run, as
+    ``generated``: :func:`crystalgan_jax.train.generate`'s output for this run, as
     host arrays. ``inputs``: :func:`report_inputs` for ``spec``, or its future, computed
     ahead; computed here where None.
     """
@@ -183,7 +183,7 @@ def _undecodable(crystal: encoding.Crystal) -> str | None:
     lattice = np.asarray(crystal.lattice, np.float64)
     if abs(np.linalg.det(lattice)) < io.MIN_CELL_VOLUME:
         return "degenerate cell (zero volume)"
-    spacing = float(geometry.plane_spacings(lattice).min())
+    spacing = float(cells.plane_spacings(lattice).min())
     if spacing < MIN_PLANE_SPACING:
         return f"degenerate cell (lattice planes {spacing:.3g} A apart)"
     return None

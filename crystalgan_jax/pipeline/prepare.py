@@ -13,10 +13,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from crystalgan_jax.core import encoding, geometry
+from crystalgan_jax.core import cells, encoding
 from crystalgan_jax.materials import io
 from crystalgan_jax.pipeline.spec import MAX_BLOCK_ROWS, PopulationSpec, RunSpec
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Prepared:
       layout: the encoding's rows.
       x, y: the encoded domains, host float32 arrays ``[N, ...]``.
       nets: the networks for this layout.
-      shifts: the geometric penalty's lattice shifts (:func:`training.penalty_shifts`).
+      shifts: the geometric penalty's lattice shifts (:func:`train.penalty_shifts`).
     """
 
     spec: RunSpec
@@ -38,7 +38,7 @@ class Prepared:
     layout: encoding.Layout
     x: encoding.Crystal
     y: encoding.Crystal
-    nets: training.Networks
+    nets: train.Networks
     shifts: jax.Array
 
 
@@ -112,9 +112,9 @@ def prepare(spec: RunSpec, log: Callable[[str], None] | None = None) -> Prepared
     x, y = (encoding.encode_batch(d.structures, layout, sources=d.sources, dtype=np.float32)
             for d in (ah, bh))
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
-    nets = training.Networks.build(layout.rows, training.length_scale(lattices), spec.train)
+    nets = train.Networks.build(layout.rows, train.length_scale(lattices), spec.train)
     return Prepared(spec, ah, bh, layout, x, y, nets,
-                    training.penalty_shifts(lattices, spec.train))
+                    train.penalty_shifts(lattices, spec.train))
 
 
 def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
@@ -133,7 +133,7 @@ def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
             cfg.window_percentiles, cfg.d1, cfg.d2)
     if cfg.spacing_weight > 0 and cfg.min_plane_spacing == 0:
         lattices = np.array([s.lattice.matrix for s in ah.structures + bh.structures])
-        changes["min_plane_spacing"] = round(float(geometry.plane_spacings(lattices).min()), 4)
+        changes["min_plane_spacing"] = round(float(cells.plane_spacings(lattices).min()), 4)
     if not changes:
         return spec
     return dataclasses.replace(spec, train=dataclasses.replace(cfg, **changes))

@@ -63,7 +63,7 @@ SAMPLING_ONLY = ("-sampling", "-pairings", "-snapshots", "-snap")
 
 
 def table2_methods() -> tuple[str, ...]:
-    from crystalgan_jax.train.training import METHODS
+    from crystalgan_jax.train import METHODS
 
     return METHODS + ("crystalgan+clash",)
 
@@ -116,8 +116,8 @@ def check_variants(variants: Sequence[str]) -> list[str]:
 
 def plus_fields(overrides: dict | None = None) -> dict:
     """crystalgan_plus's ingredient fields: ``overrides`` (e.g. flag values; None = the
-    plus default) over None for every field of ``training.PLUS_DEFAULTS``."""
-    from crystalgan_jax.train.training import PLUS_DEFAULTS
+    plus default) over None for every field of ``train.PLUS_DEFAULTS``."""
+    from crystalgan_jax.train import PLUS_DEFAULTS
 
     overrides = overrides or {}
     unknown = set(overrides) - set(PLUS_DEFAULTS)

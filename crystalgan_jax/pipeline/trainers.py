@@ -22,7 +22,8 @@ import numpy as np
 
 from crystalgan_jax.pipeline.prepare import Prepared
 from crystalgan_jax.pipeline.spec import PopulationSpec
-from crystalgan_jax.train import population, training
+from crystalgan_jax import train
+from crystalgan_jax.train import population
 
 
 class Lowered(NamedTuple):
@@ -32,7 +33,7 @@ class Lowered(NamedTuple):
       fn: the chunk program, ``fn(state, data, active) -> (state, metrics)``.
       lowered: ``jax.stages.Lowered`` of it, or None where it compiles at its first call.
       seconds: tracing and lowering.
-      quick: compiled with :func:`training.stage_compiler_options`' quick options.
+      quick: compiled with :func:`train.stage_compiler_options`' quick options.
     """
 
     fn: Callable
@@ -51,7 +52,7 @@ def lower(fn: Callable, quick: bool, *args) -> Lowered:
 
 
 class SingleTrainer:
-    """One member, its :class:`training.TrainState` unstacked, on the default device."""
+    """One member, its :class:`train.TrainState` unstacked, on the default device."""
 
     def __init__(self, pop: PopulationSpec, prepared: Prepared):
         self.spec = pop.base
@@ -66,24 +67,24 @@ class SingleTrainer:
         return [0]
 
     def abstract_state(self):
-        return jax.eval_shape(lambda k: training.init_state(k, self.nets, self.cfg), self.key)
+        return jax.eval_shape(lambda k: train.init_state(k, self.nets, self.cfg), self.key)
 
-    def init_state(self) -> training.TrainState:
-        return training.init_state(self.key, self.nets, self.cfg)
+    def init_state(self) -> train.TrainState:
+        return train.init_state(self.key, self.nets, self.cfg)
 
-    def epoch(self, state: training.TrainState) -> int:
+    def epoch(self, state: train.TrainState) -> int:
         return int(state.epoch)
 
     def stage_data(self, stage_name: str, state) -> tuple:
-        return training.stage_data(stage_name, state, self.nets, self.x, self.y)
+        return train.stage_data(stage_name, state, self.nets, self.x, self.y)
 
     def lower_stage(self, stage_name: str, state, chunk: int, on_trace=None) -> Lowered:
         """The stage's chunk runner lowered for its data's shapes; needs no trained
         parameters (``state`` may be abstract), so it can run ahead."""
         data = jax.eval_shape(lambda s: self.stage_data(stage_name, s), state)
         sizes = [d.lattice.shape[0] for d in data]
-        options = training.stage_compiler_options(self.cfg, sizes, jax.default_backend())
-        fn = training.make_chunk_runner(training.STAGES[stage_name], self.nets, self.cfg,
+        options = train.stage_compiler_options(self.cfg, sizes, jax.default_backend())
+        fn = train.make_chunk_runner(train.STAGES[stage_name], self.nets, self.cfg,
                                         self.prepared.shifts, sizes, on_trace, options)
         return lower(fn, options is not None, state, data, jnp.arange(chunk) < chunk)
 
@@ -93,16 +94,16 @@ class SingleTrainer:
         new_state, metrics = fn(state, data, jnp.arange(chunk) < n)
         metrics = np.asarray(metrics)
         finite = (bool(np.all(np.isfinite(metrics[:n])))
-                  and bool(training.tree_all_finite((new_state.params, new_state.opt_state))))
+                  and bool(train.tree_all_finite((new_state.params, new_state.opt_state))))
         return new_state, {0: metrics}, finite
 
     def generate(self, state) -> dict[int, dict]:
-        """{0: generated samples as host arrays} (:func:`training.generate`)."""
-        generated = training.generate(state, self.nets, self.cfg, self.x, self.y,
+        """{0: generated samples as host arrays} (:func:`train.generate`)."""
+        generated = train.generate(state, self.nets, self.cfg, self.x, self.y,
                                       jax.random.fold_in(state.key, 1))
         return {0: jax.tree_util.tree_map(np.asarray, generated)}
 
-    def member_state(self, state, index: int) -> training.TrainState:
+    def member_state(self, state, index: int) -> train.TrainState:
         return state
 
 
@@ -145,14 +146,14 @@ class PopulationTrainer:
         """The stage's population program, compiled at its first call (the member axis'
         shardings are those of the concrete arrays)."""
         data = jax.eval_shape(
-            jax.vmap(lambda s: training.stage_data(stage_name, s, self.nets, self.prepared.x,
+            jax.vmap(lambda s: train.stage_data(stage_name, s, self.nets, self.prepared.x,
                                                    self.prepared.y)), state.members)
         sizes = [d.lattice.shape[1] for d in data]
-        options = training.stage_compiler_options(  # each device trains all its members
+        options = train.stage_compiler_options(  # each device trains all its members
             self.cfg, sizes, self.sharding.mesh.devices.flat[0].platform,
             members=self.sharding.padded // self.sharding.mesh.size)
         program = population.make_population_chunk(
-            training.STAGES[stage_name], self.nets, self.cfg, self.prepared.shifts, sizes,
+            train.STAGES[stage_name], self.nets, self.cfg, self.prepared.shifts, sizes,
             self.sharding, on_trace, compiler_options=options)
 
         def fn(state, data, active):
@@ -167,7 +168,7 @@ class PopulationTrainer:
         active = self.sharding.put(np.arange(chunk) < n, self.sharding.replicated)
         new_state, metrics = fn(state, data, active)
         # over the global arrays, so that every process takes the same decision
-        finite = bool(training.tree_all_finite((new_state.members.params,
+        finite = bool(train.tree_all_finite((new_state.members.params,
                                                 new_state.members.opt_state, metrics)))
         rows = population.local_rows(metrics)
         local = self.local_members()
@@ -185,5 +186,5 @@ class PopulationTrainer:
         return {i: jax.tree_util.tree_unflatten(treedef, [rows[i] for rows in host])
                 for i in self.local_members()}
 
-    def member_state(self, state, index: int) -> training.TrainState:
+    def member_state(self, state, index: int) -> train.TrainState:
         return population.member_state(state.members, index)

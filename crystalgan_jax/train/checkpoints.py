@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a :class:`~crystalgan_jax.train.training.TrainState`, verified on restore.
+"""Orbax checkpoints of a :class:`~crystalgan_jax.train.TrainState`, verified on restore.
 
 One Orbax ``CheckpointManager`` under the run's ``checkpoints/``, one folder per step
 (steps are global epoch counts). Orbax's policies decide what is written and kept:
@@ -11,9 +11,8 @@ One Orbax ``CheckpointManager`` under the run's ``checkpoints/``, one folder per
 
 Each step holds the state *packed* (:func:`pack`: one array per dtype, the leaves
 concatenated) and a small JSON item with the packing layout and the SHA-256 of the
-arrays. Packed, a save of the ~200 arrays of a CrystalGAN state takes ~0.05-0.1 s instead of
-~0.6 s (Orbax's cost is per array), which at a save every 100 epochs was a fifth of a
-paper-configuration run. Steps written unpacked (before the packing) are still restored.
+arrays. Packed, because Orbax's cost is per array and a CrystalGAN state has hundreds of
+them. Steps written unpacked (before the packing) are still restored.
 :meth:`Checkpoints.restore` recomputes it and checks that every value is finite; a step
 that fails (or that Orbax cannot read) is reported in one line, moved aside to
 ``<step>.damaged`` and the next older step is tried, so damaged state is never restored
@@ -115,8 +114,7 @@ def pack(state) -> tuple[dict[str, jax.Array], list[dict]]:
 @functools.partial(jax.jit, static_argnums=1)
 def _concatenate_groups(leaves: tuple[jax.Array, ...], plan: tuple) -> dict[str, jax.Array]:
     """:func:`pack`'s arrays as one program: eagerly, each leaf's reshape and each
-    concatenation was an XLA program of its own (some 300 dispatches, 0.8 s per save of
-    a single run's state on the 2-core machine)."""
+    concatenation would be an XLA program of its own."""
     out = {}
     for group, indices, leads in plan:
         parts = [leaves[i].reshape(leaves[i].shape[:n] + (math.prod(leaves[i].shape[n:]),))
@@ -319,8 +317,8 @@ class Checkpoints:
             # the exceptional paths (and several processes, whose Orbax saves meet at
             # barriers) write before returning
             return write()
-        # ~0.1 s of Orbax's Python per save, 20 saves in a paper-configuration run: in the
-        # background it overlaps the next chunk, which runs in XLA without the GIL
+        # Orbax's Python per save adds up over a run: in the background it overlaps the
+        # next chunk, which runs in XLA without the GIL
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="checkpoint")

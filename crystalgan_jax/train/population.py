@@ -1,8 +1,8 @@
 """Populations as one compiled program: member states stacked and sharded over devices.
 
-S members' :class:`~crystalgan_jax.train.training.TrainState` pytrees are stacked along a
+S members' :class:`~crystalgan_jax.train.TrainState` pytrees are stacked along a
 leading member axis ``[P]`` and trained together: the per-member chunk function of
-:func:`crystalgan_jax.train.training.make_chunk_runner` is ``vmap``-ed over that axis, and
+:func:`crystalgan_jax.train.make_chunk_runner` is ``vmap``-ed over that axis, and
 the axis is split over a one-axis :class:`jax.sharding.Mesh` of all devices (of all
 processes, after ``jax.distributed.initialize``) with ``shard_map``, so each device trains
 its own members and no device talks to another while training. ``P`` is S rounded up to a
@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from crystalgan_jax.core import encoding, losses
-from crystalgan_jax.train import training
+from crystalgan_jax import train
 from crystalgan_jax.train.checkpoints import Checkpoints
 
 AXIS = "members"
@@ -130,7 +130,7 @@ def read_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> dict
 class PopulationState:
     """Stacked member states ``[P]`` and the epoch they all reached (replicated scalar)."""
 
-    members: training.TrainState
+    members: train.TrainState
     epoch: jax.Array
 
 
@@ -139,8 +139,8 @@ def weight_rows(weights: Sequence[losses.Weights]) -> np.ndarray:
     return np.array([[getattr(w, k) for k in WEIGHT_NAMES] for w in weights], np.float32)
 
 
-def static_config(cfg: training.TrainConfig, weights: Sequence[losses.Weights]
-                  ) -> training.TrainConfig:
+def static_config(cfg: train.TrainConfig, weights: Sequence[losses.Weights]
+                  ) -> train.TrainConfig:
     """The configuration that decides the program's shape: l7 is the members' largest.
 
     So the clash term is in the program (and its metric logged) iff some member uses it.
@@ -149,14 +149,14 @@ def static_config(cfg: training.TrainConfig, weights: Sequence[losses.Weights]
     return dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, l7=l7))
 
 
-def traced_weights(row: jax.Array, cfg: training.TrainConfig) -> losses.Weights:
+def traced_weights(row: jax.Array, cfg: train.TrainConfig) -> losses.Weights:
     """One member's weights ``[8]`` as traced scalars; l7 stays 0 where no member uses it."""
     w = losses.Weights(*(row[i] for i in range(len(WEIGHT_NAMES))))
     return w if cfg.weights.l7 > 0 else dataclasses.replace(w, l7=0.0)
 
 
-def make_population_chunk(stage: training.Stage, nets: training.Networks,
-                           cfg: training.TrainConfig, shifts: jax.Array,
+def make_population_chunk(stage: train.Stage, nets: train.Networks,
+                           cfg: train.TrainConfig, shifts: jax.Array,
                            sizes: Sequence[int], sharding: MemberSharding,
                            on_trace: Callable[[str], None] | None = None,
                            group: int | None = None,
@@ -164,19 +164,19 @@ def make_population_chunk(stage: training.Stage, nets: training.Networks,
     """Jitted ``run(members, weights[P, 8], data, active[chunk])`` -> (members, metrics).
 
     ``members`` and ``data`` are stacked ``[P, ...]``, metrics ``[P, chunk, n_metrics]``;
-    each member runs :func:`training.make_chunk_runner`'s chunk with its own weights.
+    each member runs :func:`train.make_chunk_runner`'s chunk with its own weights.
     ``cfg`` is :func:`static_config` of the population. Each device runs its members
     in vmapped groups of at most ``group`` (the largest divisor of its member count),
     one group's whole chunk after the other; ``group=None`` takes :func:`member_group`
     of the mesh's platform. ``compiler_options`` go to ``jax.jit``
-    (:func:`training.stage_compiler_options`).
+    (:func:`train.stage_compiler_options`).
     """
     if group is None:
         group = member_group(sharding.mesh.devices.flat[0].platform)
 
     def member(state, weights, data, active):
         member_cfg = dataclasses.replace(cfg, weights=traced_weights(weights, cfg))
-        chunk = training.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
+        chunk = train.make_chunk_runner(stage, nets, member_cfg, shifts, sizes, on_trace)
         return chunk(state, data, active)
 
     def device_members(states, weights, data, active):
@@ -199,28 +199,28 @@ def make_population_chunk(stage: training.Stage, nets: training.Networks,
                    compiler_options=compiler_options)
 
 
-def init_population(seeds: Sequence[int], nets: training.Networks,
-                    cfg: training.TrainConfig, sharding: MemberSharding) -> PopulationState:
+def init_population(seeds: Sequence[int], nets: train.Networks,
+                    cfg: train.TrainConfig, sharding: MemberSharding) -> PopulationState:
     """Fresh states of every member (``PRNGKey(seed)``, as a single run), sharded."""
     seeds = sharding.pad(np.array(seeds, np.uint32))
-    init = jax.jit(jax.vmap(lambda s: training.init_state(jax.random.PRNGKey(s), nets, cfg)),
+    init = jax.jit(jax.vmap(lambda s: train.init_state(jax.random.PRNGKey(s), nets, cfg)),
                    out_shardings=sharding.members)
     states = init(sharding.put(seeds, sharding.members))
     return PopulationState(states, sharding.put(np.int32(0), sharding.replicated))
 
 
-def stage_data(stage: str, states: training.TrainState, nets: training.Networks,
+def stage_data(stage: str, states: train.TrainState, nets: train.Networks,
                 x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> tuple:
     """Each member's domains for ``stage`` ``[P, ...]`` (stage 3's depend on its stage 1)."""
-    fn = jax.vmap(lambda s, x, y: training.stage_data(stage, s, nets, x, y),
+    fn = jax.vmap(lambda s, x, y: train.stage_data(stage, s, nets, x, y),
                   in_axes=(0, None, None))
     return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
 
 
-def generate(states: training.TrainState, nets: training.Networks, cfg: training.TrainConfig,
+def generate(states: train.TrainState, nets: train.Networks, cfg: train.TrainConfig,
               x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> dict:
-    """:func:`training.generate` of every member, with the key a single run uses."""
-    fn = jax.vmap(lambda s, x, y: training.generate(s, nets, cfg, x, y,
+    """:func:`train.generate` of every member, with the key a single run uses."""
+    fn = jax.vmap(lambda s, x, y: train.generate(s, nets, cfg, x, y,
                                                     jax.random.fold_in(s.key, 1)),
                   in_axes=(0, None, None))
     return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
