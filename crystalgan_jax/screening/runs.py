@@ -1,7 +1,7 @@
 """Screening of whole runs and folders with CHGNet: journals, one system's hull, tables.
 
-:mod:`crystalgan_jax.screening.relax` holds the physics (relaxation, references, hull,
-verdicts); this module applies it to what the scripts hand over: a run folder, any
+:mod:`crystalgan_jax.screening.relax` (relaxation), :mod:`~crystalgan_jax.screening.hull`
+(references, hull) and :mod:`~crystalgan_jax.screening.verdicts` hold the physics; this module applies it to what the scripts hand over: a run folder, any
 folder of structures, or every run of a Table 2 (``experiments/screen.py`` and
 ``experiments/table2.py --screen``). Each relaxation is appended to a journal as it ends,
 so an interrupted screening run again with the same settings continues where it stopped.
@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
-from crystalgan_jax.screening import relax as screening
+from crystalgan_jax.screening import hull as hulls, relax as screening, verdicts
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
@@ -142,7 +142,7 @@ class System:
                                                       element_a, element_b)
         tic = time.perf_counter()
         elements = [element_a, element_b, io.HYDROGEN]
-        self.references = screening.elemental_references(elements, calculator, fmax=fmax,
+        self.references = hulls.elemental_references(elements, calculator, fmax=fmax,
                                                          max_steps=max_steps)
         self.timing = {"references": time.perf_counter() - tic}
         tic = time.perf_counter()
@@ -157,7 +157,7 @@ class System:
         failed = [(n, r.reason) for (n, _), r in zip(named, relaxed) if not r.ok]
         for name, reason in failed:
             log(f"training structure {name} left out of the hull: {reason}")
-        self.hull = screening.hull_from_relaxations(elements, self.references,
+        self.hull = hulls.hull_from_relaxations(elements, self.references,
                                                     list(zip((n for n, _ in named), relaxed)))
         self.timing["training_relaxation"] = time.perf_counter() - tic
         self.data = [str(data_ah), str(data_bh)]
@@ -190,7 +190,7 @@ class System:
             if r.final is not None and not (out / "relaxed" / name).with_suffix(".vasp").exists():
                 write(name, r)
         relax_s = time.perf_counter() - tic
-        result = screening.screen(named, relaxations, self.hull, self.element_a,
+        result = verdicts.screen(named, relaxations, self.hull, self.element_a,
                                   self.element_b,
                                   novelty_references=self.novelty_references(with_substitution),
                                   stability_threshold=stability_threshold,
@@ -211,7 +211,7 @@ class System:
         result = {"system": f"{self.element_a}-{self.element_b}-H", "settings": settings,
                   **result, "timing_s": timing}
         (out / "screening.json").write_text(json.dumps(result, indent=1))
-        (out / "screening.md").write_text(screening.markdown(result, title, settings))
+        (out / "screening.md").write_text(verdicts.markdown(result, title, settings))
         c = result["counts"]
         log(f"screened {c['screened']}: {c['converged']} converged, {c['failed']} failed, "
             f"{c['stable']} stable (E_hull <= {stability_threshold:g}), "
