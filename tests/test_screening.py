@@ -167,7 +167,8 @@ def test_screen_script_writes_and_resumes(tmp_path):
 
     def run():
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                              env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                   "CRYSTALGAN_CACHE": str(tmp_path / "cache")})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
@@ -191,6 +192,10 @@ def test_screen_script_writes_and_resumes(tmp_path):
     second = run()
     assert "2 relaxations reused" in second.stderr and "[screen]" not in second.stderr
     assert json.loads((out / "screening.json").read_text())["counts"] == result["counts"]
+    assert "read from the cache" in second.stderr and "[hull]" not in second.stderr
+    hull_names = [e["name"] for e in result["settings"]["hull"]["entries"]]
+    assert {"alloy: L1_2 Pd3Ni", "alloy: L1_2 PdNi3", "alloy: L1_0 PdNi",
+            "alloy: B2 PdNi"} <= set(hull_names)
 
 
 def test_dense_cell_is_refused_before_chgnet():

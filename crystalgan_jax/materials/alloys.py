@@ -22,8 +22,6 @@ its cells by). Each cell is then sized to hold exactly that volume per atom.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.materials.substitution import atomic_volume
@@ -68,14 +66,6 @@ def ordered_alloys(element_a: str, element_b: str) -> list[tuple[str, Structure]
     """
     if element_a == element_b:
         raise ValueError(f"an alloy needs two different metals, got {element_a} twice")
-    makers: list[tuple[str, Callable[[], Structure]]] = [
-        ("L1_2", lambda: l12(element_a, element_b)),
-        ("L1_2", lambda: l12(element_b, element_a)),
-        ("L1_0", lambda: l10(element_a, element_b)),
-        ("B2", lambda: b2(element_a, element_b)),
-    ]
-    out = []
-    for prototype, make in makers:
-        s = make()
-        out.append((f"{prototype} {s.composition.reduced_formula}", s))
-    return out
+    a, b = element_a, element_b
+    return [(f"L1_2 {a}3{b}", l12(a, b)), (f"L1_2 {a}{b}3", l12(b, a)),
+            (f"L1_0 {a}{b}", l10(a, b)), (f"B2 {a}{b}", b2(a, b))]

@@ -46,7 +46,9 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
            hull: Hull, element_a: str, element_b: str, *,
            novelty_references: Mapping[str, Sequence[Structure]],
            stability_threshold: float = STABILITY_THRESHOLD,
-           evaluation_options: Mapping[str, Any]) -> dict[str, Any]:
+           evaluation_options: Mapping[str, Any],
+           substitution_hull: Hull | None = None,
+           substitution_structures: Sequence[Structure] = ()) -> dict[str, Any]:
     """Verdicts after relaxation and the S.U.N. counts.
 
     Args:
@@ -60,6 +62,10 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
         relaxation.
       evaluation_options: keyword options of :func:`evaluation.evaluate_structure`, d1 and
         d2 (Angstrom) at least.
+      substitution_hull: the hull that also holds the relaxed substitution structures
+        (:meth:`SystemHull.hull` with "substitution"); None: no "beats substitution".
+      substitution_structures: the substitution structures (relaxed and not) a candidate
+        that beats substitution must match none of.
     Returns:
       ``{"counts": ..., "structures": [...], "timing_s": ...}``; structures in input order,
       each with its relaxation, displacement, energetics and verdicts.
@@ -68,6 +74,7 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
         raise ValueError(f"{len(candidates)} candidates but {len(relaxations)} relaxations")
     options = dict(evaluation_options)
     diagram = hull.phase_diagram()
+    sub_diagram = substitution_hull.phase_diagram() if substitution_hull is not None else None
     matcher = StructureMatcher()
     system = set(hull.elements)
     timing = {"evaluation": 0.0, "energetics": 0.0, "novelty": 0.0, "uniqueness": 0.0}
@@ -108,6 +115,11 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
         e_hull = row["e_hull_eV_per_atom"]
         row["stable"] = bool(r.converged and e_hull is not None
                              and e_hull <= stability_threshold)
+        if sub_diagram is not None:
+            tic = time.perf_counter()
+            beats_substitution(row, r, sub_diagram, substitution_structures, matcher,
+                               stability_threshold, elements <= system)
+            timing["substitution"] = timing.get("substitution", 0.0) + time.perf_counter() - tic
         rows.append(row)
 
     tic = time.perf_counter()
@@ -134,8 +146,28 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
         "stable_unique": distinct(lambda row: row["stable"]),
         "sun": sun,
     }
+    if sub_diagram is not None:
+        counts["beats_substitution"] = distinct(lambda row: row["beats_substitution"])
     return {"stability_threshold_eV_per_atom": stability_threshold, "counts": counts,
             "structures": rows, "timing_s": {k: round(v, 2) for k, v in timing.items()}}
+
+
+def beats_substitution(row: dict[str, Any], r: Relaxation, diagram, references:
+                       Sequence[Structure], matcher: StructureMatcher, threshold: float,
+                       in_system: bool) -> None:
+    """Adds ``e_hull_vs_substitution_eV_per_atom`` and ``beats_substitution`` to a row.
+
+    Beats substitution: converged, E_hull <= ``threshold`` against the hull that holds the
+    substitution structures, and StructureMatcher matches none of them.
+    """
+    if not (r.ok and in_system):
+        row["e_hull_vs_substitution_eV_per_atom"] = None
+        row["beats_substitution"] = False
+        return
+    _, e = energetics(diagram, r.final.composition, r.energy_per_atom)
+    row["e_hull_vs_substitution_eV_per_atom"] = e
+    row["beats_substitution"] = bool(r.converged and e <= threshold
+                                     and _matches_any(r.final, references, matcher) is None)
 
 
 # --------------------------------------------------------------------------------------
@@ -163,7 +195,7 @@ def markdown(result: Mapping[str, Any], title: str, settings: Mapping[str, Any])
     lines = [f"# Screening: {title}", "",
              f"Relaxed with CHGNet {settings.get('model_version', '')} (FIRE, cell and "
              f"positions, fmax {settings['fmax']:g} eV/A, at most {settings['max_steps']} "
-             f"steps). E_hull against the elements and the relaxed training binaries. "
+             f"steps). E_hull against {settings.get('hull_phases', 'the elements and the relaxed training binaries')}. "
              f"Stable: converged and E_hull <= {t:g} eV/atom; unique: StructureMatcher "
              f"groups among the relaxed; novel: matches no structure of "
              f"{', '.join(settings.get('novelty_references', [])) or 'no reference set'}; "
@@ -175,6 +207,10 @@ def markdown(result: Mapping[str, Any], title: str, settings: Mapping[str, Any])
              "| " + " | ".join(str(c[k]) for k in (
                  "screened", "relaxed", "converged", "failed", "good_strict_after",
                  "unique", "novel", "stable", "sun")) + " |", "",
+             *([f"Beats substitution (converged, E_hull <= {t:g} eV/atom against the hull "
+                "that also holds the relaxed substitution structures, matching none of them): "
+                f"{c['beats_substitution']} distinct groups.", ""]
+               if "beats_substitution" in c else []),
              "## Candidates by energy above the hull", "",
              "| # | file | formula | relaxation | E (eV/atom) | E_form (eV/atom) | "
              "E_hull (eV/atom) | stable | group | novel | strict before -> after | "
