@@ -20,7 +20,7 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
-from crystalgan_jax.screening import relax as screening, system_hull, verdicts
+from crystalgan_jax.screening import locking, relax as screening, system_hull, verdicts
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
@@ -184,8 +184,19 @@ class System:
     def screen(self, named: Sequence[tuple[str, Structure]], out: Path, title: str,
                stability_threshold: float, log: Log = _log,
                with_substitution: bool = True) -> dict[str, Any]:
-        """Relaxes ``named``, judges them, writes everything into ``out``; the result dict."""
-        out.mkdir(parents=True, exist_ok=True)
+        """Relaxes ``named``, judges them, writes everything into ``out``; the result dict.
+
+        Holds ``out``'s lock (:func:`crystalgan_jax.screening.locking.lock_folder`)
+        throughout: a second screening into the same folder is refused, naming the first.
+
+        Raises:
+          locking.FolderLockedError: another process is screening into ``out``.
+        """
+        with locking.lock_folder(out, log):
+            return self._screen(named, out, title, stability_threshold, log,
+                                with_substitution)
+
+    def _screen(self, named, out, title, stability_threshold, log, with_substitution):
         seconds = getattr(self.calculator, "seconds", 0.0)
         tic = time.perf_counter()
         journal = Journal(out / "relaxations.jsonl", self.settings, log)
