@@ -47,3 +47,21 @@ def test_empty_sides():
     result = compare.compare_formulas([], [row("s", "PdH", 0.0)])
     assert result["counts"]["only substitution"] == 1 and result["counts"]["generator"] == 0
     assert compare.compare_formulas([], [])["formulas"] == []
+
+
+def test_write_comparison_writes_table_and_pictures(tmp_path):
+    from crystalgan_jax.screening import hull as hulls, runs
+    from tests.test_plots import check_png, hull
+
+    gen = {"stability_threshold_eV_per_atom": 0.1,
+           "structures": [row("g1", "PdNiH2", 0.02), row("g2", "Pd3NiH4", 0.5)]}
+    sub = {"structures": [row("s1", "PdNiH2", 0.04), row("s2", "PdNi3H", 0.0)]}
+    assert isinstance(hull(), hulls.Hull)
+    cmp = runs.write_comparison(gen, sub, hull(), tmp_path / "out", "run 1")
+    assert cmp["counts"]["generator"] == 1 and cmp["counts"]["only substitution"] == 1
+    assert (tmp_path / "out" / "comparison.md").read_text().startswith("# run 1")
+    import json
+
+    assert json.loads((tmp_path / "out" / "comparison.json").read_text()) == cmp
+    for name in ("phase_diagram.png", "e_hull_histogram.png"):
+        check_png(tmp_path / "out" / name)

@@ -87,6 +87,7 @@ def test_two_shards_collected_equal_one_screening(tmp_path):
     assert groups["a.vasp"] == groups["d.vasp"]
     assert strip(one) == strip(two)
     assert (sharded / "relaxed" / "b.vasp").exists()
+    assert (sharded / "phase_diagram.png").stat().st_size > 1000
     # a candidate no shard relaxed (a shard cut short) is named, nothing merged
     before = (sharded / "relaxations.jsonl").read_text()
     with pytest.raises(shards.ShardError, match="1 candidates relaxed by no shard of 2: e.vasp"):

@@ -53,6 +53,7 @@ MIN_SENSIBLE_DISTANCE = 0.5  # Angstrom
 # out-of-memory killer stopped it. Such a structure is refused rather than screened.
 MAX_ANGLES = 20_000
 BOND_CUTOFF = 3.0  # Angstrom, CHGNet's bond-graph cutoff
+OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 
 Progress = Callable[[str], None]
 
@@ -189,7 +190,8 @@ def _check_sane(structure: Structure, energy: float, check_volume: bool) -> str 
 
 
 def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
-          max_steps: int = DEFAULT_MAX_STEPS, relax_cell: bool = True) -> Relaxation:
+          max_steps: int = DEFAULT_MAX_STEPS, relax_cell: bool = True,
+          optimizer: str = "FIRE") -> Relaxation:
     """Relaxes cell (FrechetCellFilter) and positions with FIRE; never raises on bad input.
 
     Args:
@@ -198,9 +200,11 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
       fmax: convergence: largest force (and stress x cell, through the filter) in eV/A.
       max_steps: FIRE steps at most.
       relax_cell: also relax the cell (False: positions only, e.g. a molecule in a box).
+      optimizer: the ASE optimizer, one of :data:`OPTIMIZERS` (FIRE the default; the
+        others for measurements such as ``benchmarks/optimizers.py``).
     """
     from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
+    from ase import optimize
     from pymatgen.io.ase import AseAtomsAdaptor
 
     tic = time.perf_counter()
@@ -225,6 +229,8 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
         return Relaxation(status, reason, max(len(energies) - 1, 0), energies, e, max_force,
                           structure, final, time.perf_counter() - tic)
 
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer}")
     v = structure.volume / max(len(structure), 1)
     low, high = VOLUME_PER_ATOM_RANGE
     if len(structure) == 0 or v < low or (relax_cell and v > high):
@@ -238,11 +244,11 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
                           f"(> {MAX_ANGLES}); CHGNet would need gigabytes")
         atoms.calc = calculator
         target = FrechetCellFilter(atoms) if relax_cell else atoms
-        optimizer = FIRE(target, logfile=None)
-        optimizer.attach(record, interval=1)
+        dynamics = getattr(optimize, optimizer)(target, logfile=None)
+        dynamics.attach(record, interval=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+            converged = bool(dynamics.run(fmax=fmax, steps=max_steps))
         relaxed = AseAtomsAdaptor.get_structure(atoms)
         # without the calculator's site properties (float32 magnetic moments, charges)
         final = Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)

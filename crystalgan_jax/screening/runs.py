@@ -20,7 +20,8 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
-from crystalgan_jax.screening import locking, relax as screening, system_hull, verdicts
+from crystalgan_jax.screening import (compare, locking, plots, relax as screening, system_hull,
+                                      verdicts)
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
@@ -247,11 +248,52 @@ class System:
                   **result, "timing_s": timing}
         (out / "screening.json").write_text(json.dumps(result, indent=1))
         (out / "screening.md").write_text(verdicts.markdown(result, title, settings))
+        write_pictures(result, self.hull, out, title)
         c = result["counts"]
         log(f"screened {c['screened']}: {c['converged']} converged, {c['failed']} failed, "
             f"{c['stable']} stable (E_hull <= {stability_threshold:g}), "
             f"{c['sun']} S.U.N.; {out / 'screening.md'}")
         return result
+
+
+def _points(result: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(row["formula"], row["e_hull_eV_per_atom"]) for row in result["structures"]
+            if row["e_hull_eV_per_atom"] is not None]
+
+
+def write_pictures(result: dict[str, Any], hull, out: Path, title: str,
+                   substitution: dict[str, Any] | None = None) -> list[Path]:
+    """``phase_diagram.png`` and ``e_hull_histogram.png`` of a screening into ``out``.
+
+    Args:
+      result: a screening result (:meth:`System.screen`).
+      hull: the :class:`~crystalgan_jax.screening.hull.Hull` E_hull was computed against.
+      substitution: the substitution baseline's screening result, drawn apart.
+    """
+    sub = _points(substitution) if substitution else []
+    threshold = result.get("stability_threshold_eV_per_atom")
+    return [plots.phase_diagram_png(hull, out / "phase_diagram.png",
+                                    candidates=_points(result), substitution=sub,
+                                    title=title),
+            plots.e_hull_histogram_png([e for _, e in _points(result)], [e for _, e in sub],
+                                       out / "e_hull_histogram.png", threshold=threshold,
+                                       title=title)]
+
+
+def write_comparison(result: dict[str, Any], substitution: dict[str, Any], hull, out: Path,
+                     title: str) -> dict[str, Any]:
+    """Generator against substitution (:mod:`~crystalgan_jax.screening.compare`) into ``out``.
+
+    Writes ``comparison.json``, ``comparison.md`` and the pictures of
+    :func:`write_pictures` with substitution's structures drawn apart; returns the
+    comparison.
+    """
+    cmp = compare.compare_formulas(result["structures"], substitution["structures"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(cmp, indent=1))
+    (out / "comparison.md").write_text(f"# {title}\n\n" + compare.markdown(cmp))
+    write_pictures(result, hull, out, title, substitution)
+    return cmp
 
 
 def link_from_report(report_md: Path, screening_md: Path, counts: dict[str, int]) -> None:
@@ -314,6 +356,8 @@ def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax:
                "classes": encoding.class_symbols(base.train.classes, a, b)}
     system = System(a, b, base.data_ah, base.data_bh, options, calculator, fmax,
                     max_steps, out / "screening" / "training_relaxations.jsonl", log)
+    screened: list[tuple[dict, Path, str, dict]] = []
+    sub_result = None
     for method, row in table.items():
         for run in row["runs"]:
             tic = time.perf_counter()
@@ -334,6 +378,14 @@ def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax:
             if run_dir is not None:
                 link_from_report(run_dir / "report.md", dest / "screening.md",
                                  result["counts"])
+            if method == "substitution":
+                sub_result = result
+            else:
+                screened.append((run, dest, title, result))
             run["counts"].update({k: result["counts"][k] for k in COLUMNS})
             run["screen_s"] = round(time.perf_counter() - tic, 1)
             run["screening"] = str(dest / "screening.json")
+    if sub_result is not None:  # each run against the baseline, formula by formula
+        for run, dest, title, result in screened:
+            cmp = write_comparison(result, sub_result, system.hull, dest, title)
+            run["comparison"] = {"file": str(dest / "comparison.md"), **cmp["counts"]}
