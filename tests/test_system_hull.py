@@ -145,3 +145,36 @@ def test_failed_element_reference_is_fatal(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="reference Pd failed"):
         system_hull.build_system_hull("Pd", "Ni", training(), failing, potential="x",
                                       settings={})
+
+
+def test_two_builders_at_once_relax_the_hull_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv(system_hull.CACHE_ENV, str(tmp_path))
+    counter = CountingRelax()
+    lock = threading.Lock()
+
+    def slow(name, structure, cell):
+        time.sleep(0.02)
+        with lock:
+            return counter(name, structure, cell)
+
+    results = []
+
+    def build():
+        results.append(system_hull.build_system_hull("Pd", "Ni", training(), slow,
+                                                     potential="p", settings={}))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 2 and sorted(r.cached for r in results) == [False, True]
+    assert counter.calls == 3 + 2 + len(alloys.ORDERINGS)
+    # without the cache nothing is read or written
+    other = CountingRelax()
+    system_hull.build_system_hull("Pd", "Ni", training(), other, potential="p", settings={},
+                                  use_cache=False)
+    assert other.calls == counter.calls

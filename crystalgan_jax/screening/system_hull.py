@@ -25,6 +25,7 @@ settings: a second screening of the same system reads the file and relaxes nothi
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -188,7 +189,22 @@ def build_system_hull(element_a: str, element_b: str,
     inputs = hull_inputs(element_a, element_b, training, substitution)
     key = cache_key([(k, n, s) for k, n, s, _ in inputs], potential, settings)
     path = cache_dir() / "hulls" / f"{key}.json"
-    if use_cache and path.exists():
+    if not use_cache:
+        return _build(element_a, element_b, inputs, relax_fn, key, None, log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one builder per key at a time: shards of an array job started together wait for
+    # the first to relax the hull, then read it (flock: released if the holder dies)
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _build(element_a, element_b, inputs, relax_fn, key, path, log)
+    finally:
+        os.close(fd)
+
+
+def _build(element_a: str, element_b: str, inputs, relax_fn: RelaxFn, key: str,
+           path: Path | None, log: Log | None) -> SystemHull:
+    if path is not None and path.exists():
         try:
             out = SystemHull.from_json(json.loads(path.read_text()), cached=True)
             if log:
@@ -206,7 +222,7 @@ def build_system_hull(element_a: str, element_b: str,
             log(f"{kind} {name} left out of the hull: {r.reason}")
         phases.append(Phase(kind, name, r))
     out = SystemHull((element_a, element_b, HYDROGEN), phases, key, False)
-    if use_cache:
+    if path is not None:
         _write_atomic(path, json.dumps(out.to_json()))
         if log:
             log(f"hull of {element_a}-{element_b}-H cached in {path}")
