@@ -15,6 +15,16 @@ Writes into ``--output`` (default ``RUN_DIR/screening`` or ``FOLDER/screening``)
 ``training_relaxations.jsonl`` of every relaxation as it ends: an interrupted screening
 run again with the same settings picks up where it stopped. A run's ``report.md`` gets a
 "Screening" section linking ``screening.md``.
+
+Array jobs: ``--shard=i/N`` screens every N-th candidate into ``OUTPUT/shards/i-of-N``
+(its own journals and lock); ``--collect=N`` merges the N shards into one screening in
+``OUTPUT`` (see :mod:`crystalgan_jax.screening.shards`). One screening per folder: a
+second one into the same folder is refused, naming the first (exit status 3).
+
+The hull holds the elements, the relaxed training binaries and the relaxed ordered A-B
+alloys (``--hull_substitution`` adds the relaxed substitution baseline, and with it the
+"beats substitution" verdict); it is cached per system under ``$CRYSTALGAN_CACHE`` or
+``~/.cache/crystalgan_jax/hulls``.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from absl import app, flags
 
 from crystalgan_jax.pipeline import cli
 from crystalgan_jax.materials import io
-from crystalgan_jax.screening import relax as screening, runs as screen_runs
+from crystalgan_jax.screening import locking, relax as screening, runs as screen_runs, shards
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -50,7 +60,34 @@ flags.DEFINE_string("hull_journal", None, "Journal of the training structures' r
                     "(default OUTPUT/training_relaxations.jsonl); share one between "
                     "screenings of the same system to relax the training set once.")
 
+flags.DEFINE_string("shard", None, "i/N: screen every N-th candidate from the i-th "
+                    "(0 <= i < N) into OUTPUT/shards/i-of-N, for the tasks of an array job.")
+flags.DEFINE_integer("collect", None, "N: merge the N shards' relaxations into one "
+                     "screening in OUTPUT (after every --shard=i/N has run).")
+flags.DEFINE_bool("hull_substitution", False, "Also relax the substitution baseline into "
+                  "the hull and judge whether each candidate beats substitution.")
+flags.DEFINE_enum("potential", "chgnet", ["chgnet", "emt"], "chgnet; or emt: ASE's EMT "
+                  "(Pd, Ni, Cu, Ag, Au, Pt, Al, H, ...), a fast stand-in for tests.")
+flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
+                  "cache.")
+
 _log = screen_runs._log
+
+
+def load_potential(name: str, threads: int):
+    """(calculator, potential name) for --potential."""
+    if name == "emt":
+        import ase
+        from ase.calculators.emt import EMT
+
+        return EMT(), f"EMT (ASE {ase.__version__})"
+    tic = time.perf_counter()
+    calculator = screening.load_calculator(threads)
+    _log(f"CHGNet {screening.model_version(calculator)} loaded in "
+         f"{time.perf_counter() - tic:.1f}s ({threads} torch thread(s))")
+    return calculator, f"CHGNet {screening.model_version(calculator)}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -77,23 +114,47 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     candidates = screen_runs.select(named, system["element_a"], system["element_b"], FLAGS.only,
-                        system["options"])
+                                    system["options"])
     _log(f"{len(candidates)} of {len(named)} structures in {folder} pass --only={FLAGS.only}")
-    tic = time.perf_counter()
-    calculator = screening.load_calculator(FLAGS.threads)
-    _log(f"CHGNet {screening.model_version(calculator)} loaded in "
-         f"{time.perf_counter() - tic:.1f}s ({FLAGS.threads} torch thread(s))")
+    try:
+        shard = shards.parse_shard(FLAGS.shard) if FLAGS.shard is not None else None
+        if shard and FLAGS.collect:
+            raise shards.ShardError("give --shard or --collect, not both")
+        dest, hull_journal = out, out / "training_relaxations.jsonl"
+        if shard:
+            candidates = shards.shard_of(candidates, *shard)
+            dest = shards.shard_dir(out, *shard)
+            hull_journal = dest / "training_relaxations.jsonl"
+            _log(f"shard {shard[0]}/{shard[1]}: {len(candidates)} candidates into {dest}")
+        if FLAGS.collect:
+            with locking.lock_folder(out, _log):
+                shards.merge_journals(out, FLAGS.collect, [n for n, _ in candidates])
+            _log(f"{FLAGS.collect} shards merged into {out / 'relaxations.jsonl'}")
+    except shards.ShardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except locking.FolderLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    calculator, potential = load_potential(FLAGS.potential, FLAGS.threads)
     try:
         sys_ = screen_runs.System(system["element_a"], system["element_b"], system["data_ah"],
-                      system["data_bh"], system["options"], calculator, FLAGS.fmax,
-                      FLAGS.max_steps,
-                      Path(FLAGS.hull_journal or out / "training_relaxations.jsonl"))
-        result = sys_.screen(candidates, out, str(run_dir or folder),
+                                  system["data_bh"], system["options"], calculator, FLAGS.fmax,
+                                  FLAGS.max_steps, Path(FLAGS.hull_journal or hull_journal),
+                                  substitution_in_hull=FLAGS.hull_substitution,
+                                  use_cache=FLAGS.hull_cache, potential=potential)
+        result = sys_.screen(candidates, dest, str(run_dir or folder),
                              FLAGS.stability_threshold)
+    except locking.FolderLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
-        _log(f"interrupted: finished relaxations are in {out}/*.jsonl; run the same "
+        _log(f"interrupted: finished relaxations are in {dest}/*.jsonl; run the same "
              "command again to continue")
         return 130
+    if shard:
+        print(json.dumps(result["counts"]))
+        return 0
     if run_dir is not None:
         screen_runs.link_from_report(run_dir / "report.md", out / "screening.md", result["counts"])
     print(json.dumps(result["counts"]))

@@ -15,7 +15,7 @@ import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
 from crystalgan_jax.materials import io
-from crystalgan_jax.screening import relax as screening
+from crystalgan_jax.screening import hull as hulls, relax as screening, verdicts
 from tests.conftest import REPO
 
 STEPS = 4  # FIRE steps per relaxation: enough to move, few enough to be fast
@@ -48,8 +48,9 @@ def ternary() -> Structure:
 
 
 def test_core_package_never_imports_torch():
-    code = ("import sys, crystalgan_jax.pipeline.runner, crystalgan_jax.train, "
-            "crystalgan_jax.screening.relax, crystalgan_jax.materials.report; "
+    code = ("import sys, crystalgan_jax.pipeline.job, crystalgan_jax.train, "
+            "crystalgan_jax.screening.relax, crystalgan_jax.screening.hull, "
+            "crystalgan_jax.screening.verdicts, crystalgan_jax.materials.report; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'chgnet')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=REPO, timeout=300)
@@ -60,22 +61,22 @@ def test_core_package_never_imports_torch():
 def test_hull_of_known_energies():
     # A-H edge: elements at 0 eV/atom, AH at -1, A3H at -0.2 (above the A..AH tie line,
     # which is at -0.5 there), AH2 at -0.4 (above AH..H, -2/3 there)
-    hull = screening.Hull.build(["Pd", "H"], {"Pd": 0.0, "H": 0.0},
+    hull = hulls.Hull.build(["Pd", "H"], {"Pd": 0.0, "H": 0.0},
                                 [("ah", Composition("PdH"), -1.0),
                                  ("a3h", Composition("Pd3H"), -0.2),
                                  ("ah2", Composition("PdH2"), -0.4)])
     diagram = hull.phase_diagram()
     cases = {"PdH": (-1.0, 0.0), "Pd3H": (-0.2, 0.3), "PdH2": (-0.4, 2 / 3 - 0.4)}
     for formula, (energy, e_hull) in cases.items():
-        formation, above = screening.energetics(diagram, Composition(formula), energy)
+        formation, above = hulls.energetics(diagram, Composition(formula), energy)
         assert formation == pytest.approx(energy, abs=1e-9)
         assert above == pytest.approx(e_hull, abs=1e-9)
     # a new phase below the hull gets a negative energy above it
-    _, below = screening.energetics(diagram, Composition("PdH"), -1.25)
+    _, below = hulls.energetics(diagram, Composition("PdH"), -1.25)
     assert below == pytest.approx(-0.25, abs=1e-9)
-    assert screening.Hull.from_json(hull.to_json()) == hull
+    assert hulls.Hull.from_json(hull.to_json()) == hull
     with pytest.raises(ValueError, match="Ni"):
-        screening.Hull.build(["Pd", "H"], {"Pd": 0.0, "H": 0.0},
+        hulls.Hull.build(["Pd", "H"], {"Pd": 0.0, "H": 0.0},
                              [("x", Composition("NiH"), -1.0)])
 
 
@@ -91,8 +92,8 @@ def test_unrelaxable_structure_is_reported_not_fatal(calculator):
     # FIRE goes downhill from the start (allowing for its overshoots)
     assert good.energies[-1] <= good.energies[0] + 1e-3 * len(named[1][1])
 
-    hull = screening.Hull.build(["Pd", "Ni", "H"], {"Pd": -5.0, "Ni": -5.5, "H": -3.3}, [])
-    result = screening.screen(named, relaxations, hull, "Pd", "Ni",
+    hull = hulls.Hull.build(["Pd", "Ni", "H"], {"Pd": -5.0, "Ni": -5.5, "H": -3.3}, [])
+    result = verdicts.screen(named, relaxations, hull, "Pd", "Ni",
                               novelty_references={"training": [rocksalt("Pd", 4.1)],
                                                   "substitution": [ternary()]},
                               evaluation_options={"d1": 1.8, "d2": 3.0})
@@ -104,7 +105,7 @@ def test_unrelaxable_structure_is_reported_not_fatal(calculator):
     assert rows["ternary"]["matches"] == {"training": None, "substitution": 0}
     assert rows["ternary"]["novel"] is False and counts["sun"] == 0
     assert rows["ternary"]["after"]["ternary"]
-    md = screening.markdown(result, "test", {"fmax": 0.05, "max_steps": STEPS})
+    md = verdicts.markdown(result, "test", {"fmax": 0.05, "max_steps": STEPS})
     assert "diverged" in md or "error" in md
 
 
@@ -123,12 +124,12 @@ def lower_hull_distance(points: list[tuple[float, float]], x: float, y: float) -
 def test_training_binaries_lie_on_the_hull_they_build(calculator):
     binaries = [("PdH", rocksalt("Pd", 4.1)), ("PdH strained", rocksalt("Pd", 4.5)),
                 ("NiH", rocksalt("Ni", 3.7)), ("NiH strained", rocksalt("Ni", 4.1))]
-    references = screening.elemental_references(["Pd", "Ni", "H"], calculator, fmax=0.05,
+    references = hulls.elemental_references(["Pd", "Ni", "H"], calculator, fmax=0.05,
                                                 max_steps=STEPS)
-    assert references["H"].final.lattice.abc == pytest.approx((screening.H2_BOX,) * 3)
+    assert references["H"].final.lattice.abc == pytest.approx((hulls.H2_BOX,) * 3)
     relaxed = screening.relax_all(binaries, calculator, fmax=0.05, max_steps=STEPS)
     assert all(r.ok for r in relaxed)
-    hull = screening.hull_from_relaxations(["Pd", "Ni", "H"], references,
+    hull = hulls.hull_from_relaxations(["Pd", "Ni", "H"], references,
                                            [(n, r) for (n, _), r in zip(binaries, relaxed)])
     diagram = hull.phase_diagram()
     mu = {s: r.energy_per_atom for s, r in references.items()}
@@ -141,14 +142,14 @@ def test_training_binaries_lie_on_the_hull_they_build(calculator):
         points = [(0.0, 0.0), (1.0, 0.0)] + [(0.5, f) for _, f in rows]
         for name, formation in rows:
             r = relaxed[[n for n, _ in binaries].index(name)]
-            f, e_hull = screening.energetics(diagram, r.final.composition, r.energy_per_atom)
+            f, e_hull = hulls.energetics(diagram, r.final.composition, r.energy_per_atom)
             assert f == pytest.approx(formation, abs=1e-6)
             assert e_hull == pytest.approx(lower_hull_distance(points, 0.5, formation),
                                            abs=1e-6)
             assert e_hull >= -1e-9  # nothing lies below the hull it builds
         lowest = min(f for _, f in rows)
         # the lowest of each composition is on the hull exactly when it is below the elements
-        _, e_lowest = screening.energetics(diagram, Composition(f"{metal}H"),
+        _, e_lowest = hulls.energetics(diagram, Composition(f"{metal}H"),
                                            lowest + (mu[metal] + mu["H"]) / 2)
         assert e_lowest == pytest.approx(max(lowest, 0.0), abs=1e-6)
 
@@ -166,7 +167,8 @@ def test_screen_script_writes_and_resumes(tmp_path):
 
     def run():
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                              env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                   "CRYSTALGAN_CACHE": str(tmp_path / "cache")})
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
@@ -190,6 +192,10 @@ def test_screen_script_writes_and_resumes(tmp_path):
     second = run()
     assert "2 relaxations reused" in second.stderr and "[screen]" not in second.stderr
     assert json.loads((out / "screening.json").read_text())["counts"] == result["counts"]
+    assert "read from the cache" in second.stderr and "[hull]" not in second.stderr
+    hull_names = [e["name"] for e in result["settings"]["hull"]["entries"]]
+    assert {"alloy: L1_2 Pd3Ni", "alloy: L1_2 PdNi3", "alloy: L1_0 PdNi",
+            "alloy: B2 PdNi"} <= set(hull_names)
 
 
 def test_dense_cell_is_refused_before_chgnet():

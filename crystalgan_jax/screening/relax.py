@@ -1,20 +1,17 @@
-"""Screening candidates with a machine-learned interatomic potential (CHGNet).
+"""Relaxing candidates with a machine-learned interatomic potential (CHGNet).
 
 Geometry alone does not say whether a generated crystal is plausible. This module relaxes
-each candidate (cell and positions) with CHGNet and FIRE, and judges what survives:
+each candidate (cell and positions) with CHGNet and FIRE:
 
+- :func:`load_calculator`: CHGNet as an ASE calculator, threads pinned;
 - :func:`relax`: one relaxation, never raising: a structure CHGNet cannot handle, or one
   that diverges (non-finite energy, collapsed or exploded cell, atoms still nearly on top
   of each other), comes back as a :class:`Relaxation` with ``status`` and ``reason``;
-- :func:`elemental_references`: the elements relaxed the same way (each metal in its
-  ground-state structure from ``ase.build.bulk``, H as an H2 molecule in a large box);
-- :class:`Hull`: pymatgen's PhaseDiagram from the elements and the relaxed training
-  binaries; formation energy and energy above the hull of any composition of the system;
-- :func:`screen`: all of it over a list of candidates, plus the verdicts after relaxation
-  (ternary / good (paper) / good (strict) by :mod:`crystalgan_jax.materials.evaluation`), unique
-  (StructureMatcher among the relaxed candidates), novel (matches no reference structure:
-  the training set and the substitution baseline), and the S.U.N. counts
-  (stable: E_hull <= threshold, unique, novel).
+- :func:`relax_all`: the same over a list, with progress lines and reuse of earlier ones;
+- :func:`displacement`: how far a relaxation moved a structure.
+
+The hull (references, energetics) is in :mod:`crystalgan_jax.screening.hull`, the verdicts
+and the report in :mod:`crystalgan_jax.screening.verdicts`.
 
 Units: energies in eV (CHGNet's, on the Materials Project's GGA/GGA+U scale), energies
 per atom in eV/atom, lengths in Angstrom, volumes in Angstrom^3, forces in eV/Angstrom.
@@ -32,12 +29,10 @@ import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.analysis.structure_matcher import StructureMatcher
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Structure
 
 from crystalgan_jax.materials import evaluation
-from crystalgan_jax.materials.io import HYDROGEN
 
 DEFAULT_FMAX = 0.1  # eV/A, CHGNet's StructOptimizer default
 DEFAULT_MAX_STEPS = 500  # FIRE steps
@@ -58,10 +53,9 @@ MIN_SENSIBLE_DISTANCE = 0.5  # Angstrom
 # out-of-memory killer stopped it. Such a structure is refused rather than screened.
 MAX_ANGLES = 20_000
 BOND_CUTOFF = 3.0  # Angstrom, CHGNet's bond-graph cutoff
-H2_BOX = 12.0  # Angstrom, cubic box of the H2 reference: H2 images far beyond the cutoff
+OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 
 Progress = Callable[[str], None]
-
 
 # --------------------------------------------------------------------------------------
 # The potential
@@ -196,7 +190,8 @@ def _check_sane(structure: Structure, energy: float, check_volume: bool) -> str 
 
 
 def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
-          max_steps: int = DEFAULT_MAX_STEPS, relax_cell: bool = True) -> Relaxation:
+          max_steps: int = DEFAULT_MAX_STEPS, relax_cell: bool = True,
+          optimizer: str = "FIRE") -> Relaxation:
     """Relaxes cell (FrechetCellFilter) and positions with FIRE; never raises on bad input.
 
     Args:
@@ -205,9 +200,11 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
       fmax: convergence: largest force (and stress x cell, through the filter) in eV/A.
       max_steps: FIRE steps at most.
       relax_cell: also relax the cell (False: positions only, e.g. a molecule in a box).
+      optimizer: the ASE optimizer, one of :data:`OPTIMIZERS` (FIRE the default; the
+        others for measurements such as ``benchmarks/optimizers.py``).
     """
     from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
+    from ase import optimize
     from pymatgen.io.ase import AseAtomsAdaptor
 
     tic = time.perf_counter()
@@ -232,6 +229,8 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
         return Relaxation(status, reason, max(len(energies) - 1, 0), energies, e, max_force,
                           structure, final, time.perf_counter() - tic)
 
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer}")
     v = structure.volume / max(len(structure), 1)
     low, high = VOLUME_PER_ATOM_RANGE
     if len(structure) == 0 or v < low or (relax_cell and v > high):
@@ -245,11 +244,11 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
                           f"(> {MAX_ANGLES}); CHGNet would need gigabytes")
         atoms.calc = calculator
         target = FrechetCellFilter(atoms) if relax_cell else atoms
-        optimizer = FIRE(target, logfile=None)
-        optimizer.attach(record, interval=1)
+        dynamics = getattr(optimize, optimizer)(target, logfile=None)
+        dynamics.attach(record, interval=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+            converged = bool(dynamics.run(fmax=fmax, steps=max_steps))
         relaxed = AseAtomsAdaptor.get_structure(atoms)
         # without the calculator's site properties (float32 magnetic moments, charges)
         final = Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)
@@ -290,143 +289,6 @@ def displacement(initial: Structure, final: Structure) -> dict[str, Any]:
             "rms": None if rms is None else float(rms[0]),
             "max_dist": None if rms is None else float(rms[1]),
             "spacegroup_before": list(before), "spacegroup_after": list(after)}
-
-
-# --------------------------------------------------------------------------------------
-# References and hull
-
-
-def reference_structure(symbol: str) -> tuple[Structure, bool]:
-    """An element's reference structure and whether its cell is relaxed.
-
-    Metals: ``ase.build.bulk`` (ASE's reference state: fcc Pd and Ni, hcp Mg and Ti, ...),
-    cell relaxed. Hydrogen: an H2 molecule (0.74 A) centred in a cubic box of ``H2_BOX``
-    A, positions only (relaxing the box of a molecule has no meaning).
-    """
-    from ase import Atoms
-    from ase.build import bulk
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    if symbol == HYDROGEN:
-        atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[H2_BOX] * 3, pbc=True)
-        atoms.center()
-        return AseAtomsAdaptor.get_structure(atoms), False
-    try:
-        atoms = bulk(symbol)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"no reference structure known to ase.build.bulk for {symbol}: "
-                         f"{err}") from None
-    return AseAtomsAdaptor.get_structure(atoms), True
-
-
-def elemental_references(symbols: Sequence[str], calculator, *, fmax: float = DEFAULT_FMAX,
-                         max_steps: int = DEFAULT_MAX_STEPS) -> dict[str, Relaxation]:
-    """Each element relaxed with :func:`relax` from :func:`reference_structure`."""
-    out = {}
-    for symbol in symbols:
-        structure, cell = reference_structure(symbol)
-        out[symbol] = relax(structure, calculator, fmax=fmax, max_steps=max_steps,
-                            relax_cell=cell)
-        if not out[symbol].ok:
-            raise RuntimeError(f"reference {symbol} failed to relax: {out[symbol].reason}")
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Hull:
-    """The convex hull of one chemical system.
-
-    Attributes:
-      elements: element symbols of the system.
-      entries: ``(name, composition formula, energy per atom in eV/atom)`` of every phase
-        it was built from (the elements first).
-    """
-
-    elements: tuple[str, ...]
-    entries: tuple[tuple[str, str, float], ...]
-
-    @classmethod
-    def build(cls, elements: Sequence[str], references: Mapping[str, float],
-              phases: Sequence[tuple[str, Composition, float]]) -> "Hull":
-        """From elemental energies per atom and ``(name, composition, energy per atom)``.
-
-        Raises:
-          ValueError: an element without a reference, or a phase outside the system.
-        """
-        missing = [e for e in elements if e not in references]
-        if missing:
-            raise ValueError(f"no elemental reference for {', '.join(missing)}")
-        rows = [(e, e, float(references[e])) for e in elements]
-        for name, composition, e in phases:
-            outside = {el.symbol for el in Composition(composition).elements} - set(elements)
-            if outside:
-                raise ValueError(f"{name}: {Composition(composition).formula} holds "
-                                 f"{', '.join(sorted(outside))}, not in {'-'.join(elements)}")
-            rows.append((name, Composition(composition).formula, float(e)))
-        return cls(tuple(elements), tuple(rows))
-
-    def phase_diagram(self) -> PhaseDiagram:
-        entries = [PDEntry(Composition(f), e * Composition(f).num_atoms, name=n)
-                   for n, f, e in self.entries]
-        return PhaseDiagram(entries)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"elements": list(self.elements),
-                "entries": [{"name": n, "formula": f, "energy_per_atom_eV": e}
-                            for n, f, e in self.entries]}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Hull":
-        return cls(tuple(data["elements"]),
-                   tuple((r["name"], r["formula"], float(r["energy_per_atom_eV"]))
-                         for r in data["entries"]))
-
-
-def energetics(diagram: PhaseDiagram, composition: Composition,
-               energy_per_atom: float) -> tuple[float, float]:
-    """Formation energy and energy above the hull (both eV/atom) of one phase.
-
-    The energy above the hull is negative for a phase below the hull the diagram was built
-    from (a candidate more stable than every known phase).
-    """
-    composition = Composition(composition)
-    entry = PDEntry(composition, energy_per_atom * composition.num_atoms)
-    formation = float(diagram.get_form_energy_per_atom(entry))
-    _, e_hull = diagram.get_decomp_and_e_above_hull(entry, allow_negative=True)
-    return formation, float(e_hull)
-
-
-def hull_from_relaxations(elements: Sequence[str], references: Mapping[str, Relaxation],
-                          relaxations: Sequence[tuple[str, Relaxation]]) -> Hull:
-    """A :class:`Hull` of the relaxed elements and every relaxation that can be used.
-
-    Relaxations that failed are left out (their energy says nothing); ones that ran out of
-    steps stay in: their energy is an upper bound of the minimum they were heading to.
-    """
-    phases = [(name, r.final.composition, r.energy_per_atom)
-              for name, r in relaxations if r.ok]
-    return Hull.build(elements, {s: r.energy_per_atom for s, r in references.items()}, phases)
-
-
-# --------------------------------------------------------------------------------------
-# Screening
-
-
-def _matches_any(structure: Structure, references: Sequence[Structure],
-                 matcher: StructureMatcher) -> int | None:
-    """Index of the first reference StructureMatcher matches with ``structure``, or None."""
-    formula = structure.composition.reduced_formula
-    for k, ref in enumerate(references):
-        if ref.composition.reduced_formula != formula:  # fit needs the same composition
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                if matcher.fit(structure, ref):
-                    return k
-            except Exception:  # spglib can fail on odd cells: no match
-                continue
-    return None
 
 
 def relaxation_json(r: Relaxation) -> dict[str, Any]:
@@ -484,171 +346,3 @@ def relax_all(named: Sequence[tuple[str, Structure]], calculator, *, fmax: float
                      f"{what}, {r.seconds:.1f}s; "
                      f"{_eta(new, todo, time.perf_counter() - tic)}")
     return out
-
-
-def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Relaxation],
-           hull: Hull, element_a: str, element_b: str, *,
-           novelty_references: Mapping[str, Sequence[Structure]],
-           stability_threshold: float = STABILITY_THRESHOLD,
-           evaluation_options: Mapping[str, Any]) -> dict[str, Any]:
-    """Verdicts after relaxation and the S.U.N. counts.
-
-    Args:
-      candidates: ``(name, structure)`` before relaxation.
-      relaxations: :func:`relax` of each candidate, same order.
-      hull: from :func:`hull_from_relaxations`.
-      element_a, element_b: the system's metals.
-      novelty_references: named sets of structures a novel candidate must match none of
-        (e.g. "training" and "substitution"); StructureMatcher, default tolerances.
-      stability_threshold: stable means E_hull <= this (eV/atom) and a converged
-        relaxation.
-      evaluation_options: keyword options of :func:`evaluation.evaluate_structure`, d1 and
-        d2 (Angstrom) at least.
-    Returns:
-      ``{"counts": ..., "structures": [...], "timing_s": ...}``; structures in input order,
-      each with its relaxation, displacement, energetics and verdicts.
-    """
-    if len(candidates) != len(relaxations):
-        raise ValueError(f"{len(candidates)} candidates but {len(relaxations)} relaxations")
-    options = dict(evaluation_options)
-    diagram = hull.phase_diagram()
-    matcher = StructureMatcher()
-    system = set(hull.elements)
-    timing = {"evaluation": 0.0, "energetics": 0.0, "novelty": 0.0, "uniqueness": 0.0}
-    rows = []
-    for (name, structure), r in zip(candidates, relaxations):
-        row: dict[str, Any] = {"name": name, "formula": structure.composition.formula,
-                               "n_atoms": len(structure), "relaxation": relaxation_json(r)}
-        tic = time.perf_counter()
-        before = evaluation.evaluate_structure(structure, element_a, element_b, **options)
-        row["before"] = {k: getattr(before, k) for k in ("ternary", "good_paper",
-                                                          "good_strict")}
-        if r.ok:
-            after = evaluation.evaluate_structure(r.final, element_a, element_b, **options)
-            row["after"] = {k: getattr(after, k) for k in ("ternary", "good_paper",
-                                                            "good_strict")}
-            row["after"]["reasons"] = after.to_json()["reasons"]
-            row["after"]["min_distances_A"] = after.to_json()["min_distances_A"]
-            row["displacement"] = displacement(structure, r.final)
-        timing["evaluation"] += time.perf_counter() - tic
-        tic = time.perf_counter()
-        elements = {e.symbol for e in structure.composition.elements}
-        if r.ok and elements <= system:
-            row["formation_energy_eV_per_atom"], row["e_hull_eV_per_atom"] = energetics(
-                diagram, r.final.composition, r.energy_per_atom)
-        else:
-            row["formation_energy_eV_per_atom"] = row["e_hull_eV_per_atom"] = None
-        timing["energetics"] += time.perf_counter() - tic
-        tic = time.perf_counter()
-        if r.ok:
-            row["matches"] = {}
-            for ref_name, refs in novelty_references.items():
-                k = _matches_any(r.final, refs, matcher)
-                row["matches"][ref_name] = k
-            row["novel"] = all(k is None for k in row["matches"].values())
-        else:
-            row["novel"] = None
-        timing["novelty"] += time.perf_counter() - tic
-        e_hull = row["e_hull_eV_per_atom"]
-        row["stable"] = bool(r.converged and e_hull is not None
-                             and e_hull <= stability_threshold)
-        rows.append(row)
-
-    tic = time.perf_counter()
-    usable = [k for k, r in enumerate(relaxations) if r.ok]
-    groups = evaluation.unique_groups([relaxations[k].final for k in usable], matcher)
-    for k, g in zip(usable, groups):
-        rows[k]["unique_group"] = g
-    timing["uniqueness"] = time.perf_counter() - tic
-
-    def distinct(keep) -> int:
-        return len({rows[k]["unique_group"] for k in usable if keep(rows[k])})
-
-    sun = distinct(lambda row: row["stable"] and row["novel"])
-    counts = {
-        "screened": len(rows),
-        "relaxed": len(usable),
-        "converged": sum(r.converged for r in relaxations),
-        "failed": len(rows) - len(usable),
-        "ternary_after": sum(bool(row.get("after", {}).get("ternary")) for row in rows),
-        "good_strict_after": sum(bool(row.get("after", {}).get("good_strict")) for row in rows),
-        "unique": distinct(lambda row: True),
-        "novel": sum(bool(row["novel"]) for row in rows),
-        "stable": sum(row["stable"] for row in rows),
-        "stable_unique": distinct(lambda row: row["stable"]),
-        "sun": sun,
-    }
-    return {"stability_threshold_eV_per_atom": stability_threshold, "counts": counts,
-            "structures": rows, "timing_s": {k: round(v, 2) for k, v in timing.items()}}
-
-
-# --------------------------------------------------------------------------------------
-# Report
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _sg(pair: Sequence | None) -> str:
-    return "-" if not pair or pair[0] is None else f"{pair[0]} ({pair[1]})"
-
-
-def ranked(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Rows by energy above the hull, lowest first; those without one last, in input order."""
-    return sorted(rows, key=lambda r: (r["e_hull_eV_per_atom"] is None,
-                                       r["e_hull_eV_per_atom"] or 0.0))
-
-
-def markdown(result: Mapping[str, Any], title: str, settings: Mapping[str, Any]) -> str:
-    """screening.md: settings, counts, hull, and every candidate ranked by E_hull."""
-    c = result["counts"]
-    t = result["stability_threshold_eV_per_atom"]
-    lines = [f"# Screening: {title}", "",
-             f"Relaxed with CHGNet {settings.get('model_version', '')} (FIRE, cell and "
-             f"positions, fmax {settings['fmax']:g} eV/A, at most {settings['max_steps']} "
-             f"steps). E_hull against the elements and the relaxed training binaries. "
-             f"Stable: converged and E_hull <= {t:g} eV/atom; unique: StructureMatcher "
-             f"groups among the relaxed; novel: matches no structure of "
-             f"{', '.join(settings.get('novelty_references', [])) or 'no reference set'}; "
-             "S.U.N.: distinct groups that are stable and novel.", "",
-             "## Counts", "",
-             "| screened | relaxed | converged | failed | strict after | unique | novel | "
-             "stable | S.U.N. |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-             "| " + " | ".join(str(c[k]) for k in (
-                 "screened", "relaxed", "converged", "failed", "good_strict_after",
-                 "unique", "novel", "stable", "sun")) + " |", "",
-             "## Candidates by energy above the hull", "",
-             "| # | file | formula | relaxation | E (eV/atom) | E_form (eV/atom) | "
-             "E_hull (eV/atom) | stable | group | novel | strict before -> after | "
-             "space group before -> after | dV | RMS |",
-             "| ---: | --- | --- | --- | ---: | ---: | ---: | :-: | ---: | :-: | :-: | --- | "
-             "---: | ---: |"]
-    yes = {True: "yes", False: "no", None: "-"}
-    for k, row in enumerate(ranked(result["structures"]), start=1):
-        rel = row["relaxation"]
-        status = f"{rel['status']} ({rel['steps']} steps)"
-        if rel["status"] in ("diverged", "error"):
-            status += f": {str(rel['reason']).replace('|', '/')}"
-        d = row.get("displacement") or {}
-        after = row.get("after") or {}
-        strict = f"{yes[row['before']['good_strict']]} -> {yes[after.get('good_strict')]}"
-        dv = "-" if "volume_change" not in d else f"{100 * d['volume_change']:+.1f}%"
-        lines.append(
-            f"| {k} | {row['name']} | {row['formula']} | {status} | "
-            f"{_fmt(rel['energy_per_atom_eV'])} | {_fmt(row['formation_energy_eV_per_atom'])} | "
-            f"{_fmt(row['e_hull_eV_per_atom'])} | {yes[row['stable']]} | "
-            f"{row.get('unique_group', '-')} | {yes[row['novel']]} | {strict} | "
-            f"{_sg(d.get('spacegroup_before'))} -> {_sg(d.get('spacegroup_after'))} | {dv} | "
-            f"{_fmt(d.get('rms'), 3)} |")
-    hull = settings.get("hull")
-    if hull:
-        lines += ["", "## Hull", "", "| phase | formula | E (eV/atom) |", "| --- | --- | ---: |"]
-        lines += [f"| {e['name']} | {e['formula']} | {e['energy_per_atom_eV']:.4f} |"
-                  for e in hull["entries"]]
-    timing = settings.get("timing_s")
-    if timing:
-        lines += ["", "## Where the time went (s)", "",
-                  ", ".join(f"{k} {v}" for k, v in timing.items())]
-    return "\n".join(lines) + "\n"

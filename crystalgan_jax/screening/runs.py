@@ -1,7 +1,7 @@
 """Screening of whole runs and folders with CHGNet: journals, one system's hull, tables.
 
-:mod:`crystalgan_jax.screening.relax` holds the physics (relaxation, references, hull,
-verdicts); this module applies it to what the scripts hand over: a run folder, any
+:mod:`crystalgan_jax.screening.relax` (relaxation), :mod:`~crystalgan_jax.screening.hull`
+(references, hull) and :mod:`~crystalgan_jax.screening.verdicts` hold the physics; this module applies it to what the scripts hand over: a run folder, any
 folder of structures, or every run of a Table 2 (``experiments/screen.py`` and
 ``experiments/table2.py --screen``). Each relaxation is appended to a journal as it ends,
 so an interrupted screening run again with the same settings continues where it stopped.
@@ -20,7 +20,8 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
-from crystalgan_jax.screening import relax as screening
+from crystalgan_jax.screening import (compare, locking, plots, relax as screening, system_hull,
+                                      verdicts)
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
@@ -125,41 +126,54 @@ class System:
     """One chemical system's references for screening: elements, training data, hull.
 
     Built once and reused for every set of candidates of the system (table2.py screens
-    several runs against one hull).
+    several runs against one hull). The hull (:mod:`crystalgan_jax.screening.system_hull`)
+    holds the elements, the relaxed training binaries and ordered A-B alloys, and with
+    ``substitution_in_hull`` the relaxed substitution baseline too (then each candidate
+    is also judged on whether it beats substitution); it is cached per system, and each
+    relaxation of it is journaled in ``hull_journal`` as it ends.
     """
 
     def __init__(self, element_a: str, element_b: str, data_ah: str, data_bh: str,
                  options: dict[str, Any], calculator, fmax: float, max_steps: int,
-                 hull_journal: Path, log: Log = _log):
+                 hull_journal: Path, log: Log = _log, substitution_in_hull: bool = False,
+                 use_cache: bool = True, potential: str | None = None):
         self.element_a, self.element_b, self.options = element_a, element_b, options
         self.fmax, self.max_steps, self.calculator = fmax, max_steps, calculator
+        self.potential = potential or f"CHGNet {screening.model_version(calculator)}"
         self.settings = {"fmax": fmax, "max_steps": max_steps,
-                         "model": screening.model_version(calculator)}
+                         "model": self.potential.split(" ", 1)[-1]}
         ah = io.read_domain(data_ah, element_a, mat_block=encoding.A_BLOCK + 1)
         bh = io.read_domain(data_bh, element_b, mat_block=encoding.B_BLOCK + 1)
         self.training = ah.structures + bh.structures
         self.substitution = substitution.substitution(ah.structures, bh.structures,
                                                       element_a, element_b)
         tic = time.perf_counter()
-        elements = [element_a, element_b, io.HYDROGEN]
-        self.references = screening.elemental_references(elements, calculator, fmax=fmax,
-                                                         max_steps=max_steps)
-        self.timing = {"references": time.perf_counter() - tic}
-        tic = time.perf_counter()
         named = [(f"{d.sources[i] if i < len(d.sources) else i}", s)
                  for d in (ah, bh) for i, s in enumerate(d.structures)]
         named = [(f"{k:03d} {n}", s) for k, (n, s) in enumerate(named)]
-        journal = Journal(hull_journal, self.settings, log)
-        log(f"relaxing the {len(named)} training structures for the hull "
-            f"(journal {journal.path})")
-        relaxed = relax_journaled(named, calculator, journal, fmax, max_steps, log, "hull")
-        self.training_relaxed = [r.final for r in relaxed if r.ok]
-        failed = [(n, r.reason) for (n, _), r in zip(named, relaxed) if not r.ok]
-        for name, reason in failed:
-            log(f"training structure {name} left out of the hull: {reason}")
-        self.hull = screening.hull_from_relaxations(elements, self.references,
-                                                    list(zip((n for n, _ in named), relaxed)))
-        self.timing["training_relaxation"] = time.perf_counter() - tic
+        sub_named = ([(f"{k:03d}.vasp", s) for k, s in enumerate(self.substitution)]
+                     if substitution_in_hull else None)
+        journal = Journal(hull_journal, {**self.settings, "hull": "v2"}, log)
+
+        def relax_fn(name: str, structure: Structure, cell: bool) -> screening.Relaxation:
+            previous = journal.done([(name, structure)]).get(name)
+            if previous is not None:
+                return previous
+            r = screening.relax(structure, calculator, fmax=fmax, max_steps=max_steps,
+                                relax_cell=cell)
+            journal.add(name, r)
+            log(f"[hull] {name}: {r.status}, {r.steps} steps, {r.seconds:.1f}s")
+            return r
+
+        self.system_hull = system_hull.build_system_hull(
+            element_a, element_b, named, relax_fn, potential=self.potential,
+            settings=self.settings, substitution=sub_named, use_cache=use_cache, log=log)
+        self.references = self.system_hull.references
+        self.training_relaxed = self.system_hull.structures("training")
+        self.hull = self.system_hull.hull(system_hull.BASE_KINDS)
+        self.substitution_hull = (self.system_hull.hull(system_hull.KINDS)
+                                  if substitution_in_hull else None)
+        self.timing = {"hull": time.perf_counter() - tic}
         self.data = [str(data_ah), str(data_bh)]
 
     def novelty_references(self, with_substitution: bool = True) -> dict[str, list[Structure]]:
@@ -171,16 +185,27 @@ class System:
     def screen(self, named: Sequence[tuple[str, Structure]], out: Path, title: str,
                stability_threshold: float, log: Log = _log,
                with_substitution: bool = True) -> dict[str, Any]:
-        """Relaxes ``named``, judges them, writes everything into ``out``; the result dict."""
-        out.mkdir(parents=True, exist_ok=True)
-        seconds = self.calculator.seconds
+        """Relaxes ``named``, judges them, writes everything into ``out``; the result dict.
+
+        Holds ``out``'s lock (:func:`crystalgan_jax.screening.locking.lock_folder`)
+        throughout: a second screening into the same folder is refused, naming the first.
+
+        Raises:
+          locking.FolderLockedError: another process is screening into ``out``.
+        """
+        with locking.lock_folder(out, log):
+            return self._screen(named, out, title, stability_threshold, log,
+                                with_substitution)
+
+    def _screen(self, named, out, title, stability_threshold, log, with_substitution):
+        seconds = getattr(self.calculator, "seconds", 0.0)
         tic = time.perf_counter()
         journal = Journal(out / "relaxations.jsonl", self.settings, log)
 
         def write(name: str, r: screening.Relaxation) -> None:
             if r.final is not None:
                 path = out / "relaxed" / Path(name).with_suffix(".vasp")
-                io.write_poscar(r.final, path, comment=f"{name} relaxed (CHGNet, {r.status})")
+                io.write_poscar(r.final, path, comment=f"{name} relaxed ({self.potential}, {r.status})")
                 io.write_cif(r.final, path.with_suffix(".cif"))
 
         log(f"screening {len(named)} structures into {out}")
@@ -190,13 +215,18 @@ class System:
             if r.final is not None and not (out / "relaxed" / name).with_suffix(".vasp").exists():
                 write(name, r)
         relax_s = time.perf_counter() - tic
-        result = screening.screen(named, relaxations, self.hull, self.element_a,
+        result = verdicts.screen(named, relaxations, self.hull, self.element_a,
                                   self.element_b,
                                   novelty_references=self.novelty_references(with_substitution),
                                   stability_threshold=stability_threshold,
-                                  evaluation_options=self.options)
+                                  evaluation_options=self.options,
+                                  substitution_hull=(self.substitution_hull
+                                                     if with_substitution else None),
+                                  substitution_structures=(
+                                      self.substitution + self.system_hull.structures(
+                                          "substitution") if with_substitution else ()))
         timing = {"relaxation": round(relax_s, 2),
-                  "of_which_chgnet": round(self.calculator.seconds - seconds, 2),
+                  "of_which_chgnet": round(getattr(self.calculator, "seconds", 0.0) - seconds, 2),
                   **result["timing_s"], **{f"system_{k}": round(v, 2)
                                            for k, v in self.timing.items()}}
         for row in result["structures"]:
@@ -207,16 +237,63 @@ class System:
                     list(self.novelty_references(with_substitution)),
                     "elemental_references": {s: screening.relaxation_json(r)
                                              for s, r in self.references.items()},
-                    "hull": self.hull.to_json(), "timing_s": timing}
+                    "hull": self.hull.to_json(), "timing_s": timing,
+                    "hull_phases": "the elements, the relaxed training binaries and the "
+                                   "relaxed ordered A-B alloys (L1_2, L1_0, B2)",
+                    "hull_cache": self.system_hull.key,
+                    "potential": self.potential}
+        if self.substitution_hull is not None and with_substitution:
+            settings["substitution_hull"] = self.substitution_hull.to_json()
         result = {"system": f"{self.element_a}-{self.element_b}-H", "settings": settings,
                   **result, "timing_s": timing}
         (out / "screening.json").write_text(json.dumps(result, indent=1))
-        (out / "screening.md").write_text(screening.markdown(result, title, settings))
+        (out / "screening.md").write_text(verdicts.markdown(result, title, settings))
+        write_pictures(result, self.hull, out, title)
         c = result["counts"]
         log(f"screened {c['screened']}: {c['converged']} converged, {c['failed']} failed, "
             f"{c['stable']} stable (E_hull <= {stability_threshold:g}), "
             f"{c['sun']} S.U.N.; {out / 'screening.md'}")
         return result
+
+
+def _points(result: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(row["formula"], row["e_hull_eV_per_atom"]) for row in result["structures"]
+            if row["e_hull_eV_per_atom"] is not None]
+
+
+def write_pictures(result: dict[str, Any], hull, out: Path, title: str,
+                   substitution: dict[str, Any] | None = None) -> list[Path]:
+    """``phase_diagram.png`` and ``e_hull_histogram.png`` of a screening into ``out``.
+
+    Args:
+      result: a screening result (:meth:`System.screen`).
+      hull: the :class:`~crystalgan_jax.screening.hull.Hull` E_hull was computed against.
+      substitution: the substitution baseline's screening result, drawn apart.
+    """
+    sub = _points(substitution) if substitution else []
+    threshold = result.get("stability_threshold_eV_per_atom")
+    return [plots.phase_diagram_png(hull, out / "phase_diagram.png",
+                                    candidates=_points(result), substitution=sub,
+                                    title=title),
+            plots.e_hull_histogram_png([e for _, e in _points(result)], [e for _, e in sub],
+                                       out / "e_hull_histogram.png", threshold=threshold,
+                                       title=title)]
+
+
+def write_comparison(result: dict[str, Any], substitution: dict[str, Any], hull, out: Path,
+                     title: str) -> dict[str, Any]:
+    """Generator against substitution (:mod:`~crystalgan_jax.screening.compare`) into ``out``.
+
+    Writes ``comparison.json``, ``comparison.md`` and the pictures of
+    :func:`write_pictures` with substitution's structures drawn apart; returns the
+    comparison.
+    """
+    cmp = compare.compare_formulas(result["structures"], substitution["structures"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(cmp, indent=1))
+    (out / "comparison.md").write_text(f"# {title}\n\n" + compare.markdown(cmp))
+    write_pictures(result, hull, out, title, substitution)
+    return cmp
 
 
 def link_from_report(report_md: Path, screening_md: Path, counts: dict[str, int]) -> None:
@@ -279,6 +356,8 @@ def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax:
                "classes": encoding.class_symbols(base.train.classes, a, b)}
     system = System(a, b, base.data_ah, base.data_bh, options, calculator, fmax,
                     max_steps, out / "screening" / "training_relaxations.jsonl", log)
+    screened: list[tuple[dict, Path, str, dict]] = []
+    sub_result = None
     for method, row in table.items():
         for run in row["runs"]:
             tic = time.perf_counter()
@@ -299,6 +378,14 @@ def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax:
             if run_dir is not None:
                 link_from_report(run_dir / "report.md", dest / "screening.md",
                                  result["counts"])
+            if method == "substitution":
+                sub_result = result
+            else:
+                screened.append((run, dest, title, result))
             run["counts"].update({k: result["counts"][k] for k in COLUMNS})
             run["screen_s"] = round(time.perf_counter() - tic, 1)
             run["screening"] = str(dest / "screening.json")
+    if sub_result is not None:  # each run against the baseline, formula by formula
+        for run, dest, title, result in screened:
+            cmp = write_comparison(result, sub_result, system.hull, dest, title)
+            run["comparison"] = {"file": str(dest / "comparison.md"), **cmp["counts"]}
