@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from crystalgan_jax.screening import locking
+from crystalgan_jax import locking
 from tests.conftest import REPO
 
-HOLD = ("import sys, time; from crystalgan_jax.screening import locking\n"
+HOLD = ("import sys, time; from crystalgan_jax import locking\n"
         "with locking.lock_folder(sys.argv[1]):\n"
         "    print('locked', flush=True); sys.stdin.read()\n")
 

@@ -306,7 +306,7 @@ class TerminalFormatter(absl_logging.PythonFormatter):
     pointing that same stream at ``sys.stderr`` for the second write; this formatter
     looks at where the handler writes now. On the terminal a line reads
     ``13:57:35 I [stage1] epoch 2/2 ...`` (time and the level's first letter: D, I, W, E,
-    F); in the file it keeps absl's ``I1202 13:57:35.123456 4242 runner.py:88] ...``.
+    F); in the file it keeps absl's ``I1202 13:57:35.123456 4242 job.py:88] ...``.
     """
 
     def __init__(self, handler: logging_std.StreamHandler):
@@ -400,7 +400,7 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-# --- populations (crystalgan_jax.pipeline.population): many runs in one compiled program ----------
+# --- populations (crystalgan_jax.train.population): many runs in one compiled program ----------
 
 def define_population_flags(flag_values: flags.FlagValues = flags.FLAGS,
                             members: bool = True) -> None:

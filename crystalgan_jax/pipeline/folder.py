@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from crystalgan_jax import locking
 from crystalgan_jax.pipeline.errors import (Interrupted, OutputDirError, ResumeMismatchError,
                                             RunLockedError)
 from crystalgan_jax.train.checkpoints import Checkpoints
 
-LOCK_NAME = ".lock"
+LOCK_NAME = locking.LOCK_NAME
 # Files whose presence makes a folder a run of ours (written before training starts).
 RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints")
 
@@ -59,42 +57,25 @@ def _output_error(out: Path, err: OSError) -> OutputDirError:
 
 @contextlib.contextmanager
 def lock_output(out: Path, log: Callable[[str], None]) -> Iterator[None]:
-    """Holds an exclusive lock on ``out`` (created if missing) while the block runs.
-
-    The lock is ``fcntl.flock`` on ``out/.lock``, which the kernel releases when the holder
-    exits in any way (a SIGKILL too), so a lock left by a dead process is never in the way;
-    the file names its holder (pid, host, start time) for the refusal message, and a
-    takeover of a dead holder's lock is logged.
+    """Holds the exclusive lock on ``out`` (created if missing) while the block runs
+    (:func:`crystalgan_jax.locking.lock_folder`: released by the kernel however the holder
+    ends, the holder named, a dead holder's lock taken over and logged).
 
     Raises:
       OutputDirError: ``out`` cannot be created or written.
       RunLockedError: another live process holds the lock.
     """
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        held = locking.lock_folder(out, log, what="run")
+        held.__enter__()
+    except locking.FolderLockedError as err:
+        raise RunLockedError(f"{err} (--output_dir)") from None
     except OSError as err:
         raise _output_error(out, err) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
-            raise RunLockedError(
-                f"{out} is in use by another run ({holder}); wait for it to end or choose "
-                "another --output_dir") from None
-        previous = os.pread(fd, 512, 0).decode(errors="replace").strip()
-        if previous:
-            log(f"{out / LOCK_NAME}: stale lock of {previous} (no longer running) taken over")
-        me = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)  # an empty lock file: released cleanly
+        yield
     finally:
-        os.close(fd)
+        held.__exit__(None, None, None)
 
 
 def check_output_path(out: Path) -> None:

@@ -20,7 +20,8 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
-from crystalgan_jax.screening import (compare, locking, plots, relax as screening, system_hull,
+from crystalgan_jax import locking
+from crystalgan_jax.screening import (compare, plots, relax as screening, system_hull,
                                       verdicts)
 
 Log = Callable[[str], None]
@@ -187,7 +188,7 @@ class System:
                with_substitution: bool = True) -> dict[str, Any]:
         """Relaxes ``named``, judges them, writes everything into ``out``; the result dict.
 
-        Holds ``out``'s lock (:func:`crystalgan_jax.screening.locking.lock_folder`)
+        Holds ``out``'s lock (:func:`crystalgan_jax.locking.lock_folder`)
         throughout: a second screening into the same folder is refused, naming the first.
 
         Raises:
@@ -329,7 +330,7 @@ def run_system(run_dir: Path) -> dict[str, Any]:
 
 
 def spec_system(base) -> dict[str, Any]:
-    """The same from a :class:`crystalgan_jax.pipeline.runner.RunSpec` (flags or a flagfile)."""
+    """The same from a :class:`crystalgan_jax.pipeline.spec.RunSpec` (flags or a flagfile)."""
     classes = encoding.class_symbols(base.train.classes, base.element_a, base.element_b)
     return {"element_a": base.element_a, "element_b": base.element_b,
             "data_ah": base.data_ah, "data_bh": base.data_bh,

@@ -65,7 +65,7 @@ def uses_windows(cfg: TrainConfig) -> bool:
 
 def uses_clash(stage: Stage, cfg: TrainConfig) -> bool:
     """Whether ``stage`` computes the clash term L_clash (geometric stages with l7 > 0)."""
-    # A population traces l7 per member (crystalgan_jax.pipeline.population): an array weight means
+    # A population traces l7 per member (crystalgan_jax.train.population): an array weight means
     # the term is computed, and each member's l7 scales it (0 turns it off for that member).
     l7 = cfg.weights.l7
     return stage.geometric and (isinstance(l7, jax.Array) or l7 > 0)

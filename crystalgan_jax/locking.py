@@ -1,7 +1,7 @@
 """One process at a time per folder: an advisory lock with its holder named.
 
-The same pattern as the training run folder's lock (``pipeline/runner.py``), as a public
-helper any part of the package can share: ``fcntl.flock`` on ``<folder>/.lock``, which
+The one lock of the package: a run folder (:func:`crystalgan_jax.pipeline.folder.lock_output`)
+and a screening folder hold it the same way. ``fcntl.flock`` on ``<folder>/.lock``, which
 the kernel releases however the holder ends (SIGKILL too), so a lock left by a dead
 process never stands in the way; the file names its holder (pid, host, start time) for
 the refusal message, and taking over a dead holder's lock is logged.
