@@ -71,7 +71,7 @@ flags.DEFINE_enum("potential", "chgnet", ["chgnet", "emt"], "chgnet; or emt: ASE
 flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
                   "cache.")
 
-_log = screen_runs._log
+_log = screen_runs.log_line
 
 
 def load_potential(name: str, threads: int):

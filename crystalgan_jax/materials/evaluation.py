@@ -229,7 +229,9 @@ def _site_nearest(d: np.ndarray, symbols: Sequence[str]) -> list[dict[str, float
     return [dict(zip(species, map(float, row))) for row in per_species]
 
 
-def _spacegroup(structure: Structure, symprec: float) -> tuple[str | None, int | None]:
+def spacegroup(structure: Structure, symprec: float) -> tuple[str | None, int | None]:
+    """(symbol, number) of ``structure``'s space group at ``symprec`` (Angstrom), or
+    (None, None) where spglib finds none."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     try:
@@ -302,10 +304,10 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
     if volume < MIN_CELL_VOLUME or not np.all(np.isfinite(structure.lattice.matrix)):
         return _failed(symbols, formula, volume_per_atom, (None, None),
                        f"degenerate cell (volume {volume:.3g} A^3)", ternary, ternary_reason)
-    spacegroup = (None, None) if symprec is None else _spacegroup(structure, symprec)
+    symmetry = (None, None) if symprec is None else spacegroup(structure, symprec)
     d = periodic_distances(structure, cutoff)
     if d is None:
-        return _failed(symbols, formula, volume_per_atom, spacegroup,
+        return _failed(symbols, formula, volume_per_atom, symmetry,
                        "cell too thin to evaluate (too many periodic images)",
                        ternary, ternary_reason)
     nearest_species = _site_nearest(d, symbols)
@@ -357,7 +359,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
                                                            max_neighbours=max_neighbours)))
     return StructureEvaluation(
         formula=formula, n_atoms=n_atoms, volume_per_atom=volume_per_atom,
-        spacegroup_symbol=spacegroup[0], spacegroup_number=spacegroup[1],
+        spacegroup_symbol=symmetry[0], spacegroup_number=symmetry[1],
         min_distances=min_distances, symbols=tuple(symbols),
         site_nearest=tuple(nearest_species), nearest=tuple(nearest), neighbours=table,
         ternary=ternary, good_paper=good_paper, good_strict=good_strict,

@@ -283,8 +283,8 @@ def displacement(initial: Structure, final: Structure) -> dict[str, Any]:
             rms = StructureMatcher().get_rms_dist(initial, final)
         except Exception:  # spglib / matcher failures on odd cells: no match
             rms = None
-    before = evaluation._spacegroup(initial, evaluation.SYMPREC)
-    after = evaluation._spacegroup(final, evaluation.SYMPREC)
+    before = evaluation.spacegroup(initial, evaluation.SYMPREC)
+    after = evaluation.spacegroup(final, evaluation.SYMPREC)
     return {"volume_change": final.volume / initial.volume - 1.0,
             "rms": None if rms is None else float(rms[0]),
             "max_dist": None if rms is None else float(rms[1]),

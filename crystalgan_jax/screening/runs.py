@@ -30,7 +30,8 @@ SECTION = "## Screening (CHGNet)"
 COLUMNS = {"screened": "screened", "stable": "stable", "sun": "S.U.N."}
 
 
-def _log(msg: str) -> None:
+def log_line(msg: str) -> None:
+    """A screening's progress line: stderr, flushed."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -136,7 +137,7 @@ class System:
 
     def __init__(self, element_a: str, element_b: str, data_ah: str, data_bh: str,
                  options: dict[str, Any], calculator, fmax: float, max_steps: int,
-                 hull_journal: Path, log: Log = _log, substitution_in_hull: bool = False,
+                 hull_journal: Path, log: Log = log_line, substitution_in_hull: bool = False,
                  use_cache: bool = True, potential: str | None = None):
         self.element_a, self.element_b, self.options = element_a, element_b, options
         self.fmax, self.max_steps, self.calculator = fmax, max_steps, calculator
@@ -184,7 +185,7 @@ class System:
         return refs
 
     def screen(self, named: Sequence[tuple[str, Structure]], out: Path, title: str,
-               stability_threshold: float, log: Log = _log,
+               stability_threshold: float, log: Log = log_line,
                with_substitution: bool = True) -> dict[str, Any]:
         """Relaxes ``named``, judges them, writes everything into ``out``; the result dict.
 
@@ -339,7 +340,7 @@ def spec_system(base) -> dict[str, Any]:
 
 def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax: float,
                  max_steps: int, only: str, stability_threshold: float,
-                 log: Log = _log) -> None:
+                 log: Log = log_line) -> None:
     """table2.py --screen: every run's final structures and the substitution baseline.
 
     One CHGNet model and one hull (journal ``out/screening/training_relaxations.jsonl``)
