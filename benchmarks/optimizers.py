@@ -12,7 +12,6 @@ Prints and writes ``benchmarks/results/optimizers.json``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # common.py
 
+from common import RESULTS, write_results  # noqa: E402
 from crystalgan_jax.materials import io  # noqa: E402
 from crystalgan_jax.screening import relax as screening  # noqa: E402
 
@@ -31,6 +32,7 @@ flags.DEFINE_integer("structures", 5, "Structures to relax.")
 flags.DEFINE_integer("max_steps", 300, "Steps at most per relaxation.")
 flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "Convergence (eV/A).")
 flags.DEFINE_integer("seed", 0, "Seed of the perturbations.")
+flags.DEFINE_string("out", str(RESULTS / "optimizers.json"), "JSON output.")
 
 
 def generated_like(n: int, seed: int):
@@ -72,11 +74,10 @@ def main(argv):
                         "mean_seconds": round(statistics.mean(r["seconds"] for r in mine), 2),
                         "total_seconds": round(sum(r["seconds"] for r in mine), 1)}
     out = {"fmax": FLAGS.fmax, "max_steps": FLAGS.max_steps, "rows": rows,
-           "summary": summary, "load_average": list(os.getloadavg())}
+           "summary": summary}
     print(json.dumps(summary, indent=1))
-    path = REPO / "benchmarks" / "results" / "optimizers.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_results(FLAGS.out, out)
+    print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ from absl import app, flags
 
 from crystalgan_jax.pipeline import cli
 from crystalgan_jax.materials import io
-from crystalgan_jax import locking, relax as screening, runs as screen_runs, shards
+from crystalgan_jax import locking
+from crystalgan_jax.screening import relax as screening, runs as screen_runs, shards
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS

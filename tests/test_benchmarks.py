@@ -20,6 +20,7 @@ TINY = {
     "population": ["--sizes=1", "--epochs=2", "--repeats=1", "--cpu_devices=1",
                    "--depth=1", "--width=16"],
     "screening": ["--structures=1", "--repeats=1", "--steps=1"],
+    "optimizers": ["--structures=1", "--max_steps=2"],
 }
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
 
@@ -48,7 +49,7 @@ def test_stamp(tmp_path):
 def test_benchmark_tiny(name, tmp_path, request):
     if name in NEEDS_REFERENCE:
         request.getfixturevalue("reference_dir")  # skips where ../shared is absent
-    if name == "screening" and importlib.util.find_spec("chgnet") is None:
+    if name in ("screening", "optimizers") and importlib.util.find_spec("chgnet") is None:
         pytest.skip("chgnet is not installed (the screen extra)")
     out = tmp_path / f"{name}.json"
     proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *TINY[name],
@@ -59,5 +60,5 @@ def test_benchmark_tiny(name, tmp_path, request):
     report = json.loads(out.read_text())
     assert {"git_commit", "git_dirty", "date", "environment"} <= set(report)
     assert report["environment"]["cpu_count"] == os.cpu_count()
-    if name not in ("dataset_volumes", "screening"):  # the benchmarks that import no JAX
+    if name not in ("dataset_volumes", "screening", "optimizers"):  # the benchmarks that import no JAX
         assert "jax" in report["environment"]

@@ -135,7 +135,7 @@ def test_thresholds_have_one_default_the_callers_pass_them():
     from crystalgan_jax.materials import evaluation, report
     from crystalgan_jax.core import geometry
 
-    functions = [geometry.geometric_penalty, geometry.penalty, losses.geometric,
+    functions = [geometry.geometric_penalty, geometry.array_penalty, losses.geometric,
                  evaluation.evaluate_structure, report.write_report,
                  report.plot_distance_histograms]
     for fn in functions:

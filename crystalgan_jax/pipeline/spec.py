@@ -14,7 +14,7 @@ from typing import Sequence
 
 from crystalgan_jax.core import losses
 from crystalgan_jax.materials import io
-from crystalgan_jax import train
+from crystalgan_jax.train.config import TrainConfig
 
 # Rows a block is padded to at most unless n_h / n_metal raise it: every structure is
 # padded to the largest one, so one big supercell makes every step pay for it (a 4x4x4
@@ -49,7 +49,7 @@ class RunSpec:
     element_a: str
     element_b: str
     output_dir: str
-    train: train.TrainConfig = train.TrainConfig()
+    train: TrainConfig = TrainConfig()
     seed: int = 0
     checkpoint_every: int = 100
     resume: bool = False
