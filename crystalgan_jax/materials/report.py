@@ -178,7 +178,7 @@ def plot_losses(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
 # Figure margins in inches, for a row of panels: room for tick labels and a rotated y
 # label on the left, the x label below, a title (and the suptitle, where there is one)
 # above. Fixed rather than fig.tight_layout(), which measures every text on a throwaway
-# draw: half of the 1.1 s that the two report figures took.
+# draw: half of the report figures' time.
 _MARGINS_IN = {"left": 0.85, "right": 0.2, "bottom": 0.62, "top": 0.42, "between": 0.85,
                "suptitle": 0.3}
 
@@ -287,8 +287,7 @@ def evaluate_training(training_structures: Sequence[Structure], element_a: str,
                       element_b: str, **options: Any) -> list[StructureEvaluation]:
     """The training structures' evaluations that :func:`write_report`'s histograms use.
 
-    Their distances only, no space groups (spglib took 0.33 of the 0.48 s that the 108
-    embedded prototypes took). ``options``: those of
+    Their distances only, no space groups (spglib's is most of an evaluation's time). ``options``: those of
     :func:`crystalgan_jax.materials.evaluation.evaluate_structure`, as given to :func:`write_report`.
     Nothing here depends on the generated structures, so a run computes it while it trains.
     """

@@ -340,9 +340,7 @@ def finish(code: int) -> typing.NoReturn:
 
     Flushes stdout, stderr and the log handlers (absl's log file too), then leaves
     without the interpreter's teardown: tearing down XLA's client and the modules of
-    JAX, pymatgen, scipy and matplotlib took ~0.9 s of a 10 s ``--epochs=1`` run on the
-    2-core machine (main returned at 8.71 s, the process ended at 9.77 s; with this, at
-    9.57 and 9.69 s). The atexit handlers skipped (JAX's backend clean-up and
+    JAX, pymatgen, scipy and matplotlib is a noticeable part of a short run. The atexit handlers skipped (JAX's backend clean-up and
     distributed shutdown, logging shutdown: the last two done here) have nothing left
     to save. Only for a script's ``__main__``: it ends the process.
     """
@@ -395,8 +393,8 @@ def enable_compilation_cache() -> None:
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
         # every program, however small: a run compiles some two dozen small ones
-        # (initialisation, feature transfer, generation, checks) at 0.1 s each, which a
-        # 0.5 s threshold left out of the cache (2.7 s of a warm --epochs=1 run)
+        # (initialisation, feature transfer, generation, checks) that the default
+        # threshold leaves out of the cache
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

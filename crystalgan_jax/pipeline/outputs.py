@@ -50,7 +50,7 @@ def report_inputs(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> ReportInputs:
     """The report's criteria, its reference structures
     (:func:`crystalgan_jax.materials.candidates.reference_structures`) and the training structures'
     evaluations. Importing what the report needs (matplotlib, pymatgen's structure matcher)
-    is most of it: ~0.8 s of the ~3 s of outputs, on the 2-core machine."""
+    is most of it, which is why runs compute it beside training."""
     from crystalgan_jax.materials import candidates
     from crystalgan_jax.materials import report as report_lib
 

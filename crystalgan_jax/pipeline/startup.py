@@ -18,12 +18,8 @@ GC_THRESHOLDS = (50_000, 10, 10)
 def collect_less() -> None:
     """Sets the cyclic garbage collector's thresholds to :data:`GC_THRESHOLDS`.
 
-    Nothing is left uncollected: every generation is still collected, ~70 times less
-    often. Measured on the 2-core machine, cold ``--epochs=1`` runs of
-    ``experiments/train.py`` alternated with the defaults: 8.41, 7.88, 7.99 s against
-    9.43, 8.64, 9.56 s (set from a wrapper script); then as committed, against the commit
-    before: 10.06, 9.72, 8.37, 8.34, 7.99, 8.96, 9.15, 8.89 s against 10.55, 9.75, 8.52,
-    9.88, 9.07, 8.92, 9.76, 8.87 s. Full runs (1000 epochs per stage) are as before: 25.21,
-    24.16 s against 25.13, 24.31 s; their time is in XLA.
+    Nothing is left uncollected: every generation is still collected, less often. Python's
+    default ran the collector over the millions of objects of JAX, pymatgen and a traced
+    step thousands of times during a short run (docs/performance.md has the figures).
     """
     gc.set_threshold(*GC_THRESHOLDS)
