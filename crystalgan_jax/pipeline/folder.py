@@ -65,17 +65,14 @@ def lock_output(out: Path, log: Callable[[str], None]) -> Iterator[None]:
       OutputDirError: ``out`` cannot be created or written.
       RunLockedError: another live process holds the lock.
     """
-    try:
-        held = locking.lock_folder(out, log, what="run")
-        held.__enter__()
-    except locking.FolderLockedError as err:
-        raise RunLockedError(f"{err} (--output_dir)") from None
-    except OSError as err:
-        raise _output_error(out, err) from None
-    try:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locking.lock_folder(out, log, what="run"))
+        except locking.FolderLockedError as err:
+            raise RunLockedError(f"{err} (--output_dir)") from None
+        except OSError as err:
+            raise _output_error(out, err) from None
         yield
-    finally:
-        held.__exit__(None, None, None)
 
 
 def check_output_path(out: Path) -> None:

@@ -103,9 +103,6 @@ class SingleTrainer:
                                       jax.random.fold_in(state.key, 1))
         return {0: jax.tree_util.tree_map(np.asarray, generated)}
 
-    def member_state(self, state, index: int) -> train.TrainState:
-        return state
-
 
 class PopulationTrainer:
     """Every member stacked ``[P]`` and sharded over ``devices`` (default: all devices of
@@ -185,6 +182,3 @@ class PopulationTrainer:
         host = [population.local_rows(a) for a in leaves]
         return {i: jax.tree_util.tree_unflatten(treedef, [rows[i] for rows in host])
                 for i in self.local_members()}
-
-    def member_state(self, state, index: int) -> train.TrainState:
-        return population.member_state(state.members, index)
