@@ -16,7 +16,7 @@ shows: the JSON records the load average before and after):
 * the matmul FLOPs of one epoch of each stage (every ``dot_general`` in the traced epoch,
   scan bodies times their length) and the achieved GFLOP/s, next to this machine's
   float32 matmul rate measured in the same run (median of jitted 1024 x 1024 products);
-* ``paper_config_wall_s``: ``python experiments/train.py --flagfile=experiments/pdni.flags``
+* ``paper_config_wall_s``: ``python experiments/train.py --flagfile=experiments/pdni_paper.flags``
   end to end in a subprocess (``--epochs`` passed through), writing to a temporary folder,
   with an empty XLA compilation cache (a first run); ``paper_config_wall_warm_cache_s``:
   the same command again, reusing the programs the first run cached; ``epochs_1_wall_s``
@@ -44,7 +44,7 @@ from common import matmul_rate, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "train.json"
-FLAGFILE = REPO / "experiments" / "pdni.flags"
+FLAGFILE = REPO / "experiments" / "pdni_paper.flags"
 MATMUL_N = 1024
 MATMUL_REPEATS = 20
 
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cmd1 = [a if not a.startswith("--epochs=") else "--epochs=1" for a in cmd]
             wall_1, _ = timed_subprocess(cmd1, REPO, env1)
             wall_1_warm, _ = timed_subprocess(cmd1, REPO, env1)
-    report = {"command": f"python experiments/train.py --flagfile=experiments/pdni.flags "
+    report = {"command": f"python experiments/train.py --flagfile=experiments/pdni_paper.flags "
                          f"--epochs={args.epochs}",
               "environment": {"load_average_before": load_before,
                               "load_average_after": list(os.getloadavg())},

@@ -1,7 +1,7 @@
 """Runs train.py as several JAX processes on this machine, talking over localhost.
 
     python experiments/local_cluster.py --num_processes=2 -- \
-        --flagfile=experiments/pdni.flags --seeds=0,1,2,3 --output_dir=runs/pdni_pop
+        --flagfile=experiments/pdni_paper.flags --seeds=0,1,2,3 --output_dir=runs/pdni_pop
 
 Starts ``--num_processes`` copies of ``train.py`` with ``--coordinator_address`` (a free
 localhost port), ``--num_processes`` and ``--process_id`` added, so that

@@ -1,45 +1,46 @@
-"""Screens candidates with CHGNet: relaxation, energy above the hull, S.U.N. counts.
+"""Screens candidates: relaxation, energy above an honest hull, S.U.N. counts.
 
     python experiments/screen.py --run_dir=runs/pdni
-    python experiments/screen.py --structures=some/folder --flagfile=experiments/pdni.flags
+    python experiments/screen.py --structures=some/folder --flagfile=experiments/pdni_paper.flags
 
-Needs the ``screen`` extra (``pip install -e '.[screen]'``). With ``--run_dir`` the
-system (elements, training data, d1, d2, classes) comes from the run's ``config.json``
-and the candidates are its final structures; with ``--structures`` any folder of
-POSCAR/CIF files is screened, the system coming from train.py's flags (``--element_a``,
-``--data_ah``, ... or a flagfile).
+Needs the ``screen`` extra (``pip install 'torch==2.13.0+cpu' && pip install -e
+'.[screen]'``; without it, a one-line hint). ``--run_dir`` screens a training run as
+``train.py --screen`` does (:mod:`crystalgan_jax.pipeline.discovery`): a population's
+pooled candidates (a single run's unique strictly good structures), judged with the
+substitution baseline on the hull of elements, training binaries, A-B alloys and the
+baseline's own structures, into ``RUN_DIR/screening`` and the "Candidates for DFT" at
+the top of its report.md. ``--structures`` screens any folder of POSCAR/CIF files
+(``--only`` chooses which), the system coming from train.py's flags (``--element_a``,
+``--data_ah``, ... or a flagfile), into ``--output`` (default ``FOLDER/screening``);
+``--hull_substitution`` adds the baseline to its hull.
 
-Writes into ``--output`` (default ``RUN_DIR/screening`` or ``FOLDER/screening``):
-``screening.json``, ``screening.md`` (every candidate ranked by E_hull), ``relaxed/``
-(the relaxed structures, POSCAR and CIF), and journals ``relaxations.jsonl`` /
-``training_relaxations.jsonl`` of every relaxation as it ends: an interrupted screening
-run again with the same settings picks up where it stopped. A run's ``report.md`` gets a
-"Screening" section linking ``screening.md``.
+A screening folder holds ``screening.json``, ``screening.md`` (every candidate ranked by
+E_hull), ``relaxed/`` (POSCAR, CIF and the symmetrised CIF) and the journals
+``relaxations.jsonl`` / ``hull_relaxations.jsonl`` of every relaxation as it ends: an
+interrupted screening run again with the same settings picks up where it stopped.
+``--workers`` relaxations run at once, one process each.
 
-Array jobs: ``--shard=i/N`` screens every N-th candidate into ``OUTPUT/shards/i-of-N``
+Array jobs: ``--shard=i/N`` relaxes every N-th candidate into ``OUTPUT/shards/i-of-N``
 (its own journals and lock); ``--collect=N`` merges the N shards into one screening in
 ``OUTPUT`` (see :mod:`crystalgan_jax.screening.shards`). One screening per folder: a
 second one into the same folder is refused, naming the first (exit status 3).
 
-The hull holds the elements, the relaxed training binaries and the relaxed ordered A-B
-alloys (``--hull_substitution`` adds the relaxed substitution baseline, and with it the
-"beats substitution" verdict); it is cached per system under ``$CRYSTALGAN_CACHE`` or
-``~/.cache/crystalgan_jax/hulls``.
+The hull is cached per system under ``$CRYSTALGAN_CACHE`` or
+``~/.cache/crystalgan_jax/hulls`` (``--nohull_cache`` to skip it).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
 
-from crystalgan_jax.pipeline import cli
+from crystalgan_jax.pipeline import cli, discovery
 from crystalgan_jax.materials import io
 from crystalgan_jax import locking
-from crystalgan_jax.screening import relax as screening, runs as screen_runs, shards
+from crystalgan_jax.screening import potentials, runs as screen_runs, shards
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -51,42 +52,36 @@ cli.define_screen_flags(FLAGS)
 # The system comes from the run flags; their --output_dir (a training run's folder) has no
 # use here, where --output says where the screening goes.
 FLAGS.set_default("output_dir", ".")
-flags.DEFINE_string("run_dir", None, "A training run's output folder: screen its final "
-                    "structures, with the system of its config.json.")
+flags.DEFINE_string("run_dir", None, "A training run's output folder: screen its "
+                    "candidates with the system of its config.json.")
 flags.DEFINE_string("structures", None, "Any folder of POSCAR/CIF files to screen "
                     "(searched recursively); the system from train.py's flags.")
-flags.DEFINE_string("output", None, "Where the screening goes (default: RUN_DIR/screening "
-                    "or STRUCTURES/screening).")
-flags.DEFINE_string("hull_journal", None, "Journal of the training structures' relaxations "
-                    "(default OUTPUT/training_relaxations.jsonl); share one between "
-                    "screenings of the same system to relax the training set once.")
-
-flags.DEFINE_string("shard", None, "i/N: screen every N-th candidate from the i-th "
+flags.DEFINE_string("output", None, "Where a --structures screening goes (default "
+                    "STRUCTURES/screening); a run's goes into RUN_DIR/screening.")
+flags.DEFINE_string("hull_journal", None, "Journal of the hull's relaxations (default "
+                    "OUTPUT/hull_relaxations.jsonl).")
+flags.DEFINE_string("shard", None, "i/N: relax every N-th candidate from the i-th "
                     "(0 <= i < N) into OUTPUT/shards/i-of-N, for the tasks of an array job.")
 flags.DEFINE_integer("collect", None, "N: merge the N shards' relaxations into one "
                      "screening in OUTPUT (after every --shard=i/N has run).")
-flags.DEFINE_bool("hull_substitution", False, "Also relax the substitution baseline into "
-                  "the hull and judge whether each candidate beats substitution.")
-flags.DEFINE_enum("potential", "chgnet", ["chgnet", "emt"], "chgnet; or emt: ASE's EMT "
-                  "(Pd, Ni, Cu, Ag, Au, Pt, Al, H, ...), a fast stand-in for tests.")
-flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
-                  "cache.")
+flags.DEFINE_bool("hull_substitution", False, "--structures: also relax the substitution "
+                  "baseline into the hull and judge whether each candidate beats it "
+                  "(always so with --run_dir).")
 
 _log = screen_runs.log_line
 
 
-def load_potential(name: str, threads: int):
-    """(calculator, potential name) for --potential."""
-    if name == "emt":
-        import ase
-        from ase.calculators.emt import EMT
-
-        return EMT(), f"EMT (ASE {ase.__version__})"
-    tic = time.perf_counter()
-    calculator = screening.load_calculator(threads)
-    _log(f"CHGNet {screening.model_version(calculator)} loaded in "
-         f"{time.perf_counter() - tic:.1f}s ({threads} torch thread(s))")
-    return calculator, f"CHGNet {screening.model_version(calculator)}"
+def candidates_of(run_dir: Path | None, system: dict) -> list:
+    """The structures to screen: a run's (discovery.run_candidates), or --structures'."""
+    if run_dir is not None:
+        return discovery.run_candidates(run_dir, system)
+    folder = Path(FLAGS.structures)
+    named = [(str(p.relative_to(folder)), io.read_structure(p))
+             for p in screen_runs.structure_files(folder)]
+    kept = screen_runs.select(named, system["element_a"], system["element_b"], FLAGS.only,
+                              system["options"])
+    _log(f"{len(kept)} of {len(named)} structures in {folder} pass --only={FLAGS.only}")
+    return kept
 
 
 def main(argv: list[str]) -> int:
@@ -96,68 +91,66 @@ def main(argv: list[str]) -> int:
     if (FLAGS.run_dir is None) == (FLAGS.structures is None):
         raise app.UsageError("give exactly one of --run_dir and --structures")
     run_dir = Path(FLAGS.run_dir) if FLAGS.run_dir else None
-    folder = run_dir / "structures" / "final" if run_dir else Path(FLAGS.structures)
-    if not folder.is_dir():
-        raise app.UsageError(f"{folder} is not a folder of structures")
+    if run_dir is None and not Path(FLAGS.structures).is_dir():
+        raise app.UsageError(f"{FLAGS.structures} is not a folder of structures")
     missing = cli.missing_required(FLAGS)
     if run_dir is None and missing:
         raise app.UsageError(f"--structures needs the system: give {', '.join(missing)} (or "
-                             "a flagfile such as --flagfile=experiments/pdni.flags)")
-    out = Path(FLAGS.output) if FLAGS.output else (run_dir or folder) / "screening"
+                             "a flagfile such as --flagfile=experiments/pdni_paper.flags)")
+    out = (run_dir / discovery.SCREENING if run_dir else
+           Path(FLAGS.output) if FLAGS.output else Path(FLAGS.structures) / "screening")
     try:
         system = (screen_runs.run_system(run_dir) if run_dir is not None else
                   screen_runs.spec_system(cli.spec_from_flags(FLAGS, data_root=HERE.parent)))
-        files = screen_runs.structure_files(folder)
-        named = [(str(p.relative_to(folder)), io.read_structure(p)) for p in files]
-    except cli.UsageError as err:
-        raise app.UsageError(str(err)) from None
-    except (io.StructureFileError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    candidates = screen_runs.select(named, system["element_a"], system["element_b"], FLAGS.only,
-                                    system["options"])
-    _log(f"{len(candidates)} of {len(named)} structures in {folder} pass --only={FLAGS.only}")
-    try:
+        candidates = candidates_of(run_dir, system)
         shard = shards.parse_shard(FLAGS.shard) if FLAGS.shard is not None else None
         if shard and FLAGS.collect:
             raise shards.ShardError("give --shard or --collect, not both")
-        dest, hull_journal = out, out / "training_relaxations.jsonl"
-        if shard:
-            candidates = shards.shard_of(candidates, *shard)
-            dest = shards.shard_dir(out, *shard)
-            hull_journal = dest / "training_relaxations.jsonl"
-            _log(f"shard {shard[0]}/{shard[1]}: {len(candidates)} candidates into {dest}")
-        if FLAGS.collect:
-            with locking.lock_folder(out, _log):
-                shards.merge_journals(out, FLAGS.collect, [n for n, _ in candidates])
-            _log(f"{FLAGS.collect} shards merged into {out / 'relaxations.jsonl'}")
-    except shards.ShardError as err:
+        relaxer = cli.relaxer_from_flags(FLAGS, _log)
+    except cli.UsageError as err:
+        raise app.UsageError(str(err)) from None
+    except potentials.MissingExtra as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except locking.FolderLockedError as err:
+    except (io.StructureFileError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 3
-    calculator, potential = load_potential(FLAGS.potential, FLAGS.threads)
+        return 2
     try:
-        sys_ = screen_runs.System(system["element_a"], system["element_b"], system["data_ah"],
-                                  system["data_bh"], system["options"], calculator, FLAGS.fmax,
-                                  FLAGS.max_steps, Path(FLAGS.hull_journal or hull_journal),
-                                  substitution_in_hull=FLAGS.hull_substitution,
-                                  use_cache=FLAGS.hull_cache, potential=potential)
-        result = sys_.screen(candidates, dest, str(run_dir or folder),
-                             FLAGS.stability_threshold)
+        with relaxer:
+            if FLAGS.collect:
+                with locking.lock_folder(out, _log):
+                    shards.merge_journals(out, FLAGS.collect, [n for n, _ in candidates])
+                _log(f"{FLAGS.collect} shards merged into {out / 'relaxations.jsonl'}")
+            dest = shards.shard_dir(out, *shard) if shard else out
+            if shard:
+                candidates = shards.shard_of(candidates, *shard)
+                _log(f"shard {shard[0]}/{shard[1]}: {len(candidates)} candidates into {dest}")
+            journal = Path(FLAGS.hull_journal or dest / screen_runs.HULL_JOURNAL)
+            if run_dir is not None and not shard:
+                summary = discovery.screen_run(run_dir, relaxer,
+                                               stability_threshold=FLAGS.stability_threshold,
+                                               use_cache=FLAGS.hull_cache, log=_log,
+                                               candidates=candidates)
+                print(json.dumps({"generator": summary["generator"],
+                                  "substitution": summary["substitution"]}))
+                return 0
+            sys_ = screen_runs.System(system["element_a"], system["element_b"],
+                                      system["data_ah"], system["data_bh"], system["options"],
+                                      relaxer, journal,
+                                      substitution_in_hull=FLAGS.hull_substitution or
+                                      run_dir is not None, use_cache=FLAGS.hull_cache)
+            result = sys_.screen(candidates, dest, str(run_dir or FLAGS.structures),
+                                 FLAGS.stability_threshold)
+    except (shards.ShardError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except locking.FolderLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        _log(f"interrupted: finished relaxations are in {dest}/*.jsonl; run the same "
+        _log(f"interrupted: finished relaxations are in {out}/*.jsonl; run the same "
              "command again to continue")
         return 130
-    if shard:
-        print(json.dumps(result["counts"]))
-        return 0
-    if run_dir is not None:
-        screen_runs.link_from_report(run_dir / "report.md", out / "screening.md", result["counts"])
     print(json.dumps(result["counts"]))
     return 0
 

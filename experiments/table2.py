@@ -81,10 +81,9 @@ def main(argv: list[str]) -> int:
             table["substitution"] = tables.substitution_row(
                 tables.substitution_counts(base), tables.summarize_table2)
         if FLAGS.screen:
-            screen_runs.screen_table(table, base, out, threads=FLAGS.threads,
-                                     fmax=FLAGS.fmax, max_steps=FLAGS.max_steps,
-                                     only=FLAGS.only,
-                                     stability_threshold=FLAGS.stability_threshold)
+            with cli.relaxer_from_flags(FLAGS, screen_runs.log_line) as relaxer:
+                screen_runs.screen_table(table, base, out, relaxer=relaxer, only=FLAGS.only,
+                                         stability_threshold=FLAGS.stability_threshold)
             for row in table.values():
                 row["summary"] = tables.summarize_table2([r["counts"] for r in row["runs"]])
     except (Exception, KeyboardInterrupt) as err:

@@ -1,6 +1,16 @@
-"""Trains CrystalGAN (or one of its baselines) on two binary hydride domains.
+"""Trains CrystalGAN (or one of its baselines) on two binary hydride domains, and with
+``--screen`` screens what it generated.
 
-    python experiments/train.py --flagfile=experiments/pdni.flags
+    python experiments/train.py --flagfile=experiments/pdni.flags          # the discovery job
+    python experiments/train.py --flagfile=experiments/pdni_paper.flags    # the paper's method
+
+The discovery job (``pdni.flags``, ``mgti.flags``) trains crystalgan_plus as a population
+of seeds, pools their unique strictly good candidates and, with ``--screen``, relaxes
+them and ranks them by energy above the system's hull
+(:mod:`crystalgan_jax.pipeline.discovery`): "Candidates for DFT" then opens the run's
+report.md. Without the ``screen`` extra the run ends after pooling with a one-line hint.
+``--resume`` continues whichever phase was interrupted: training from its checkpoint,
+or the screening from its journals (a finished training's outputs are kept).
 
 A bare ``--flagfile`` name that is not found from the working directory is looked up
 beside this script, so ``--flagfile=pdni.flags`` works from the repository root too.
@@ -8,15 +18,17 @@ beside this script, so ``--flagfile=pdni.flags`` works from the repository root 
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 from crystalgan_jax.pipeline import startup
 
 startup.collect_less()  # before the heavy imports below
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from crystalgan_jax.pipeline import cli  # noqa: E402
 from crystalgan_jax.pipeline.spec import PopulationSpec, make_members  # noqa: E402
@@ -24,12 +36,18 @@ from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
 from crystalgan_jax.train.checkpoints import CheckpointError  # noqa: E402
 from crystalgan_jax.pipeline.errors import DivergenceError, RunError  # noqa: E402
 from crystalgan_jax.pipeline.job import run  # noqa: E402
+from crystalgan_jax import locking  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
 cli.define_flags(FLAGS)  # one flag per RunSpec / TrainConfig / Weights field
 flags.adopt_module_key_flags(cli)  # so that --help lists them
 cli.define_population_flags(FLAGS)
+flags.DEFINE_bool("screen", False, "After training, screen the candidates: relax them "
+                  "(--potential, the `screen` extra), E_hull against the system's hull of "
+                  "elements, binaries, alloys and the substitution baseline, and 'Candidates "
+                  "for DFT' at the top of report.md. The screening flags below apply.")
+cli.define_screen_flags(FLAGS, with_only=False)
 
 
 def is_population() -> bool:
@@ -56,25 +74,49 @@ def population_from_flags(spec) -> PopulationSpec:
     return PopulationSpec(spec, members)
 
 
-def run_population(spec) -> int:
+def train(spec):
+    """run() of the single run or the population the flags ask for; None where the flags
+    are wrong (the message printed)."""
+    if not is_population():
+        return run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
     try:
         pop = population_from_flags(spec)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return None
     try:
         cli.initialize_distributed(FLAGS)  # before JAX touches a device
     except cli.UsageError as err:
         raise app.UsageError(str(err)) from None
+    return run(pop, extra_files={"flags.txt": FLAGS.flags_into_string()})
+
+
+def screen(out: Path) -> int:
+    """The screening phase (--screen) of the run in ``out``; an exit status."""
+    from crystalgan_jax.pipeline import discovery
+    from crystalgan_jax.screening import potentials
+
+    log = lambda msg: logging.info("%s", msg)  # noqa: E731
+    again = " ".join(["python experiments/train.py"] + [
+        a for a in sys.argv[1:] if not a.startswith(("--resume", "--overwrite"))] + ["--resume"])
     try:
-        result = run(pop, extra_files={"flags.txt": FLAGS.flags_into_string()})
-    except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:
+        relaxer = cli.relaxer_from_flags(FLAGS, log)
+    except potentials.MissingExtra as err:
+        hint = f"{err}; then `{again}` screens this run"
+        print(f"not screened: {hint}")
+        discovery.write_report_section(out / "report.md", discovery.not_screened_markdown(hint))
+        return 0
+    try:
+        with relaxer:
+            discovery.screen_run(out, relaxer, stability_threshold=FLAGS.stability_threshold,
+                                 use_cache=FLAGS.hull_cache, log=log)
+    except locking.FolderLockedError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 3 if isinstance(err, DivergenceError) else 2
-    except KeyboardInterrupt as err:
-        return 128 + getattr(err, "signum", signal.SIGINT)
-    if result.pooled:
-        print(f"outputs in {result.output_dir}; pooled counts {result.pooled['counts']}")
+        return 3
+    except KeyboardInterrupt:
+        print(f"interrupted: finished relaxations are journaled in {out}/screening; "
+              f"`{again}` continues", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -87,20 +129,37 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # a hyperparameter out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if is_population():
-        return run_population(spec)
     out = Path(spec.output_dir)
+    tic = time.perf_counter()
     try:
-        result = run(spec, extra_files={"flags.txt": FLAGS.flags_into_string()})
+        result = train(spec)
     except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:  # bad
         # input, or an output folder this run cannot use
         print(f"error: {err}", file=sys.stderr)
         return 3 if isinstance(err, DivergenceError) else 2
     except KeyboardInterrupt as err:  # SIGINT or SIGTERM, state saved: 128 + signal
         return 128 + getattr(err, "signum", signal.SIGINT)
-    counts = (result.report or {}).get("counts")
-    print(f"outputs in {out}" + (f"; counts {counts}" if counts else ""))
-    return 0
+    if result is None:
+        return 2
+    timing = {**result.timing, "job": round(time.perf_counter() - tic, 2)}
+    counts = (result.pooled or {}).get("counts") if hasattr(result, "pooled") else (
+        (result.report or {}).get("counts"))
+    print(f"outputs in {out}" + (f"; {'pooled ' if hasattr(result, 'pooled') else ''}counts "
+                                 f"{counts}" if counts else ""))
+    code = 0
+    if FLAGS.screen and spec.evaluate:
+        tic = time.perf_counter()
+        code = screen(out)
+        timing["screening_phase"] = round(time.perf_counter() - tic, 2)
+        summary = out / "screening" / "summary.json"
+        if code == 0 and summary.exists():
+            data = json.loads(summary.read_text())
+            timing.update({f"screening_{k}": v for k, v in data["timing_s"].items()})
+            print(f"screened: generator {data['generator']}; substitution "
+                  f"{data['substitution']}; {out / 'report.md'}")
+    logging.info("wall time by phase (s): %s", ", ".join(f"{k} {v}" for k, v in timing.items()))
+    (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    return code
 
 
 if __name__ == "__main__":

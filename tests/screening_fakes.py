@@ -27,11 +27,12 @@ def relaxation(structure: Structure, energy_per_atom: float, status: str = "conv
 
 
 class CountingRelax:
-    """A ``relax_fn(name, structure, relax_cell)`` that counts its calls."""
+    """A ``relax_many([(name, structure, relax_cell), ...])`` that counts the structures."""
 
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, name: str, structure: Structure, relax_cell: bool) -> Relaxation:
-        self.calls += 1
-        return relaxation(structure, fake_energy_per_atom(structure))
+    def __call__(self, jobs) -> list[Relaxation]:
+        self.calls += len(jobs)
+        return [relaxation(structure, fake_energy_per_atom(structure))
+                for _, structure, _ in jobs]

@@ -231,7 +231,7 @@ def test_snapshots_hold_the_stage3_generators_of_their_epoch(tmp_path):
 def test_ablation_tiny(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     out = tmp_path / "ablation"
-    cmd = [sys.executable, str(REPO / "experiments" / "ablation.py"), "--flagfile=pdni.flags",
+    cmd = [sys.executable, str(REPO / "experiments" / "ablation.py"), "--flagfile=pdni_paper.flags",
            f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--seeds=0",
            "--epochs=2", "--chunk_epochs=2", "--depth=1", "--width=16", "--batch_size=5",
            "--generator_steps=1", "--samples_per_input=2",

@@ -23,7 +23,7 @@ def test_bad_poscar_reports_file_and_line(tmp_path):
     lines = broken.read_text().splitlines()
     lines[6] = lines[6] + " 7"  # one more count than there are symbols
     broken.write_text("\n".join(lines) + "\n")
-    proc = _train(["--flagfile=pdni.flags", f"--data_ah={ah}", f"--data_bh={bh}",
+    proc = _train(["--flagfile=pdni_paper.flags", f"--data_ah={ah}", f"--data_bh={bh}",
                    f"--output_dir={tmp_path / 'out'}"], cwd=REPO)
     assert proc.returncode == 2
     assert f"{broken}, line 7: 2 element symbols but 3 atom counts" in proc.stderr
@@ -33,18 +33,18 @@ def test_bad_poscar_reports_file_and_line(tmp_path):
 def test_wrong_metal_and_unknown_flagfile_from_experiments_dir(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
     # run from experiments/: the flagfile is found there, the folders hold the wrong metal
-    proc = _train(["--flagfile=pdni.flags", f"--data_ah={bh}", f"--data_bh={ah}",
+    proc = _train(["--flagfile=pdni_paper.flags", f"--data_ah={bh}", f"--data_bh={ah}",
                    f"--output_dir={tmp_path / 'out'}"], cwd=REPO / "experiments")
     assert proc.returncode == 2
     assert "holds Ni; this domain takes only Pd and H" in proc.stderr
     assert str(sorted(bh.iterdir())[0]) in proc.stderr
-    proc = _train(["--flagfile=pdni.flags", "--constrained=AX"], cwd=tmp_path)
+    proc = _train(["--flagfile=pdni_paper.flags", "--constrained=AX"], cwd=tmp_path)
     assert proc.returncode != 0 and "'X' is not one of" in proc.stderr
 
 
 def test_bad_hyperparameters_are_refused(tmp_path):
     for args, message in ((["--d1=3.5"], "need 0 < d1 < d2"), (["--epochs=0"], "epochs must be")):
-        proc = _train(["--flagfile=pdni.flags", f"--output_dir={tmp_path}", *args], cwd=REPO)
+        proc = _train(["--flagfile=pdni_paper.flags", f"--output_dir={tmp_path}", *args], cwd=REPO)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
 
 

@@ -66,7 +66,7 @@ def test_compile_ahead_times_the_compilation_and_passes_other_callables():
 
 def test_train_py_logs_progress_to_the_terminal_and_to_log_dir(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
-    cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--flagfile=pdni.flags",
+    cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--flagfile=pdni_paper.flags",
            f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={tmp_path / 'out'}",
            "--epochs=2", "--chunk_epochs=1", "--depth=1", "--width=8", "--batch_size=2",
            "--generator_steps=1", "--method=discogan", "--noevaluate",

@@ -278,7 +278,7 @@ def test_train_py_refuses_bad_population_flags(tmp_path):
                           (["--seeds=0,1", "--num_seeds=2"], "not both"),
                           (["--seeds=0", "--sweep_l5=1,x"], "not a number")):
         proc = subprocess.run([sys.executable, str(REPO / "experiments" / "train.py"),
-                               "--flagfile=pdni.flags", f"--output_dir={tmp_path}", *args],
+                               "--flagfile=pdni_paper.flags", f"--output_dir={tmp_path}", *args],
                               cwd=REPO, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "JAX_PLATFORMS": "cpu"})
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-500:]

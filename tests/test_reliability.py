@@ -99,7 +99,7 @@ def test_unusable_output_paths_give_one_error(data, tmp_path, case):
 
 def test_bad_output_path_from_the_command_line(data, tmp_path):
     (tmp_path / "file").write_text("x")
-    proc = _train(["--flagfile=pdni.flags", f"--data_ah={data[0]}", f"--data_bh={data[1]}",
+    proc = _train(["--flagfile=pdni_paper.flags", f"--data_ah={data[0]}", f"--data_bh={data[1]}",
                    f"--output_dir={tmp_path / 'file' / 'out'}", *TINY])
     _one_error_line(proc, r"file/out: cannot use this output folder: a part of the path is a "
                           r"file")
@@ -116,7 +116,7 @@ def test_bad_output_path_from_the_command_line(data, tmp_path):
     (["--flagfile=pdni_reference.flags", "--element_a=Xx"], "'Xx' is not a chemical element"),
 ])
 def test_bad_flags_give_one_error_line(tmp_path, args, pattern):
-    proc = _train(["--flagfile=pdni.flags", f"--output_dir={tmp_path / 'out'}", *args])
+    proc = _train(["--flagfile=pdni_paper.flags", f"--output_dir={tmp_path / 'out'}", *args])
     _one_error_line(proc, pattern)
     assert not (tmp_path / "out").exists()
 
@@ -144,7 +144,7 @@ def _wait_for(proc, log, pattern, timeout=300):
 
 def test_lock_sigterm_and_stale_lock_with_real_processes(data, tmp_path):
     out = tmp_path / "out"
-    common = ["--flagfile=pdni.flags", f"--data_ah={data[0]}", f"--data_bh={data[1]}",
+    common = ["--flagfile=pdni_paper.flags", f"--data_ah={data[0]}", f"--data_bh={data[1]}",
               f"--output_dir={out}", *TINY]
     long = common + ["--epochs=100000"]
     # A trains; B, started while A holds the folder, must not touch it (with --overwrite
@@ -190,7 +190,7 @@ def test_lock_sigterm_and_stale_lock_with_real_processes(data, tmp_path):
 
 def test_divergence_from_the_command_line(data, tmp_path):
     out = tmp_path / "out"
-    proc = _train(["--flagfile=pdni.flags", f"--data_ah={data[0]}", f"--data_bh={data[1]}",
+    proc = _train(["--flagfile=pdni_paper.flags", f"--data_ah={data[0]}", f"--data_bh={data[1]}",
                    f"--output_dir={out}", "--learning_rate=1e6", "--epochs=4", *TINY])
     assert proc.returncode == 3, proc.stderr[-2000:]
     # the first chunk (epochs 1-2) goes bad, so the last finite state is the initial one

@@ -139,8 +139,8 @@ def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
 def test_failed_element_reference_is_fatal(tmp_path, monkeypatch):
     monkeypatch.setenv(system_hull.CACHE_ENV, str(tmp_path))
 
-    def failing(name, structure, cell):
-        return relaxation(structure, -1.0, status="diverged")
+    def failing(jobs):
+        return [relaxation(structure, -1.0, status="diverged") for _, structure, _ in jobs]
 
     with pytest.raises(RuntimeError, match="reference Pd failed"):
         system_hull.build_system_hull("Pd", "Ni", training(), failing, potential="x",
@@ -155,10 +155,10 @@ def test_two_builders_at_once_relax_the_hull_once(tmp_path, monkeypatch):
     counter = CountingRelax()
     lock = threading.Lock()
 
-    def slow(name, structure, cell):
-        time.sleep(0.02)
+    def slow(jobs):
+        time.sleep(0.02 * len(jobs))
         with lock:
-            return counter(name, structure, cell)
+            return counter(jobs)
 
     results = []
 

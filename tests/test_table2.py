@@ -12,7 +12,7 @@ from tests.conftest import REPO, small_domain
 def test_table2_tiny(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     out = tmp_path / "table"
-    cmd = [sys.executable, str(REPO / "experiments" / "table2.py"), "--flagfile=pdni.flags",
+    cmd = [sys.executable, str(REPO / "experiments" / "table2.py"), "--flagfile=pdni_paper.flags",
            f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--seeds=0",
            "--epochs=2", "--chunk_epochs=2", "--depth=1", "--width=16", "--batch_size=5",
            "--generator_steps=1", "--methods=gan,discogan,nocons,crystalgan,crystalgan+clash"]
@@ -62,7 +62,7 @@ import pytest  # noqa: E402
 def test_table2_checks_methods_and_seeds_before_training(tmp_path, args, message):
     ah, bh = small_domain(tmp_path, "PdH", 2), small_domain(tmp_path, "NiH", 2)
     out = tmp_path / "table"
-    cmd = [sys.executable, str(REPO / "experiments" / "table2.py"), "--flagfile=pdni.flags",
+    cmd = [sys.executable, str(REPO / "experiments" / "table2.py"), "--flagfile=pdni_paper.flags",
            f"--data_ah={ah}", f"--data_bh={bh}", f"--output_dir={out}", "--epochs=2", *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -153,7 +153,7 @@ def test_configurations():
 
 
 def test_ablation_refuses_sampling_row_before_plus(tmp_path):
-    cmd = [sys.executable, str(REPO / "experiments" / "ablation.py"), "--flagfile=pdni.flags",
+    cmd = [sys.executable, str(REPO / "experiments" / "ablation.py"), "--flagfile=pdni_paper.flags",
            f"--output_dir={tmp_path / 'out'}", "--variants=-snap,plus"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -410,3 +410,31 @@ def write_cif(structure: Structure, path: str | os.PathLike) -> None:
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(without_negative_zero(str(CifWriter(right_handed(structure)))))
+
+
+def write_symmetrized_cif(structure: Structure, path: str | os.PathLike,
+                          symprec: float) -> bool:
+    """Writes ``structure`` as a CIF in its space group at ``symprec`` (Angstrom): the
+    symmetry-refined cell, the asymmetric unit and the symmetry operations
+    (``CifWriter(symprec=)``), which pymatgen and ASE expand back to the full cell.
+
+    Returns False, writing nothing, where the structure has no symmetry above P1 at that
+    tolerance (its P1 CIF says all there is) or spglib finds none.
+    """
+    import warnings
+
+    from pymatgen.io.cif import CifWriter
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            number = SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_number()
+            if number <= 1:
+                return False
+            text = str(CifWriter(right_handed(structure), symprec=symprec))
+    except Exception:  # spglib rejects some cells
+        return False
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(without_negative_zero(text))
+    return True

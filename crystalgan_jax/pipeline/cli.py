@@ -466,20 +466,49 @@ def use_cpu_cores(devices: int) -> None:
         jax.config.update("jax_num_cpu_devices", max(1, int(devices)))
 
 
-def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """The CHGNet screening flags shared by experiments/screen.py and table2.py --screen."""
-    from crystalgan_jax.screening import relax as screening  # no torch: that comes with load_calculator
+def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                        with_only: bool = True) -> None:
+    """The screening flags shared by experiments/screen.py, train.py (without --only: its
+    candidates are the run's) and table2.py --screen."""
+    from crystalgan_jax.screening import potentials, relax as screening  # no torch here
 
-    flags.DEFINE_enum("only", "ternary", ["unique", "strict", "paper", "ternary", "all"],
-                      "Which candidates (verdicts before relaxation): one per StructureMatcher "
-                      "group of the good (strict) ones, good (strict), good (paper), ternary, "
-                      "or all.", flag_values=flag_values)
-    flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "FIRE convergence: largest force "
-                       "(eV/A).", flag_values=flag_values)
-    flags.DEFINE_integer("max_steps", screening.DEFAULT_MAX_STEPS, "FIRE steps at most.",
+    if with_only:
+        flags.DEFINE_enum("only", "ternary", ["unique", "strict", "paper", "ternary", "all"],
+                          "Which candidates (verdicts before relaxation): one per "
+                          "StructureMatcher group of the good (strict) ones, good (strict), "
+                          "good (paper), ternary, or all.", flag_values=flag_values)
+    flags.DEFINE_enum("potential", "chgnet", list(potentials.NAMES), "chgnet; or emt: ASE's "
+                      "EMT (Pd, Ni, Cu, Ag, Au, Pt, Al, H, ...), a fast stand-in for tests.",
+                      flag_values=flag_values)
+    flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "Relaxation converged when the "
+                       "largest force (and stress x cell) is below this (eV/A).",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("max_steps", screening.DEFAULT_MAX_STEPS, "Optimizer steps at most.",
+                         flag_values=flag_values)
+    flags.DEFINE_enum("optimizer", screening.DEFAULT_OPTIMIZER, list(screening.OPTIMIZERS),
+                      "ASE optimizer of the relaxations (cell and positions).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "Relaxations at once, one "
+                         "process each (default: up to 2, this machine's cores).",
                          flag_values=flag_values)
     flags.DEFINE_integer("threads", 1, "PyTorch threads (torch.set_num_threads) and BLAS "
-                         "threads of the screening process.", flag_values=flag_values)
+                         "threads of each screening process.", flag_values=flag_values)
     flags.DEFINE_float("stability_threshold", screening.STABILITY_THRESHOLD,
                        "Stable: converged and E_hull <= this (eV/atom).",
                        flag_values=flag_values)
+    flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
+                      "cache ($CRYSTALGAN_CACHE, else ~/.cache/crystalgan_jax).",
+                      flag_values=flag_values)
+
+
+def relaxer_from_flags(flag_values: flags.FlagValues = flags.FLAGS, log=None):
+    """The :class:`crystalgan_jax.screening.workers.Relaxer` the screening flags ask for.
+
+    Raises:
+      crystalgan_jax.screening.potentials.MissingExtra: the potential is not installed.
+    """
+    from crystalgan_jax.screening.workers import Relaxer
+
+    fv = flag_values
+    return Relaxer(fv.potential, fmax=fv.fmax, max_steps=fv.max_steps,
+                   optimizer=fv.optimizer, workers=fv.workers, threads=fv.threads, log=log)

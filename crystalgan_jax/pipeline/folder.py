@@ -233,3 +233,26 @@ def save_interrupted(ckpt: Checkpoints, state,
         f"continue with --resume{name}")
 
 
+
+
+OUTPUTS_DONE = "outputs.json"  # written once every output of the trained state is written
+
+
+def mark_outputs_written(out: Path, epoch: int) -> None:
+    """Records that every output of the state at ``epoch`` is written (the last write of a
+    run), so that ``--resume`` of a finished run goes on to what follows (the screening)
+    without writing them again."""
+    (out / OUTPUTS_DONE).write_text(json.dumps({"epoch": int(epoch)}) + "\n")
+
+
+def outputs_written(out: Path) -> int | None:
+    """The epoch whose outputs are all written in ``out``, or None."""
+    try:
+        return int(json.loads((out / OUTPUTS_DONE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def unmark_outputs(out: Path) -> None:
+    """Forgets the record (before outputs are written again)."""
+    (out / OUTPUTS_DONE).unlink(missing_ok=True)

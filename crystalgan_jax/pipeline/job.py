@@ -33,6 +33,7 @@ import dataclasses
 import itertools
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -60,6 +61,7 @@ class RunResult:
     metrics: list[dict]
     report: dict | None
     spec: RunSpec | None = None  # as trained (learned settings filled in)
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by phase
 
 
 @dataclasses.dataclass
@@ -79,6 +81,7 @@ class PopulationResult:
     pooled: dict | None
     files: dict[int, dict] = dataclasses.field(default_factory=dict)
     spec: PopulationSpec | None = None  # as trained (learned settings filled in)
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by phase
 
 
 def run(spec: RunSpec | PopulationSpec, log: Callable[[str], None] | None = None,
@@ -194,6 +197,7 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
                 ) -> RunResult | PopulationResult | None:
     base, cfg = pop.base, trainer.cfg
     out = Path(base.output_dir)
+    tic = time.perf_counter()
     if jax.process_index() == 0 or not base.overwrite:
         # process 0 deletes (--overwrite); every process refuses a folder holding a run
         # without --resume, so that none waits at the barrier for one that stopped
@@ -264,14 +268,25 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
     finally:
         ckpt.close()
 
+    epoch = trainer.epoch(state)
+    timing = {"training": round(time.perf_counter() - tic, 2)}  # compilation included
+    if base.resume and folder.outputs_written(out) == epoch == len(cfg.stages) * cfg.epochs:
+        log(f"training ended and every output of epoch {epoch} is in {out}: kept")
+        result = _written_result(pop, prepared, trainer, state, metrics, member_dirs)
+        result.timing = timing
+        return result
+    if jax.process_index() == 0:
+        folder.unmark_outputs(out)
     generated = trainer.generate(state)
     files, reports = {}, {}
     for i in local:
         files[i], reports[i] = outputs.write_member_outputs(
             pop.member_spec(pop.members[i]), generated[i], layout, ah, bh, member_dirs[i],
             metrics[i], log, inputs)
+    timing["outputs"] = round(time.perf_counter() - tic - timing["training"], 2)
     if pop.single_run:
-        return RunResult(out, layout, state, files[0], metrics[0], reports[0], base)
+        folder.mark_outputs_written(out, epoch)
+        return RunResult(out, layout, state, files[0], metrics[0], reports[0], base, timing)
     barrier("members written")
     pooled_report = None
     if base.evaluate and jax.process_index() == 0:
@@ -279,6 +294,26 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
                                                    base.element_b)
         log(f"pooled: {pooled_report['counts']['unique']} unique strictly good structures "
             f"from {len(pop.members)} members in {out / 'candidates'}")
+    if jax.process_index() == 0:
+        folder.mark_outputs_written(out, epoch)
+    timing["pooling"] = round(time.perf_counter() - tic - sum(timing.values()), 2)
     barrier("pooled report written")
     return PopulationResult(out, pop.members, trainer.sharding, state, metrics, reports,
-                            pooled_report, files, pop)
+                            pooled_report, files, pop, timing)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _written_result(pop: PopulationSpec, prepared: Prepared, trainer, state,
+                    metrics: dict[int, list[dict]], member_dirs: dict[int, Path]
+                    ) -> RunResult | PopulationResult:
+    """The result of a finished run whose outputs are on disk (read back, not rewritten)."""
+    out = Path(pop.base.output_dir)
+    reports = {i: _read_json(d / "report.json") for i, d in member_dirs.items()}
+    if pop.single_run:
+        return RunResult(out, prepared.layout, state, {}, metrics[0], reports[0], pop.base)
+    pooled_report = _read_json(out / "report.json") if jax.process_index() == 0 else None
+    return PopulationResult(out, pop.members, trainer.sharding, state, metrics, reports,
+                            pooled_report, {}, pop)

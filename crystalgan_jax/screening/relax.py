@@ -54,6 +54,7 @@ MIN_SENSIBLE_DISTANCE = 0.5  # Angstrom
 MAX_ANGLES = 20_000
 BOND_CUTOFF = 3.0  # Angstrom, CHGNet's bond-graph cutoff
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
+DEFAULT_OPTIMIZER = "FIRE"  # chosen by benchmarks/screening.py (docs/performance.md)
 
 Progress = Callable[[str], None]
 
@@ -191,7 +192,7 @@ def _check_sane(structure: Structure, energy: float, check_volume: bool) -> str 
 
 def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
           max_steps: int = DEFAULT_MAX_STEPS, relax_cell: bool = True,
-          optimizer: str = "FIRE") -> Relaxation:
+          optimizer: str = DEFAULT_OPTIMIZER) -> Relaxation:
     """Relaxes cell (FrechetCellFilter) and positions with FIRE; never raises on bad input.
 
     Args:
@@ -308,17 +309,25 @@ def relaxation_from_json(data: Mapping[str, Any], initial: Structure,
                       data["max_force_eV_per_A"], initial, final, float(data["seconds"]))
 
 
-def _eta(done: int, total: int, elapsed: float) -> str:
-    if done == 0:
-        return "eta ?"
-    return f"eta {elapsed / done * (total - done):.0f}s"
+def progress_line(tag: str, done: int, total: int, name: str, r: Relaxation,
+                  elapsed: float) -> str:
+    """One progress line: count, result, steps, energy, seconds, and the time left."""
+    what = (f"{r.energy_per_atom:.4f} eV/atom" if r.energy_per_atom is not None
+            else "no energy")
+    why = f" ({r.reason})" if r.status in ("diverged", "error") else ""
+    eta = f"eta {elapsed / done * (total - done):.0f}s" if done else "eta ?"
+    return (f"[{tag}] {done}/{total} {name}: {r.status}{why}, {r.steps} steps, {what}, "
+            f"{r.seconds:.1f}s; {eta}")
 
 
 def relax_all(named: Sequence[tuple[str, Structure]], calculator, *, fmax: float,
               max_steps: int, progress: Progress | None = None, label: str = "relax",
               done: Mapping[str, Relaxation] | None = None,
               on_done: Callable[[str, Relaxation], None] | None = None) -> list[Relaxation]:
-    """:func:`relax` over a list, one progress line per structure (count, result, ETA).
+    """:func:`relax` over a list in this process, one progress line per structure.
+
+    (:class:`crystalgan_jax.screening.workers.Relaxer` does the same over several
+    processes.)
 
     Args:
       done: relaxations already made (by name, e.g. read back from a journal): reused.
@@ -329,7 +338,7 @@ def relax_all(named: Sequence[tuple[str, Structure]], calculator, *, fmax: float
     tic = time.perf_counter()
     todo = sum(name not in done for name, _ in named)
     new = 0
-    for k, (name, structure) in enumerate(named):
+    for name, structure in named:
         if name in done:
             out.append(done[name])
             continue
@@ -339,10 +348,5 @@ def relax_all(named: Sequence[tuple[str, Structure]], calculator, *, fmax: float
         if on_done:
             on_done(name, r)
         if progress:
-            what = (f"{r.energy_per_atom:.4f} eV/atom" if r.energy_per_atom is not None
-                    else "no energy")
-            why = f" ({r.reason})" if r.status in ("diverged", "error") else ""
-            progress(f"[{label}] {k + 1}/{len(named)} {name}: {r.status}{why}, {r.steps} steps, "
-                     f"{what}, {r.seconds:.1f}s; "
-                     f"{_eta(new, todo, time.perf_counter() - tic)}")
+            progress(progress_line(label, new, todo, name, r, time.perf_counter() - tic))
     return out

@@ -23,9 +23,11 @@ from crystalgan_jax.materials import evaluation, io, substitution
 from crystalgan_jax import locking
 from crystalgan_jax.screening import (compare, plots, relax as screening, system_hull,
                                       verdicts)
+from crystalgan_jax.screening.workers import Job, Relaxer
 
 Log = Callable[[str], None]
 SECTION = "## Screening (CHGNet)"
+HULL_JOURNAL = "hull_relaxations.jsonl"  # beside relaxations.jsonl in a screening folder
 # Counts table2.py --screen adds per run, with their column titles.
 COLUMNS = {"screened": "screened", "stable": "stable", "sun": "S.U.N."}
 
@@ -110,18 +112,23 @@ class Journal:
             f.write(json.dumps(entry) + "\n")
 
 
-def relax_journaled(named: Sequence[tuple[str, Structure]], calculator, journal: Journal,
-                    fmax: float, max_steps: int, log: Log, label: str,
-                    on_done: Callable[[str, screening.Relaxation], None] | None = None
-                    ) -> list[screening.Relaxation]:
+def journaled(relaxer: Relaxer, journal: Journal, jobs: Sequence[Job], log: Log, tag: str,
+              on_done: Callable[[str, screening.Relaxation], None] | None = None
+              ) -> list[screening.Relaxation]:
+    """The relaxation of every ``(name, structure, relax_cell)``: from the journal where it
+    holds the same structure under the same name, the others by ``relaxer`` (all its
+    workers at once), each journaled as it ends. Names must be distinct."""
+    done = journal.done([(name, structure) for name, structure, _ in jobs])
+    todo = [job for job in jobs if job[0] not in done]
+
     def save(name: str, r: screening.Relaxation) -> None:
         journal.add(name, r)
         if on_done:
             on_done(name, r)
 
-    return screening.relax_all(named, calculator, fmax=fmax, max_steps=max_steps,
-                               progress=log, label=label, done=journal.done(named),
-                               on_done=save)
+    new = dict(zip((name for name, _, _ in todo),
+                   relaxer.relax(todo, on_done=save, progress=log, tag=tag)))
+    return [done[name] if name in done else new[name] for name, _, _ in jobs]
 
 
 class System:
@@ -130,62 +137,66 @@ class System:
     Built once and reused for every set of candidates of the system (table2.py screens
     several runs against one hull). The hull (:mod:`crystalgan_jax.screening.system_hull`)
     holds the elements, the relaxed training binaries and ordered A-B alloys, and with
-    ``substitution_in_hull`` the relaxed substitution baseline too (then each candidate
-    is also judged on whether it beats substitution); it is cached per system, and each
-    relaxation of it is journaled in ``hull_journal`` as it ends.
+    ``substitution_in_hull`` the relaxed substitution baseline too: its unique strictly
+    good structures (the baseline's candidates, :func:`substitution_candidates`). E_hull
+    is then reported against that full hull, and each candidate is also judged on whether
+    it beats substitution. The hull is cached per system, and each relaxation of it is
+    journaled in ``hull_journal`` as it ends.
     """
 
     def __init__(self, element_a: str, element_b: str, data_ah: str, data_bh: str,
-                 options: dict[str, Any], calculator, fmax: float, max_steps: int,
-                 hull_journal: Path, log: Log = log_line, substitution_in_hull: bool = False,
-                 use_cache: bool = True, potential: str | None = None):
+                 options: dict[str, Any], relaxer: Relaxer, hull_journal: Path,
+                 log: Log = log_line, substitution_in_hull: bool = False,
+                 use_cache: bool = True):
         self.element_a, self.element_b, self.options = element_a, element_b, options
-        self.fmax, self.max_steps, self.calculator = fmax, max_steps, calculator
-        self.potential = potential or f"CHGNet {screening.model_version(calculator)}"
-        self.settings = {"fmax": fmax, "max_steps": max_steps,
-                         "model": self.potential.split(" ", 1)[-1]}
+        self.relaxer, self.log = relaxer, log
+        self.potential = relaxer.label
+        self.settings = relaxer.settings
         ah = io.read_domain(data_ah, element_a, mat_block=encoding.A_BLOCK + 1)
         bh = io.read_domain(data_bh, element_b, mat_block=encoding.B_BLOCK + 1)
         self.training = ah.structures + bh.structures
         self.substitution = substitution.substitution(ah.structures, bh.structures,
                                                       element_a, element_b)
+        self.substitution_named = substitution_candidates(self.substitution, element_a,
+                                                          element_b, options)
         tic = time.perf_counter()
         named = [(f"{d.sources[i] if i < len(d.sources) else i}", s)
                  for d in (ah, bh) for i, s in enumerate(d.structures)]
         named = [(f"{k:03d} {n}", s) for k, (n, s) in enumerate(named)]
-        sub_named = ([(f"{k:03d}.vasp", s) for k, s in enumerate(self.substitution)]
-                     if substitution_in_hull else None)
-        journal = Journal(hull_journal, {**self.settings, "hull": "v2"}, log)
-
-        def relax_fn(name: str, structure: Structure, cell: bool) -> screening.Relaxation:
-            previous = journal.done([(name, structure)]).get(name)
-            if previous is not None:
-                return previous
-            r = screening.relax(structure, calculator, fmax=fmax, max_steps=max_steps,
-                                relax_cell=cell)
-            journal.add(name, r)
-            log(f"[hull] {name}: {r.status}, {r.steps} steps, {r.seconds:.1f}s")
-            return r
-
+        journal = Journal(hull_journal, {**self.settings, "hull": "v3"}, log)
         self.system_hull = system_hull.build_system_hull(
-            element_a, element_b, named, relax_fn, potential=self.potential,
-            settings=self.settings, substitution=sub_named, use_cache=use_cache, log=log)
+            element_a, element_b, named,
+            lambda jobs: journaled(relaxer, journal, jobs, log, "hull"),
+            potential=self.potential, settings=self.settings,
+            substitution=self.substitution_named if substitution_in_hull else None,
+            use_cache=use_cache, log=log)
+        self.substitution_in_hull = substitution_in_hull
         self.references = self.system_hull.references
         self.training_relaxed = self.system_hull.structures("training")
-        self.hull = self.system_hull.hull(system_hull.BASE_KINDS)
-        self.substitution_hull = (self.system_hull.hull(system_hull.KINDS)
-                                  if substitution_in_hull else None)
+        self.base_hull = self.system_hull.hull(system_hull.BASE_KINDS)
+        self.hull = (self.system_hull.hull(system_hull.KINDS) if substitution_in_hull
+                     else self.base_hull)
         self.timing = {"hull": time.perf_counter() - tic}
         self.data = [str(data_ah), str(data_bh)]
+
+    @property
+    def hull_phases(self) -> str:
+        """What the hull E_hull is reported against holds, in words."""
+        return ("the elements, the relaxed training binaries, the relaxed ordered A-B alloys "
+                "(L1_2, L1_0, B2)" + (" and the relaxed substitution baseline (its unique "
+                                      "strictly good structures)"
+                                      if self.substitution_in_hull else ""))
 
     def novelty_references(self, with_substitution: bool = True) -> dict[str, list[Structure]]:
         refs = {"training": self.training, "training (relaxed)": self.training_relaxed}
         if with_substitution:
             refs["substitution"] = self.substitution
+            if self.substitution_in_hull:
+                refs["substitution (relaxed)"] = self.system_hull.structures("substitution")
         return refs
 
     def screen(self, named: Sequence[tuple[str, Structure]], out: Path, title: str,
-               stability_threshold: float, log: Log = log_line,
+               stability_threshold: float, log: Log | None = None,
                with_substitution: bool = True) -> dict[str, Any]:
         """Relaxes ``named``, judges them, writes everything into ``out``; the result dict.
 
@@ -195,57 +206,79 @@ class System:
         Raises:
           locking.FolderLockedError: another process is screening into ``out``.
         """
+        log = log or self.log
         with locking.lock_folder(out, log):
-            return self._screen(named, out, title, stability_threshold, log,
-                                with_substitution)
+            tic = time.perf_counter()
+            journal = Journal(out / "relaxations.jsonl", self.settings, log)
+            log(f"screening {len(named)} structures into {out}")
+            relaxations = journaled(self.relaxer, journal,
+                                    [(name, s, True) for name, s in named], log, "screen",
+                                    on_done=lambda name, r: self._write_relaxed(out, name, r))
+            return self._judge(named, relaxations, out, title, stability_threshold, log,
+                               with_substitution, time.perf_counter() - tic)
 
-    def _screen(self, named, out, title, stability_threshold, log, with_substitution):
-        seconds = getattr(self.calculator, "seconds", 0.0)
-        tic = time.perf_counter()
-        journal = Journal(out / "relaxations.jsonl", self.settings, log)
+    def screen_substitution(self, out: Path, title: str, stability_threshold: float,
+                            log: Log | None = None) -> dict[str, Any]:
+        """The substitution baseline's candidates judged like a generator's, into ``out``.
 
-        def write(name: str, r: screening.Relaxation) -> None:
-            if r.final is not None:
-                path = out / "relaxed" / Path(name).with_suffix(".vasp")
-                io.write_poscar(r.final, path, comment=f"{name} relaxed ({self.potential}, {r.status})")
-                io.write_cif(r.final, path.with_suffix(".cif"))
+        Their relaxations are the hull's own (``substitution_in_hull``): nothing is
+        relaxed twice. Novel here means matching no training structure.
+        """
+        if not self.substitution_in_hull:
+            raise ValueError("screen_substitution needs substitution_in_hull=True")
+        log = log or self.log
+        by_name = {p.name: p.relaxation for p in self.system_hull.of_kind("substitution",
+                                                                          usable=False)}
+        named = self.substitution_named
+        with locking.lock_folder(out, log):
+            return self._judge(named, [by_name[n] for n, _ in named], out, title,
+                               stability_threshold, log, False, 0.0)
 
-        log(f"screening {len(named)} structures into {out}")
-        relaxations = relax_journaled(named, self.calculator, journal, self.fmax,
-                                      self.max_steps, log, "screen", on_done=write)
+    def _write_relaxed(self, out: Path, name: str, r: screening.Relaxation) -> None:
+        """``relaxed/<name>.vasp`` and ``.cif``, and the symmetrised CIF where there is one."""
+        if r.final is None:
+            return
+        path = out / "relaxed" / Path(name).with_suffix(".vasp")
+        io.write_poscar(r.final, path, comment=f"{name} relaxed ({self.potential}, {r.status})")
+        io.write_cif(r.final, path.with_suffix(".cif"))
+        io.write_symmetrized_cif(r.final, path.with_name(path.stem + "_symmetrized.cif"),
+                                 evaluation.SYMPREC)
+
+    def _judge(self, named, relaxations, out, title, stability_threshold, log,
+               with_substitution, relax_s) -> dict[str, Any]:
         for (name, _), r in zip(named, relaxations):  # journaled ones too: files complete
             if r.final is not None and not (out / "relaxed" / name).with_suffix(".vasp").exists():
-                write(name, r)
-        relax_s = time.perf_counter() - tic
+                self._write_relaxed(out, name, r)
+        judge_substitution = with_substitution and self.substitution_in_hull
         result = verdicts.screen(named, relaxations, self.hull, self.element_a,
                                   self.element_b,
                                   novelty_references=self.novelty_references(with_substitution),
                                   stability_threshold=stability_threshold,
                                   evaluation_options=self.options,
-                                  substitution_hull=(self.substitution_hull
-                                                     if with_substitution else None),
+                                  substitution_hull=self.hull if judge_substitution else None,
                                   substitution_structures=(
                                       self.substitution + self.system_hull.structures(
-                                          "substitution") if with_substitution else ()))
+                                          "substitution") if judge_substitution else ()))
         timing = {"relaxation": round(relax_s, 2),
-                  "of_which_chgnet": round(getattr(self.calculator, "seconds", 0.0) - seconds, 2),
+                  "relaxation_process_s": round(sum(r.seconds for r in relaxations), 2),
                   **result["timing_s"], **{f"system_{k}": round(v, 2)
                                            for k, v in self.timing.items()}}
         for row in result["structures"]:
-            if (out / "relaxed" / row["name"]).with_suffix(".vasp").exists():
-                row["relaxed_file"] = str(Path("relaxed") / Path(row["name"]).with_suffix(".vasp"))
+            path = (out / "relaxed" / row["name"]).with_suffix(".vasp")
+            if path.exists():
+                row["relaxed_file"] = str(path.relative_to(out))
+                sym = path.with_name(path.stem + "_symmetrized.cif")
+                row["symmetrized_cif"] = str(sym.relative_to(out)) if sym.exists() else None
         settings = {**self.settings, "model_version": self.settings["model"],
                     "data": self.data, "novelty_references":
                     list(self.novelty_references(with_substitution)),
                     "elemental_references": {s: screening.relaxation_json(r)
                                              for s, r in self.references.items()},
                     "hull": self.hull.to_json(), "timing_s": timing,
-                    "hull_phases": "the elements, the relaxed training binaries and the "
-                                   "relaxed ordered A-B alloys (L1_2, L1_0, B2)",
+                    "hull_phases": self.hull_phases,
                     "hull_cache": self.system_hull.key,
-                    "potential": self.potential}
-        if self.substitution_hull is not None and with_substitution:
-            settings["substitution_hull"] = self.substitution_hull.to_json()
+                    "potential": self.potential,
+                    "symprec_A": evaluation.SYMPREC}
         result = {"system": f"{self.element_a}-{self.element_b}-H", "settings": settings,
                   **result, "timing_s": timing}
         (out / "screening.json").write_text(json.dumps(result, indent=1))
@@ -256,6 +289,14 @@ class System:
             f"{c['stable']} stable (E_hull <= {stability_threshold:g}), "
             f"{c['sun']} S.U.N.; {out / 'screening.md'}")
         return result
+
+
+def substitution_candidates(structures: Sequence[Structure], element_a: str, element_b: str,
+                            options: dict[str, Any]) -> list[tuple[str, Structure]]:
+    """The substitution baseline's candidates: its strictly good structures, one per
+    StructureMatcher group (``--only=unique``), named ``NNN.vasp`` by baseline index."""
+    named = [(f"{k:03d}.vasp", s) for k, s in enumerate(structures)]
+    return select(named, element_a, element_b, "unique", options)
 
 
 def _points(result: dict[str, Any]) -> list[tuple[str, float]]:
@@ -338,26 +379,21 @@ def spec_system(base) -> dict[str, Any]:
             "options": {"d1": base.train.d1, "d2": base.train.d2, "classes": classes}}
 
 
-def screen_table(table: dict[str, dict], base, out: Path, *, threads: int, fmax: float,
-                 max_steps: int, only: str, stability_threshold: float,
-                 log: Log = log_line) -> None:
+def screen_table(table: dict[str, dict], base, out: Path, *, relaxer: Relaxer, only: str,
+                 stability_threshold: float, log: Log = log_line) -> None:
     """table2.py --screen: every run's final structures and the substitution baseline.
 
-    One CHGNet model and one hull (journal ``out/screening/training_relaxations.jsonl``)
+    One potential and one hull (journal ``out/screening/hull_relaxations.jsonl``)
     for all; each run's screening goes into ``RUN/screening`` (linked from its report.md),
     the baseline's into ``out/substitution/screening``, where novelty is judged against
     the training set only. Adds ``screened``, ``stable``, ``sun`` to each run's counts
     and the screening's wall time as ``screen_s``.
     """
-    tic = time.perf_counter()
-    calculator = screening.load_calculator(threads)
-    log(f"CHGNet {screening.model_version(calculator)} loaded in "
-        f"{time.perf_counter() - tic:.1f}s ({threads} torch thread(s))")
     a, b = base.element_a, base.element_b
     options = {"d1": base.train.d1, "d2": base.train.d2,
                "classes": encoding.class_symbols(base.train.classes, a, b)}
-    system = System(a, b, base.data_ah, base.data_bh, options, calculator, fmax,
-                    max_steps, out / "screening" / "training_relaxations.jsonl", log)
+    system = System(a, b, base.data_ah, base.data_bh, options, relaxer,
+                    out / "screening" / HULL_JOURNAL, log)
     screened: list[tuple[dict, Path, str, dict]] = []
     sub_result = None
     for method, row in table.items():

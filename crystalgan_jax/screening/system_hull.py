@@ -44,8 +44,9 @@ KINDS = ("element", "training", "alloy", "substitution")
 BASE_KINDS = ("element", "training", "alloy")  # the hull E_hull is reported against
 CACHE_ENV = "CRYSTALGAN_CACHE"
 CACHE_FORMAT = 1
-# relax_fn(name, structure, relax_cell) -> Relaxation; in screening a CHGNet relax
-RelaxFn = Callable[[str, Structure, bool], Relaxation]
+# relax_many([(name, structure, relax_cell), ...]) -> [Relaxation, ...] in that order; in
+# screening a journaled Relaxer (crystalgan_jax.screening.workers), all cores at once
+RelaxMany = Callable[[Sequence[tuple[str, Structure, bool]]], list[Relaxation]]
 Log = Callable[[str], None]
 
 
@@ -169,7 +170,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def build_system_hull(element_a: str, element_b: str,
-                      training: Sequence[tuple[str, Structure]], relax_fn: RelaxFn, *,
+                      training: Sequence[tuple[str, Structure]], relax_many: RelaxMany, *,
                       potential: str, settings: Mapping[str, Any],
                       substitution: Sequence[tuple[str, Structure]] | None = None,
                       use_cache: bool = True, log: Log | None = None) -> SystemHull:
@@ -178,7 +179,8 @@ def build_system_hull(element_a: str, element_b: str,
     Args:
       element_a, element_b: the metals.
       training: ``(name, structure)`` of the training binaries.
-      relax_fn: ``relax_fn(name, structure, relax_cell)`` -> :class:`Relaxation`.
+      relax_many: relaxes a list of ``(name, structure, relax_cell)`` (names
+        ``"<kind>: <name>"``), giving the :class:`Relaxation` of each in order.
       potential: the potential's name and version (e.g. ``"CHGNet 0.3.0"``), for the key.
       settings: the relaxation settings (fmax, max_steps, ...), for the key.
       substitution: ``(name, structure)`` of the substitution baseline, or None.
@@ -190,19 +192,19 @@ def build_system_hull(element_a: str, element_b: str,
     key = cache_key([(k, n, s) for k, n, s, _ in inputs], potential, settings)
     path = cache_dir() / "hulls" / f"{key}.json"
     if not use_cache:
-        return _build(element_a, element_b, inputs, relax_fn, key, None, log)
+        return _build(element_a, element_b, inputs, relax_many, key, None, log)
     path.parent.mkdir(parents=True, exist_ok=True)
     # one builder per key at a time: shards of an array job started together wait for
     # the first to relax the hull, then read it (flock: released if the holder dies)
     fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        return _build(element_a, element_b, inputs, relax_fn, key, path, log)
+        return _build(element_a, element_b, inputs, relax_many, key, path, log)
     finally:
         os.close(fd)
 
 
-def _build(element_a: str, element_b: str, inputs, relax_fn: RelaxFn, key: str,
+def _build(element_a: str, element_b: str, inputs, relax_many: RelaxMany, key: str,
            path: Path | None, log: Log | None) -> SystemHull:
     if path is not None and path.exists():
         try:
@@ -214,8 +216,9 @@ def _build(element_a: str, element_b: str, inputs, relax_fn: RelaxFn, key: str,
             if log:
                 log(f"{path}: unreadable ({err}); relaxing the hull again")
     phases = []
-    for kind, name, structure, cell in inputs:
-        r = relax_fn(name, structure, cell)
+    relaxations = relax_many([(f"{kind}: {name}", structure, cell)
+                              for kind, name, structure, cell in inputs])
+    for (kind, name, _, _), r in zip(inputs, relaxations):
         if kind == "element" and not r.ok:
             raise RuntimeError(f"reference {name} failed to relax: {r.reason}")
         if not r.ok and log:

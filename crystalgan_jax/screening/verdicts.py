@@ -25,6 +25,9 @@ from crystalgan_jax.screening.relax import (STABILITY_THRESHOLD, Relaxation, dis
                                             relaxation_json)
 
 
+ON_HULL_TOLERANCE = 1e-6  # eV/atom: "on the hull" is E_hull <= this
+
+
 def _matches_any(structure: Structure, references: Sequence[Structure],
                  matcher: StructureMatcher) -> int | None:
     """Index of the first reference StructureMatcher matches with ``structure``, or None."""
@@ -145,6 +148,11 @@ def screen(candidates: Sequence[tuple[str, Structure]], relaxations: Sequence[Re
         "stable": sum(row["stable"] for row in rows),
         "stable_unique": distinct(lambda row: row["stable"]),
         "sun": sun,
+        "novel_unique": distinct(lambda row: bool(row["novel"])),
+        # on or below the hull; the tolerance absorbs rounding for phases of the hull itself
+        "on_hull": distinct(lambda row: bool(
+            row["relaxation"]["converged"] and row["e_hull_eV_per_atom"] is not None
+            and row["e_hull_eV_per_atom"] <= ON_HULL_TOLERANCE)),
     }
     if sub_diagram is not None:
         counts["beats_substitution"] = distinct(lambda row: row["beats_substitution"])

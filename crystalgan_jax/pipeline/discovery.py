@@ -1,0 +1,263 @@
+"""The discovery job's last phase: a run's candidates screened against an honest hull, and
+the "Candidates for DFT" that open its report.
+
+:func:`screen_run` takes a run folder (a population's or a single run's), relaxes its
+candidates (a population's pooled ``candidates/``; a single run's unique strictly good
+final structures) with a :class:`~crystalgan_jax.screening.workers.Relaxer`, and judges
+them against the system's hull of elements, relaxed training binaries, relaxed A-B alloy
+orderings and the relaxed substitution baseline
+(:class:`~crystalgan_jax.screening.runs.System` with ``substitution_in_hull``). The
+baseline's own candidates are judged on the same hull, from the same relaxations. Into
+``RUN/screening/``::
+
+    screening.json, .md       every candidate: relaxation, E_form, E_hull, verdicts
+    relaxed/                  relaxed POSCAR and CIF, and NAME_symmetrized.cif where the
+                              relaxed structure has symmetry above P1 at 0.1 A
+    substitution/             the same for the substitution baseline's candidates
+    comparison.json, .md      generator against substitution, formula by formula
+    phase_diagram.png, e_hull_histogram.png
+    candidates_for_dft.json   the candidates grouped (StructureMatcher after relaxation)
+                              and ranked by E_hull
+    summary.json              the counts of both sides, the comparison, the timing
+    relaxations.jsonl, hull_relaxations.jsonl   journals: an interrupted screening
+                              continues where it stopped
+
+and the "Candidates for DFT" section at the top of ``RUN/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from pymatgen.core import Composition, Structure
+
+from crystalgan_jax.materials import evaluation, io
+from crystalgan_jax.screening import runs
+from crystalgan_jax.screening.hull import energetics
+from crystalgan_jax.screening.verdicts import ON_HULL_TOLERANCE
+from crystalgan_jax.screening.workers import Relaxer
+
+Log = Callable[[str], None]
+SCREENING = "screening"
+# report.md's screened section lies between these (replaced by a later screening)
+START, END = "<!-- candidates-for-dft -->", "<!-- /candidates-for-dft -->"
+# counts of a screening in the summary: (key in verdicts' counts, column title)
+COUNTS = (("screened", "screened"), ("converged", "converged"),
+          ("unique", "unique after relaxation"), ("novel_unique", "novel"),
+          ("stable_unique", "stable"), ("sun", "S.U.N."), ("on_hull", "on or below the hull"))
+TABLE_ROWS = 40  # candidates listed in report.md (all of them in candidates_for_dft.json)
+
+
+def run_candidates(run_dir: Path, system: Mapping[str, Any]) -> list[tuple[str, Structure]]:
+    """What a run proposes: a population's pooled ``candidates/`` (unique strictly good
+    across members), else a single run's unique strictly good final structures."""
+    pooled = run_dir / "candidates"
+    if (run_dir / "members").is_dir():
+        return [(p.name, io.read_structure(p)) for p in sorted(pooled.glob("*.vasp"))]
+    folder = run_dir / "structures" / "final"
+    named = [(str(p.relative_to(folder)), io.read_structure(p))
+             for p in runs.structure_files(folder)]
+    return runs.select(named, system["element_a"], system["element_b"], "unique",
+                       system["options"])
+
+
+def found_by(run_dir: Path) -> dict[str, list[str]]:
+    """Pooled candidate file name -> the members that generated it (population runs)."""
+    path = run_dir / "report.json"
+    if not (run_dir / "members").is_dir() or not path.exists():
+        return {}
+    return {Path(c["file"]).name: c["found_by"]
+            for c in json.loads(path.read_text()).get("candidates", [])}
+
+
+def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
+               use_cache: bool = True, log: Log = runs.log_line,
+               candidates: Sequence[tuple[str, Structure]] | None = None) -> dict[str, Any]:
+    """Screens ``run_dir``'s candidates and the substitution baseline on one hull.
+
+    Args:
+      run_dir: a training run's folder (its ``config.json`` says the system).
+      relaxer: the potential and relaxation settings (and its worker processes).
+      stability_threshold: stable means converged and E_hull <= this (eV/atom).
+      candidates: instead of :func:`run_candidates` (a collected array job's).
+    Returns:
+      The summary (also ``RUN/screening/summary.json``).
+    Raises:
+      FileNotFoundError: no config.json in ``run_dir``.
+      locking.FolderLockedError: another screening holds ``RUN/screening``.
+    """
+    tic = time.perf_counter()
+    system = runs.run_system(run_dir)
+    a, b = system["element_a"], system["element_b"]
+    out = run_dir / SCREENING
+    named = list(candidates) if candidates is not None else run_candidates(run_dir, system)
+    log(f"screening {len(named)} candidates of {run_dir} with {relaxer.label} "
+        f"({relaxer.workers} worker(s))")
+    sys_ = runs.System(a, b, system["data_ah"], system["data_bh"], system["options"], relaxer,
+                       out / runs.HULL_JOURNAL, log, substitution_in_hull=True,
+                       use_cache=use_cache)
+    hull_s = time.perf_counter() - tic
+    title = f"{a}-{b}-H, {run_dir}"
+    tic = time.perf_counter()
+    result = sys_.screen(named, out, title, stability_threshold, log)
+    screen_s = time.perf_counter() - tic
+    sub = sys_.screen_substitution(out / "substitution", f"{a}-{b}-H substitution baseline",
+                                   stability_threshold, log)
+    cmp = runs.write_comparison(result, sub, sys_.hull, out, title)
+    grouped = grouped_candidates(result, found_by(run_dir))
+    (out / "candidates_for_dft.json").write_text(json.dumps(grouped, indent=1))
+    summary = {"system": f"{a}-{b}-H", "potential": sys_.potential,
+               "settings": {**relaxer.settings, "workers": relaxer.workers,
+                            "stability_threshold_eV_per_atom": stability_threshold},
+               "hull_phases": sys_.hull_phases, "hull_cached": sys_.system_hull.cached,
+               "generator": {k: result["counts"][k] for k, _ in COUNTS},
+               "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
+               "comparison": cmp["counts"], "mixing": mixing(sys_),
+               "timing_s": {"hull": round(hull_s, 1), "screening": round(screen_s, 1)}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_report_section(run_dir / "report.md", dft_markdown(summary, grouped, run_dir))
+    g = summary["generator"]
+    log(f"{g['screened']} candidates screened: {g['unique']} unique after relaxation, "
+        f"{g['stable_unique']} stable, {g['sun']} S.U.N., {g['on_hull']} on or below the "
+        f"hull (substitution: {summary['substitution']['sun']} S.U.N.); "
+        f"{run_dir / 'report.md'}")
+    return summary
+
+
+def grouped_candidates(result: Mapping[str, Any], members: Mapping[str, list[str]]
+                       ) -> list[dict[str, Any]]:
+    """One entry per StructureMatcher group after relaxation, lowest E_hull first.
+
+    Each group is represented by its member of lowest E_hull; ``count`` and ``names`` say
+    how many candidates relaxed into it. Candidates that failed to relax are left out.
+    """
+    groups: dict[int, list[Mapping[str, Any]]] = {}
+    for row in result["structures"]:
+        if "unique_group" in row and row["e_hull_eV_per_atom"] is not None:
+            groups.setdefault(row["unique_group"], []).append(row)
+    out = []
+    for rows in groups.values():
+        best = min(rows, key=lambda r: r["e_hull_eV_per_atom"])
+        after = (best.get("displacement") or {}).get("spacegroup_after") or [None, None]
+        out.append({
+            "formula": Composition(best["formula"]).reduced_formula,
+            "spacegroup": after[0], "spacegroup_number": after[1],
+            "formation_energy_eV_per_atom": best["formation_energy_eV_per_atom"],
+            "e_hull_eV_per_atom": best["e_hull_eV_per_atom"],
+            "stable": best["stable"], "converged": best["relaxation"]["converged"],
+            "novel": best["novel"], "matches": best.get("matches"),
+            "members": sorted({m for r in rows for m in members.get(Path(r["name"]).name, [])}),
+            "count": len(rows), "names": [r["name"] for r in rows], "name": best["name"],
+            "relaxed_file": best.get("relaxed_file"),
+            "symmetrized_cif": best.get("symmetrized_cif")})
+    return sorted(out, key=lambda g: g["e_hull_eV_per_atom"])
+
+
+def mixing(system: runs.System) -> dict[str, Any]:
+    """Whether A and B mix in the solid by the potential: the lowest formation energy of
+    the relaxed A-B alloy orderings (eV/atom; > 0: none is stable against the metals)."""
+    diagram = system.base_hull.phase_diagram()
+    energies = [energetics(diagram, p.relaxation.final.composition,
+                           p.relaxation.energy_per_atom)[0]
+                for p in system.system_hull.of_kind("alloy")]
+    lowest = min(energies) if energies else None
+    return {"lowest_alloy_formation_eV_per_atom": lowest,
+            "metals_mix": lowest is not None and lowest < -ON_HULL_TOLERANCE}
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def counts_table(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown rows: the generator's and the substitution baseline's counts."""
+    lines = ["| | " + " | ".join(title for _, title in COUNTS) + " |",
+             "| --- | " + "---: | " * len(COUNTS)]
+    for side, label in (("generator", "generator"), ("substitution", "substitution baseline")):
+        lines.append(f"| {label} | " + " | ".join(str(summary[side][k]) for k, _ in COUNTS)
+                     + " |")
+    return lines
+
+
+def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]],
+                 run_dir: Path) -> str:
+    """The "Candidates for DFT" section of report.md."""
+    s = summary["settings"]
+    t = s["stability_threshold_eV_per_atom"]
+    c = summary["comparison"]
+    mix = summary["mixing"]
+    lines = [START, "## Candidates for DFT", "",
+             f"Relaxed with {summary['potential']} ({s['optimizer']}, cell and positions, "
+             f"fmax {s['fmax']:g} eV/A, at most {s['max_steps']} steps). E_hull (eV/atom) "
+             f"against {summary['hull_phases']}, all relaxed the same way. Stable: converged "
+             f"and E_hull <= {t:g}; on the hull: E_hull <= 0. Novel: matches no training or "
+             "substitution structure, as given or relaxed (StructureMatcher). Space groups "
+             f"after relaxation at symprec {evaluation.SYMPREC:g} A. Counts are of distinct "
+             "structures after relaxation (StructureMatcher groups), except screened and "
+             "converged.", ""]
+    if mix["lowest_alloy_formation_eV_per_atom"] is not None and not mix["metals_mix"]:
+        lines += [f"The metals do not mix here: no A-B alloy ordering lies below the "
+                  f"elements (lowest formation energy "
+                  f"{mix['lowest_alloy_formation_eV_per_atom']:+.3f} eV/atom). A ternary "
+                  "is then stable only where hydrogen binds both metals better than the "
+                  "binary hydrides and elements do: E_hull measures the distance to that "
+                  "mixture of A-H and B-H phases, and a stable ternary is a claim of a new "
+                  "compound where the metals alone separate.", ""]
+    lines += counts_table(summary)
+    lines += ["", f"Formula by formula (lowest E_hull each side reaches; "
+              f"[screening/comparison.md](screening/comparison.md)): the generator is lower "
+              f"in {c.get('generator', 0)}, substitution in {c.get('substitution', 0)}, "
+              f"{c.get('tie', 0)} ties; {c.get('only generator', 0)} formulas only the "
+              f"generator reaches, {c.get('only substitution', 0)} only substitution.", "",
+              "![phase diagram](screening/phase_diagram.png) "
+              "![E_hull histogram](screening/e_hull_histogram.png)", ""]
+    if not grouped:
+        lines += ["No candidate relaxed.", END]
+        return "\n".join(lines) + "\n"
+    shown = grouped[:TABLE_ROWS]
+    lines += [f"{len(grouped)} distinct structures after relaxation, lowest E_hull first"
+              + (f"; the first {len(shown)} here, all in "
+                 "[screening/candidates_for_dft.json](screening/candidates_for_dft.json)"
+                 if len(shown) < len(grouped) else "") + ".", "",
+              "| # | formula | space group | E_form | E_hull | stable | novel | count | "
+              "member(s) | files |",
+              "| ---: | --- | --- | ---: | ---: | :-: | :-: | ---: | --- | --- |"]
+    yes = {True: "yes", False: "no", None: "-"}
+    for k, g in enumerate(shown, start=1):
+        files = []
+        for key, label in (("relaxed_file", "POSCAR"), ("symmetrized_cif", "symmetrised CIF")):
+            if g.get(key):
+                files.append(f"[{label}]({SCREENING}/{g[key]})")
+        if g.get("relaxed_file"):
+            cif = Path(g["relaxed_file"]).with_suffix(".cif")
+            files.insert(1, f"[CIF]({SCREENING}/{cif})")
+        sg = "-" if g["spacegroup"] is None else f"{g['spacegroup']} ({g['spacegroup_number']})"
+        lines.append(f"| {k} | {g['formula']} | {sg} | "
+                     f"{_fmt(g['formation_energy_eV_per_atom'])} | "
+                     f"{_fmt(g['e_hull_eV_per_atom'])} | {yes[g['stable']]} | "
+                     f"{yes[g['novel']]} | {g['count']} | {', '.join(g['members']) or '-'} | "
+                     f"{', '.join(files)} |")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def not_screened_markdown(hint: str) -> str:
+    """The section report.md holds where the screening could not run."""
+    return f"{START}\n## Candidates for DFT\n\nNot screened yet: {hint}\n{END}\n"
+
+
+def write_report_section(report_md: Path, section: str) -> None:
+    """Puts ``section`` right under report.md's title, replacing an earlier one."""
+    text = report_md.read_text() if report_md.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + rest.split(END, 1)[1].lstrip("\n")
+    lines = text.splitlines(keepends=True)
+    if lines and lines[0].startswith("# "):
+        text = lines[0] + "\n" + section + "\n" + "".join(lines[1:]).lstrip("\n")
+    else:
+        text = section + "\n" + text
+    report_md.write_text(text)
