@@ -1,6 +1,7 @@
 """Screens candidates with CHGNet: relaxation, energy above the hull, S.U.N. counts.
 
     python experiments/screen.py --run_dir=runs/pdni
+    python experiments/screen.py --run_dir=runs/pdni --potentials=chgnet,sevennet
     python experiments/screen.py --structures=some/folder --flagfile=experiments/pdni.flags
 
 Needs the ``screen`` extra (``pip install -e '.[screen]'``). With ``--run_dir`` the
@@ -25,6 +26,14 @@ The hull holds the elements, the relaxed training binaries and the relaxed order
 alloys (``--hull_substitution`` adds the relaxed substitution baseline, and with it the
 "beats substitution" verdict); it is cached per system under ``$CRYSTALGAN_CACHE`` or
 ``~/.cache/crystalgan_jax/hulls``.
+
+Two potentials (``--potentials=chgnet,sevennet``, the ``sevennet`` extra): the first
+relaxes every candidate as above; the second gets its own hull (the same phases relaxed by
+it, journal ``training_relaxations_<potential>.jsonl``, cached likewise) and judges every
+relaxed candidate by a single point or its own relaxation (``--second_opinion``, see
+:mod:`crystalgan_jax.screening.second_opinion`); screening.json and screening.md get both
+E_hull, their difference and the consensus verdict. ``experiments/verify.py`` checks the
+top candidates with DFT.
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from absl import app, flags
 from crystalgan_jax.pipeline import cli
 from crystalgan_jax.materials import io
 from crystalgan_jax import locking
-from crystalgan_jax.screening import relax as screening, runs as screen_runs, shards
+from crystalgan_jax.screening import (potentials, runs as screen_runs,
+                                      second_opinion, shards)
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -67,8 +77,15 @@ flags.DEFINE_integer("collect", None, "N: merge the N shards' relaxations into o
                      "screening in OUTPUT (after every --shard=i/N has run).")
 flags.DEFINE_bool("hull_substitution", False, "Also relax the substitution baseline into "
                   "the hull and judge whether each candidate beats substitution.")
-flags.DEFINE_enum("potential", "chgnet", ["chgnet", "emt"], "chgnet; or emt: ASE's EMT "
-                  "(Pd, Ni, Cu, Ag, Au, Pt, Al, H, ...), a fast stand-in for tests.")
+flags.DEFINE_enum("potential", "chgnet", list(potentials.POTENTIALS), "The potential "
+                  "(chgnet; sevennet: SevenNet-l3i5; emt: ASE's EMT, Pd, Ni, Cu, Ag, Au, Pt, "
+                  "Al, H, ..., a fast stand-in for tests); --potentials overrides it.")
+flags.DEFINE_string("potentials", None, "Two potentials, primary first, e.g. chgnet,sevennet: "
+                    "the primary relaxes every candidate, the second judges each against its "
+                    "own hull (--second_opinion) and a consensus verdict is reported.")
+flags.DEFINE_enum("second_opinion", "single_point", list(second_opinion.MODES), "How the "
+                  "second potential judges a candidate: single_point on the primary's relaxed "
+                  "structure, or relax (its own relaxation from there).")
 flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
                   "cache.")
 
@@ -76,17 +93,11 @@ _log = screen_runs.log_line
 
 
 def load_potential(name: str, threads: int):
-    """(calculator, potential name) for --potential."""
-    if name == "emt":
-        import ase
-        from ase.calculators.emt import EMT
-
-        return EMT(), f"EMT (ASE {ase.__version__})"
+    """(calculator, potential name with version) of one of potentials.POTENTIALS."""
     tic = time.perf_counter()
-    calculator = screening.load_calculator(threads)
-    _log(f"CHGNet {screening.model_version(calculator)} loaded in "
-         f"{time.perf_counter() - tic:.1f}s ({threads} torch thread(s))")
-    return calculator, f"CHGNet {screening.model_version(calculator)}"
+    calculator, potential = potentials.load(name, threads)
+    _log(f"{potential} loaded in {time.perf_counter() - tic:.1f}s ({threads} thread(s))")
+    return calculator, potential
 
 
 def main(argv: list[str]) -> int:
@@ -104,6 +115,12 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--structures needs the system: give {', '.join(missing)} (or "
                              "a flagfile such as --flagfile=experiments/pdni.flags)")
     out = Path(FLAGS.output) if FLAGS.output else (run_dir or folder) / "screening"
+    try:
+        names = potentials.parse_names(FLAGS.potentials or FLAGS.potential)
+    except ValueError as err:
+        raise app.UsageError(f"--potentials: {err}") from None
+    if len(names) > 2:
+        raise app.UsageError(f"--potentials takes one or two potentials, got {len(names)}")
     try:
         system = (screen_runs.run_system(run_dir) if run_dir is not None else
                   screen_runs.spec_system(cli.spec_from_flags(FLAGS, data_root=HERE.parent)))
@@ -137,7 +154,12 @@ def main(argv: list[str]) -> int:
     except locking.FolderLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    calculator, potential = load_potential(FLAGS.potential, FLAGS.threads)
+    try:
+        loaded = [load_potential(name, FLAGS.threads) for name in names]
+    except potentials.MissingExtraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    (calculator, potential), *others = loaded
     try:
         sys_ = screen_runs.System(system["element_a"], system["element_b"], system["data_ah"],
                                   system["data_bh"], system["options"], calculator, FLAGS.fmax,
@@ -146,6 +168,14 @@ def main(argv: list[str]) -> int:
                                   use_cache=FLAGS.hull_cache, potential=potential)
         result = sys_.screen(candidates, dest, str(run_dir or folder),
                              FLAGS.stability_threshold)
+        for calculator2, potential2 in others:  # the second opinion, with its own hull
+            journal2 = dest / f"training_relaxations_{second_opinion.slug(potential2)}.jsonl"
+            sys2 = screen_runs.System(system["element_a"], system["element_b"],
+                                      system["data_ah"], system["data_bh"], system["options"],
+                                      calculator2, FLAGS.fmax, FLAGS.max_steps, journal2,
+                                      use_cache=FLAGS.hull_cache, potential=potential2)
+            with locking.lock_folder(dest, _log):
+                result = second_opinion.judge(result, dest, sys2, FLAGS.second_opinion, _log)
     except locking.FolderLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
