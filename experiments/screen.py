@@ -83,9 +83,11 @@ flags.DEFINE_enum("potential", "chgnet", list(potentials.POTENTIALS), "The poten
 flags.DEFINE_string("potentials", None, "Two potentials, primary first, e.g. chgnet,sevennet: "
                     "the primary relaxes every candidate, the second judges each against its "
                     "own hull (--second_opinion) and a consensus verdict is reported.")
-flags.DEFINE_enum("second_opinion", "single_point", list(second_opinion.MODES), "How the "
-                  "second potential judges a candidate: single_point on the primary's relaxed "
-                  "structure, or relax (its own relaxation from there).")
+flags.DEFINE_enum("second_opinion", "relax", list(second_opinion.MODES), "How the "
+                  "second potential judges a candidate: relax (its own relaxation from the "
+                  "primary's relaxed structure; the verdicts need it, see "
+                  "crystalgan_jax.screening.second_opinion), or single_point on that "
+                  "structure (faster).")
 flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
                   "cache.")
 

@@ -158,7 +158,7 @@ def test_screen_script_with_two_potentials(tmp_path, sevennet):
     result = json.loads((out / "screening.json").read_text())
     primary, second = result["settings"]["potentials"]
     assert primary.startswith("EMT") and second.startswith("SevenNet-l3i5")
-    assert result["second_opinion"]["mode"] == "single_point"
+    assert result["second_opinion"]["mode"] == "relax"  # screen.py's default
     threshold = result["stability_threshold_eV_per_atom"]
     for row in result["structures"]:
         e1 = row["e_hull_eV_per_atom"]

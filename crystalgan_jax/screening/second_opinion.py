@@ -12,7 +12,17 @@ in one of two :data:`MODES`:
 A single point asks "is the structure the primary found stable by the second?", a
 relaxation "is there a stable structure near it?"; the relaxation can only lower the
 energy, so its E_hull is at most the single point's (up to the relaxation's own noise).
-Measured figures of how often the two modes change a verdict are in docs/results.md.
+
+The verdicts need the relaxation (the default of ``screen.py``): measured on 5 Pd-Ni-H
+candidates relaxed by CHGNet 0.3.0 (100 FIRE steps), SevenNet-l3i5's own relaxation
+lowered its E_hull by 0.005-0.05 eV/atom on the four converged ones and by 0.12 on the
+one CHGNet left unconverged, which moved one candidate across the 0.1 eV/atom threshold
+(0.129 -> 0.078: "disagree" -> "both stable"); the single points cost 1.1 s in all, the
+relaxations 30 s. A single point says how far the second potential is from the primary's
+minimum, not whether it has a stable one nearby. (In relax mode the second potential's
+energy is of its own relaxed structure, so its error against DFT in
+:mod:`crystalgan_jax.screening.dft_check`, computed on the primary's structures, includes
+the relaxation.)
 
 :func:`judge` adds to each row of ``screening.json`` the second potential's
 ``second_opinion`` (energy, formation energy, E_hull, status), ``e_hull_by_potential``,
@@ -155,7 +165,7 @@ class JudgementJournal:
                                 "judgement": j.to_json()}) + "\n")
 
 
-def judge(result: dict[str, Any], out: Path, system, mode: str = "single_point",
+def judge(result: dict[str, Any], out: Path, system, mode: str = "relax",
           log: Log | None = None) -> dict[str, Any]:
     """Adds the second potential's verdicts to a screening result and rewrites its files.
 
