@@ -18,7 +18,12 @@ A screening folder holds ``screening.json``, ``screening.md`` (every candidate r
 E_hull), ``relaxed/`` (POSCAR, CIF and the symmetrised CIF) and the journals
 ``relaxations.jsonl`` / ``hull_relaxations.jsonl`` of every relaxation as it ends: an
 interrupted screening run again with the same settings picks up where it stopped.
-``--workers`` relaxations run at once, one process each.
+``--workers`` relaxations run at once, one process each. ``--potentials=chgnet,sevennet``
+(the ``sevennet`` extra) adds a second opinion: the second potential judges every relaxed
+candidate against its own hull of the same phases (``--second_opinion``), and
+screening.json / .md get both E_hull, their difference and the consensus verdict
+(:mod:`crystalgan_jax.screening.second_opinion`); ``experiments/verify.py`` checks the top
+candidates with DFT.
 
 Array jobs: ``--shard=i/N`` relaxes every N-th candidate into ``OUTPUT/shards/i-of-N``
 (its own journals and lock); ``--collect=N`` merges the N shards into one screening in
@@ -31,6 +36,7 @@ The hull is cached per system under ``$CRYSTALGAN_CACHE`` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -40,7 +46,7 @@ from absl import app, flags
 from crystalgan_jax.pipeline import cli, discovery
 from crystalgan_jax.materials import io
 from crystalgan_jax import locking
-from crystalgan_jax.screening import potentials, runs as screen_runs, shards
+from crystalgan_jax.screening import potentials, runs as screen_runs, second_opinion, shards
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -106,17 +112,18 @@ def main(argv: list[str]) -> int:
         shard = shards.parse_shard(FLAGS.shard) if FLAGS.shard is not None else None
         if shard and FLAGS.collect:
             raise shards.ShardError("give --shard or --collect, not both")
-        relaxer = cli.relaxer_from_flags(FLAGS, _log)
+        relaxer, *others = cli.relaxers_from_flags(FLAGS, _log)
+        second = others[0] if others else None
     except cli.UsageError as err:
         raise app.UsageError(str(err)) from None
-    except potentials.MissingExtra as err:
+    except potentials.MissingExtraError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (io.StructureFileError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        with relaxer:
+        with relaxer, (second or contextlib.nullcontext()):
             if FLAGS.collect:
                 with locking.lock_folder(out, _log):
                     shards.merge_journals(out, FLAGS.collect, [n for n, _ in candidates])
@@ -130,7 +137,8 @@ def main(argv: list[str]) -> int:
                 summary = discovery.screen_run(run_dir, relaxer,
                                                stability_threshold=FLAGS.stability_threshold,
                                                use_cache=FLAGS.hull_cache, log=_log,
-                                               candidates=candidates)
+                                               candidates=candidates, second=second,
+                                               second_mode=FLAGS.second_opinion)
                 print(json.dumps({"generator": summary["generator"],
                                   "substitution": summary["substitution"]}))
                 return 0
@@ -141,6 +149,14 @@ def main(argv: list[str]) -> int:
                                       run_dir is not None, use_cache=FLAGS.hull_cache)
             result = sys_.screen(candidates, dest, str(run_dir or FLAGS.structures),
                                  FLAGS.stability_threshold)
+            if second is not None:  # the second opinion, with its own hull
+                sys2 = screen_runs.System(
+                    system["element_a"], system["element_b"], system["data_ah"],
+                    system["data_bh"], system["options"], second,
+                    dest / f"hull_relaxations_{second_opinion.slug(second.label)}.jsonl",
+                    substitution_in_hull=sys_.substitution_in_hull, use_cache=FLAGS.hull_cache)
+                with locking.lock_folder(dest, _log):
+                    result = second_opinion.judge(result, dest, sys2, FLAGS.second_opinion, _log)
     except (shards.ShardError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

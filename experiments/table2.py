@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
             table["substitution"] = tables.substitution_row(
                 tables.substitution_counts(base), tables.summarize_table2)
         if FLAGS.screen:
-            with cli.relaxer_from_flags(FLAGS, screen_runs.log_line) as relaxer:
+            with cli.relaxers_from_flags(FLAGS, screen_runs.log_line)[0] as relaxer:
                 screen_runs.screen_table(table, base, out, relaxer=relaxer, only=FLAGS.only,
                                          stability_threshold=FLAGS.stability_threshold)
             for row in table.values():

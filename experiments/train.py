@@ -18,6 +18,7 @@ beside this script, so ``--flagfile=pdni.flags`` works from the repository root 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -37,6 +38,7 @@ from crystalgan_jax.train.checkpoints import CheckpointError  # noqa: E402
 from crystalgan_jax.pipeline.errors import DivergenceError, RunError  # noqa: E402
 from crystalgan_jax.pipeline.job import run  # noqa: E402
 from crystalgan_jax import locking  # noqa: E402
+from crystalgan_jax.screening import potentials  # noqa: E402  (imports no torch)
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -94,22 +96,25 @@ def train(spec):
 def screen(out: Path) -> int:
     """The screening phase (--screen) of the run in ``out``; an exit status."""
     from crystalgan_jax.pipeline import discovery
-    from crystalgan_jax.screening import potentials
 
     log = lambda msg: logging.info("%s", msg)  # noqa: E731
     again = " ".join(["python experiments/train.py"] + [
         a for a in sys.argv[1:] if not a.startswith(("--resume", "--overwrite"))] + ["--resume"])
     try:
-        relaxer = cli.relaxer_from_flags(FLAGS, log)
-    except potentials.MissingExtra as err:
+        relaxers = cli.relaxers_from_flags(FLAGS, log)
+    except potentials.MissingExtraError as err:
         hint = f"{err}; then `{again}` screens this run"
         print(f"not screened: {hint}")
         discovery.write_report_section(out / "report.md", discovery.not_screened_markdown(hint))
         return 0
     try:
-        with relaxer:
-            discovery.screen_run(out, relaxer, stability_threshold=FLAGS.stability_threshold,
-                                 use_cache=FLAGS.hull_cache, log=log)
+        with contextlib.ExitStack() as held:
+            for relaxer in relaxers:
+                held.enter_context(relaxer)
+            discovery.screen_run(out, relaxers[0], stability_threshold=FLAGS.stability_threshold,
+                                 use_cache=FLAGS.hull_cache, log=log,
+                                 second=relaxers[1] if len(relaxers) > 1 else None,
+                                 second_mode=FLAGS.second_opinion)
     except locking.FolderLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -129,6 +134,11 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # a hyperparameter out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if FLAGS.screen:  # a wrong --potentials is refused before any training
+        try:
+            potentials.parse_names(",".join(FLAGS.potentials))
+        except ValueError as err:
+            raise app.UsageError(f"--potentials: {err}") from None
     out = Path(spec.output_dir)
     tic = time.perf_counter()
     try:

@@ -477,8 +477,16 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
                           "Which candidates (verdicts before relaxation): one per "
                           "StructureMatcher group of the good (strict) ones, good (strict), "
                           "good (paper), ternary, or all.", flag_values=flag_values)
-    flags.DEFINE_enum("potential", "chgnet", list(potentials.NAMES), "chgnet; or emt: ASE's "
-                      "EMT (Pd, Ni, Cu, Ag, Au, Pt, Al, H, ...), a fast stand-in for tests.",
+    flags.DEFINE_list("potentials", ["chgnet"], "The potential, or two (primary first, e.g. "
+                      "chgnet,sevennet): the primary relaxes every candidate, the second "
+                      "judges each against its own hull (--second_opinion) and a consensus "
+                      f"verdict is reported. Of {', '.join(potentials.POTENTIALS)} (emt: "
+                      "ASE's EMT, a fast stand-in for tests).", flag_values=flag_values)
+    flags.DEFINE_alias("potential", "potentials", flag_values=flag_values)
+    flags.DEFINE_enum("second_opinion", "relax", ["relax", "single_point"], "How the second "
+                      "potential judges a candidate: its own relaxation from the primary's "
+                      "relaxed structure (the verdicts need it: "
+                      "crystalgan_jax.screening.second_opinion), or a single point on it.",
                       flag_values=flag_values)
     flags.DEFINE_float("fmax", screening.DEFAULT_FMAX, "Relaxation converged when the "
                        "largest force (and stress x cell) is below this (eV/A).",
@@ -501,14 +509,23 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
                       flag_values=flag_values)
 
 
-def relaxer_from_flags(flag_values: flags.FlagValues = flags.FLAGS, log=None):
-    """The :class:`crystalgan_jax.screening.workers.Relaxer` the screening flags ask for.
+def relaxers_from_flags(flag_values: flags.FlagValues = flags.FLAGS, log=None) -> list:
+    """The :class:`crystalgan_jax.screening.workers.Relaxer` of each of --potentials
+    (primary first), with the screening flags' settings.
 
     Raises:
-      crystalgan_jax.screening.potentials.MissingExtra: the potential is not installed.
+      UsageError: a bad --potentials.
+      crystalgan_jax.screening.potentials.MissingExtraError: a potential is not installed.
     """
+    from crystalgan_jax.screening import potentials
     from crystalgan_jax.screening.workers import Relaxer
 
     fv = flag_values
-    return Relaxer(fv.potential, fmax=fv.fmax, max_steps=fv.max_steps,
-                   optimizer=fv.optimizer, workers=fv.workers, threads=fv.threads, log=log)
+    try:
+        names = potentials.parse_names(",".join(fv.potentials))
+    except ValueError as err:
+        raise UsageError(f"--potentials: {err}") from None
+    if len(names) > 2:
+        raise UsageError(f"--potentials takes one or two potentials, got {len(names)}")
+    return [Relaxer(name, fmax=fv.fmax, max_steps=fv.max_steps, optimizer=fv.optimizer,
+                    workers=fv.workers, threads=fv.threads, log=log) for name in names]

@@ -35,7 +35,9 @@ from typing import Any, Callable, Mapping, Sequence
 from pymatgen.core import Composition, Structure
 
 from crystalgan_jax.materials import evaluation, io
-from crystalgan_jax.screening import runs
+from crystalgan_jax import locking
+from crystalgan_jax.screening import runs, second_opinion
+from crystalgan_jax.screening.consensus import VERDICTS
 from crystalgan_jax.screening.hull import energetics
 from crystalgan_jax.screening.verdicts import ON_HULL_TOLERANCE
 from crystalgan_jax.screening.workers import Relaxer
@@ -75,7 +77,8 @@ def found_by(run_dir: Path) -> dict[str, list[str]]:
 
 def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                use_cache: bool = True, log: Log = runs.log_line,
-               candidates: Sequence[tuple[str, Structure]] | None = None) -> dict[str, Any]:
+               candidates: Sequence[tuple[str, Structure]] | None = None,
+               second: Relaxer | None = None, second_mode: str = "relax") -> dict[str, Any]:
     """Screens ``run_dir``'s candidates and the substitution baseline on one hull.
 
     Args:
@@ -83,6 +86,9 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
       relaxer: the potential and relaxation settings (and its worker processes).
       stability_threshold: stable means converged and E_hull <= this (eV/atom).
       candidates: instead of :func:`run_candidates` (a collected array job's).
+      second: a second potential's relaxer: it judges every relaxed candidate against its
+        own hull of the same phases (:mod:`crystalgan_jax.screening.second_opinion`,
+        ``second_mode``), and the candidates are ranked by the consensus.
     Returns:
       The summary (also ``RUN/screening/summary.json``).
     Raises:
@@ -103,6 +109,12 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     title = f"{a}-{b}-H, {run_dir}"
     tic = time.perf_counter()
     result = sys_.screen(named, out, title, stability_threshold, log)
+    if second is not None:
+        sys2 = runs.System(a, b, system["data_ah"], system["data_bh"], system["options"],
+                           second, out / f"hull_relaxations_{second_opinion.slug(second.label)}"
+                           ".jsonl", log, substitution_in_hull=True, use_cache=use_cache)
+        with locking.lock_folder(out, log):
+            result = second_opinion.judge(result, out, sys2, second_mode, log)
     screen_s = time.perf_counter() - tic
     sub = sys_.screen_substitution(out / "substitution", f"{a}-{b}-H substitution baseline",
                                    stability_threshold, log)
@@ -116,6 +128,9 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
                "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
                "comparison": cmp["counts"], "mixing": mixing(sys_),
+               "second_opinion": (None if second is None else {
+                   "potential": second.label, "mode": second_mode,
+                   "agreement": result["second_opinion"]["agreement"]}),
                "timing_s": {"hull": round(hull_s, 1), "screening": round(screen_s, 1)}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_report_section(run_dir / "report.md", dft_markdown(summary, grouped, run_dir))
@@ -152,8 +167,16 @@ def grouped_candidates(result: Mapping[str, Any], members: Mapping[str, list[str
             "members": sorted({m for r in rows for m in members.get(Path(r["name"]).name, [])}),
             "count": len(rows), "names": [r["name"] for r in rows], "name": best["name"],
             "relaxed_file": best.get("relaxed_file"),
-            "symmetrized_cif": best.get("symmetrized_cif")})
-    return sorted(out, key=lambda g: g["e_hull_eV_per_atom"])
+            "symmetrized_cif": best.get("symmetrized_cif"),
+            "consensus": best.get("consensus"),
+            "e_hull_second_eV_per_atom": (best.get("second_opinion") or {}).get(
+                "e_hull_eV_per_atom")})
+
+    def key(g):  # by the consensus of two potentials where there are two, then E_hull
+        verdict = VERDICTS.index(g["consensus"]) if g["consensus"] else 0
+        return verdict, g["e_hull_eV_per_atom"]
+
+    return sorted(out, key=key)
 
 
 def mixing(system: runs.System) -> dict[str, Any]:
@@ -217,14 +240,23 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
     if not grouped:
         lines += ["No candidate relaxed.", END]
         return "\n".join(lines) + "\n"
+    two = summary.get("second_opinion")
+    if two:
+        agree = two["agreement"]
+        lines += [f"Second opinion: {two['potential']} ({two['mode'].replace('_', ' ')}, its "
+                  f"own hull of the same phases): {agree['both stable']} both stable, "
+                  f"{agree['disagree']} disagree, {agree['both unstable']} both unstable, "
+                  f"{agree['unknown']} unknown; ranked by the consensus, then E_hull.", ""]
     shown = grouped[:TABLE_ROWS]
     lines += [f"{len(grouped)} distinct structures after relaxation, lowest E_hull first"
               + (f"; the first {len(shown)} here, all in "
                  "[screening/candidates_for_dft.json](screening/candidates_for_dft.json)"
                  if len(shown) < len(grouped) else "") + ".", "",
-              "| # | formula | space group | E_form | E_hull | stable | novel | count | "
+              "| # | formula | space group | E_form | E_hull | "
+              + ("E_hull (2nd) | consensus | " if two else "") + "stable | novel | count | "
               "member(s) | files |",
-              "| ---: | --- | --- | ---: | ---: | :-: | :-: | ---: | --- | --- |"]
+              "| ---: | --- | --- | ---: | ---: | " + ("---: | --- | " if two else "")
+              + ":-: | :-: | ---: | --- | --- |"]
     yes = {True: "yes", False: "no", None: "-"}
     for k, g in enumerate(shown, start=1):
         files = []
@@ -237,7 +269,9 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
         sg = "-" if g["spacegroup"] is None else f"{g['spacegroup']} ({g['spacegroup_number']})"
         lines.append(f"| {k} | {g['formula']} | {sg} | "
                      f"{_fmt(g['formation_energy_eV_per_atom'])} | "
-                     f"{_fmt(g['e_hull_eV_per_atom'])} | {yes[g['stable']]} | "
+                     f"{_fmt(g['e_hull_eV_per_atom'])} | "
+                     + (f"{_fmt(g['e_hull_second_eV_per_atom'])} | {g['consensus'] or '-'} | "
+                        if two else "") + f"{yes[g['stable']]} | "
                      f"{yes[g['novel']]} | {g['count']} | {', '.join(g['members']) or '-'} | "
                      f"{', '.join(files)} |")
     lines.append(END)

@@ -118,7 +118,7 @@ class Relaxer:
     """Relaxes lists of structures with one potential and one set of settings.
 
     Args:
-      potential: a name of :data:`crystalgan_jax.screening.potentials.NAMES`.
+      potential: a name of :data:`crystalgan_jax.screening.potentials.POTENTIALS`.
       fmax: convergence, largest force (eV/A; stress x cell through the cell filter).
       max_steps: optimizer steps at most.
       optimizer: ASE optimizer (:data:`crystalgan_jax.screening.relax.OPTIMIZERS`).
@@ -167,6 +167,12 @@ class Relaxer:
         if self.log:
             self.log(f"{self._label} loaded in {time.perf_counter() - tic:.1f}s "
                      f"({self.workers} process(es), {self.threads} thread(s) each)")
+
+    def in_process_calculator(self):
+        """The potential loaded in this process (for single points), loaded once."""
+        if self.calculator is None:
+            self.calculator, self._label = potentials.load(self.potential, self.threads)
+        return self.calculator
 
     def relax(self, jobs: Sequence[Job], on_done: Callable[[str, Relaxation], None] | None
               = None, progress: Log | None = None, tag: str = "relax") -> list[Relaxation]:
