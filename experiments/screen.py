@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
                     substitution_in_hull=sys_.substitution_in_hull, use_cache=FLAGS.hull_cache)
                 with locking.lock_folder(dest, _log):
                     result = second_opinion.judge(result, dest, sys2, FLAGS.second_opinion, _log)
-    except (shards.ShardError, FileNotFoundError) as err:
+    except (shards.ShardError, FileNotFoundError, potentials.MissingExtraError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except locking.FolderLockedError as err:

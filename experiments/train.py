@@ -102,12 +102,6 @@ def screen(out: Path) -> int:
         a for a in sys.argv[1:] if not a.startswith(("--resume", "--overwrite"))] + ["--resume"])
     try:
         relaxers = cli.relaxers_from_flags(FLAGS, log)
-    except potentials.MissingExtraError as err:
-        hint = f"{err}; then `{again}` screens this run"
-        print(f"not screened: {hint}")
-        discovery.write_report_section(out / "report.md", discovery.not_screened_markdown(hint))
-        return 0
-    try:
         with contextlib.ExitStack() as held:
             for relaxer in relaxers:
                 held.enter_context(relaxer)
@@ -115,6 +109,11 @@ def screen(out: Path) -> int:
                                  use_cache=FLAGS.hull_cache, log=log,
                                  second=relaxers[1] if len(relaxers) > 1 else None,
                                  second_mode=FLAGS.second_opinion)
+    except potentials.MissingExtraError as err:  # (a package that is there but broken too)
+        hint = f"{err}; then `{again}` screens this run"
+        print(f"not screened: {hint}")
+        discovery.write_report_section(out / "report.md", discovery.not_screened_markdown(hint))
+        return 0
     except locking.FolderLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -76,6 +76,9 @@ class _Worker:
                                         env=env, start_new_session=True)
         hello = _receive(self.process.stdout)
         if "error" in hello:
+            self.stop()
+            if hello.get("missing_extra"):
+                raise potentials.MissingExtraError(hello["error"])
             raise RuntimeError(f"screening worker could not load {r.potential}: "
                                f"{hello['error']}")
         self.label = hello["label"]
@@ -249,6 +252,9 @@ def _serve(potential: str, threads: int, fmax: float, max_steps: int, optimizer:
     requests = sys.stdin.buffer
     try:
         calculator, label = potentials.load(potential, threads)
+    except potentials.MissingExtraError as err:
+        _send(channel, {"error": str(err), "missing_extra": True})
+        return
     except Exception as err:
         _send(channel, {"error": f"{type(err).__name__}: {err}"})
         return
