@@ -7,7 +7,7 @@ without building a pymatgen Structure per sample: every row of a block holds the
 element, so the nearest atom of each species and the minimum distance of each pair type
 are reductions over fixed row ranges of one ``[C, R, R, S]`` distance array per chunk of
 ``C`` samples. What the evaluation tables hold beyond the verdicts (the neighbour table,
-each site's nearest of each species) and the space group are left empty; the caller adds
+the nearest atom of its class per atom) and the space group are left empty; the caller adds
 the space group where it needs it (the strictly good ones). A sample whose cell needs more
 lattice images than :data:`MAX_SHIFTS_PER_AXIS` allows, or whose numbers are not finite, is
 evaluated by :func:`~crystalgan_jax.materials.evaluation.evaluate_structure` instead.
@@ -42,6 +42,22 @@ def _formula(counts: tuple[tuple[str, int], ...]) -> str:
     from pymatgen.core import Composition
 
     return Composition(dict(counts)).formula
+
+
+@functools.lru_cache(maxsize=None)
+def _reduced(counts: tuple[tuple[str, int], ...]) -> str:
+    from pymatgen.core import Composition
+
+    return Composition(dict(counts)).reduced_formula
+
+
+def reduced_formula(symbols: Sequence[str]) -> str:
+    """pymatgen's reduced formula (e.g. ``"NiHPd"``) of a structure's site symbols,
+    computed once per composition."""
+    counts: dict[str, int] = {}
+    for s in symbols:
+        counts[s] = counts.get(s, 0) + 1
+    return _reduced(tuple(sorted(counts.items())))
 
 
 def _needed_images(lattice: np.ndarray, cart: np.ndarray, atoms: np.ndarray) -> np.ndarray:
@@ -92,8 +108,8 @@ def evaluate_batch(crystals: encoding.Crystal, layout: encoding.Layout, element_
     Rows with mask > ``threshold`` are atoms, as :func:`encoding.decode` reads them. The
     verdicts, reasons, formula, volume per atom and minimum distances per pair type equal
     those of :func:`evaluation.evaluate_structure` on the decoded structure;
-    ``spacegroup_*`` is None and the tables (``site_nearest``, ``nearest``,
-    ``neighbours``) are empty. ``unused`` takes the options that only the per-structure
+    ``site_nearest`` too (what the distance histograms read); ``spacegroup_*`` is None and
+    the tables ``nearest`` and ``neighbours`` are empty. ``unused`` takes the options that only the per-structure
     evaluation has (``symprec``), so that one set of criteria serves both.
     """
     classes = evaluation.default_classes(element_a, element_b) if classes is None else classes
@@ -165,6 +181,10 @@ def _verdicts(d: np.ndarray, atoms: np.ndarray, row_symbols: np.ndarray,
                 min_distances[key] = float(block.min())
     min_distances = dict(sorted(min_distances.items()))
 
+    rows = np.nonzero(atoms)[0]
+    nearest_of = {s: d[np.ix_(rows, in_species[s])].min(axis=1) for s in present}
+    site_nearest = tuple({s: float(nearest_of[s][k]) for s in present}
+                         for k in range(len(rows)))
     site = np.cumsum(atoms)  # 1-based site number of each atom row, as decode orders them
     paper_failures = []
     for r in np.nonzero(atoms)[0]:
@@ -203,7 +223,7 @@ def _verdicts(d: np.ndarray, atoms: np.ndarray, row_symbols: np.ndarray,
     return StructureEvaluation(
         formula=formula, n_atoms=n_atoms, volume_per_atom=volume_per_atom,
         spacegroup_symbol=None, spacegroup_number=None, min_distances=min_distances,
-        symbols=tuple(symbols), site_nearest=(), nearest=(), neighbours=(),
+        symbols=tuple(symbols), site_nearest=site_nearest, nearest=(), neighbours=(),
         ternary=ternary, good_paper=good_paper, good_strict=not strict_failures,
         ternary_reason=ternary_reason, good_paper_reason=good_paper_reason,
         good_strict_reason=evaluation.join_failures(strict_failures))
