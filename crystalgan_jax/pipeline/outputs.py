@@ -22,6 +22,8 @@ entry for each strictly good structure only, whose ``file`` names its frame
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -145,6 +147,56 @@ def write_member_outputs(spec: RunSpec, generated: dict, layout: encoding.Layout
     log(f"final structures also in {extxyz} and {database} "
         f"(e.g. `ase db {database} good_strict=True`)")
     return files, report
+
+
+def write_members(jobs: list[tuple[RunSpec, dict, Path, list[dict]]],
+                  layout: encoding.Layout, ah: io.Domain, bh: io.Domain,
+                  log: Callable[[str], None],
+                  inputs: ReportInputs | concurrent.futures.Future | None,
+                  workers: int | None = None) -> list[tuple[dict, dict | None]]:
+    """:func:`write_member_outputs` for each population member ``(spec, generated, folder,
+    metrics)``, in ``workers`` processes (None: one per core, at most one per member).
+
+    The members' host work (decoding, snapping, StructureMatcher, the files) is Python
+    that holds the GIL, so processes rather than threads; each is started once
+    (``spawn``: the parent runs JAX's threads, which ``fork`` would copy mid-flight) and
+    given the report's inputs once. A member's log lines come back with its result.
+    Returns (files, report) per job, in order.
+    """
+    if isinstance(inputs, concurrent.futures.Future):
+        inputs = inputs.result()
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    if workers <= 1:
+        return [write_member_outputs(spec, generated, layout, ah, bh, out, metrics, log,
+                                     inputs, member=True)
+                for spec, generated, out, metrics in jobs]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker,
+            initargs=(layout, ah, bh, inputs)) as pool:
+        futures = [pool.submit(_member_in_worker, *job) for job in jobs]
+        results = []
+        for future in futures:  # in member order, so that the log reads in order
+            files, report, lines = future.result()
+            for line in lines:
+                log(line)
+            results.append((files, report))
+    return results
+
+
+_WORKER: dict = {}  # what every member of a worker process shares: set by _start_worker
+
+
+def _start_worker(layout, ah, bh, inputs) -> None:
+    _WORKER.update(layout=layout, ah=ah, bh=bh, inputs=inputs)
+
+
+def _member_in_worker(spec: RunSpec, generated: dict, out: Path, metrics: list[dict]):
+    lines: list[str] = []
+    files, report = write_member_outputs(spec, generated, _WORKER["layout"], _WORKER["ah"],
+                                         _WORKER["bh"], out, metrics, lines.append,
+                                         _WORKER["inputs"], member=True)
+    return files, report, lines
 
 
 def write_samples_file(spec: RunSpec, generated: dict, layout: encoding.Layout,

@@ -51,6 +51,9 @@ class RunSpec:
         "auto" ("all" for a single run, "candidates" for a population's members).
       member_figures: a population's members also draw distances.png and losses.png (a
         single run always draws them; the pooled report always draws its own).
+      output_workers: processes that write a population's members after training, each
+        member in one (None: one per CPU core, at most one per member; 1: all in this
+        process). A single run writes in its own process.
     """
 
     data_ah: str
@@ -68,8 +71,11 @@ class RunSpec:
     evaluate: bool = True
     write_files: str = "auto"
     member_figures: bool = False
+    output_workers: int | None = None
 
     def __post_init__(self):
+        if self.output_workers is not None and self.output_workers < 1:
+            raise ValueError(f"output_workers must be at least 1, got {self.output_workers}")
         if self.write_files not in WRITE_FILES:
             raise ValueError(f"write_files must be one of {WRITE_FILES}, got "
                              f"{self.write_files!r}")
