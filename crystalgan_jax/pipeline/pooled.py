@@ -115,7 +115,7 @@ def write_pooled_report(out: Path, members: Sequence[Member], element_a: str,
     totals = {k: sum(r["counts"][k] for r in rows) for k in COUNT_KEYS}
     totals["unique"] = len(groups)
     figures = {"distance_histograms": None}
-    if training is not None and strict:
+    if training is not None:  # always, an empty panel where no member has a candidate
         from crystalgan_jax.materials import report as report_lib
 
         firsts = [found[0]["structure"] for _, found in sorted(groups.items())]
