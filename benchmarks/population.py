@@ -1,4 +1,10 @@
-"""Benchmark: populations of S = 1, 8, 64 CrystalGANs against this machine's matmul rate.
+"""Benchmark: populations of S = 1, 8, 64, 256 CrystalGANs, training and what follows it.
+
+``--method`` (default crystalgan_plus, the improved method, on the embedded Pd-H / Ni-H
+prototypes; ``--method=crystalgan --data=reference`` gives the earlier rounds' paper
+configuration on the reference data) with evaluation on: per S the seconds of compiling,
+training, generating, the members' outputs (evaluation and writing, in the member
+processes together: ``outputs.write_members``), and pooling; peak RSS.
 
 What is measured:
 
@@ -55,15 +61,23 @@ PAPER = dict(batch_size=35, depth=5, width=100, generator_steps=5, learning_rate
              beta1=0.5)
 
 
+SETTINGS = {"method": "crystalgan_plus", "data": "embedded", "workers": None}
+
+
 def _spec(out: Path, epochs: int):
     from crystalgan_jax.pipeline.spec import RunSpec
     from crystalgan_jax import train
 
-    cfg = train.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2), **PAPER)
-    return RunSpec(data_ah=str(REFERENCE / "PdH_dataset.mat"),
-                          data_bh=str(REFERENCE / "NiH_dataset.mat"), element_a="Pd",
-                          element_b="Ni", output_dir=str(out), train=cfg,
-                          checkpoint_every=epochs, evaluate=False)
+    cfg = train.TrainConfig(epochs=epochs, chunk_epochs=max(1, epochs // 2),
+                            method=SETTINGS["method"], **PAPER)
+    if SETTINGS["data"] == "reference":
+        data = dict(data_ah=str(REFERENCE / "PdH_dataset.mat"),
+                    data_bh=str(REFERENCE / "NiH_dataset.mat"))
+    else:
+        data = dict(data_ah=str(REPO / "data" / "PdH"), data_bh=str(REPO / "data" / "NiH"))
+    return RunSpec(**data, element_a="Pd", element_b="Ni", output_dir=str(out), train=cfg,
+                   checkpoint_every=epochs, evaluate=True,
+                   output_workers=SETTINGS["workers"])
 
 
 def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
@@ -91,6 +105,24 @@ def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
         return wrapped
 
     train_population.make_population_chunk = timed
+    phases: dict[str, float] = {}
+
+    def timing(name, owner, attr):
+        fun = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            tic = time.perf_counter()
+            out = fun(*args, **kwargs)
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - tic
+            return out
+        setattr(owner, attr, wrapped)
+
+    from crystalgan_jax.pipeline import outputs, pooled, trainers
+    timing("generate_s", trainers.PopulationTrainer, "generate")
+    timing("generate_s", trainers.SingleTrainer, "generate")
+    timing("outputs_s", outputs, "write_members")  # a population's members
+    timing("outputs_s", outputs, "write_member_outputs")  # a single run (same writer)
+    timing("pool_s", pooled, "write_pooled_report")
     with tempfile.TemporaryDirectory() as tmp:
         base = _spec(Path(tmp) / "pop", epochs)
         spec = PopulationSpec(
@@ -98,14 +130,25 @@ def child(size: int, epochs: int, cpu_devices: int, group: int | None) -> dict:
         tic = time.perf_counter()
         job.run(spec, log=lambda m: None)
         wall = time.perf_counter() - tic
+        files = sum(1 for p in Path(tmp).rglob("*") if p.is_file())
+        pooled_counts = (json.loads((Path(tmp) / "pop" / "report.json").read_text())["counts"]
+                         if (Path(tmp) / "pop" / "report.json").exists() else None)
     steady = {}
     for stage in dict.fromkeys(name for name, _, _ in calls):
         chunks = [(n, t) for name, n, t in calls if name == stage]
         n, t = chunks[-1]  # the last chunk of the stage: compiled already
         steady[stage] = t / n
-    return {"members": size, "wall_s": wall, "train_s": sum(t for _, _, t in calls),
+    train_s = sum(t for _, _, t in calls)
+    compile_s = sum(t - n * steady[name] for name, n, t in
+                    [next(c for c in calls if c[0] == stage) for stage in steady])
+    return {"members": size, "wall_s": wall, "train_s": train_s,
+            "compile_s": compile_s, **phases,
+            "after_training_s": sum(phases.values()), "files": files,
+            "pooled_counts": pooled_counts,
             "chunks": calls, "steady_s_per_epoch": steady,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # the largest member-writing process (outputs.write_members' pool)
+            "peak_rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "devices": [str(d) for d in jax.devices()]}
 
 
@@ -119,16 +162,15 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     from crystalgan_jax.pipeline.prepare import load_domains
     from crystalgan_jax import train
 
-    spec = _spec(Path("unused"), epochs)
-    cfg = spec.train
-    ah, bh = load_domains(spec)
-    layout = encoding.Layout.fit("Pd", "Ni", ah.structures + bh.structures)
-    x, y = (jax.tree_util.tree_map(jnp.asarray, encoding.encode_batch(
-        d.structures, layout, dtype=np.float32)) for d in (ah, bh))
-    lattices = np.concatenate([x.lattice, y.lattice])
-    nets = train.Networks.build(layout.rows, train.length_scale(lattices), cfg)
+    from crystalgan_jax.pipeline.prepare import prepare, with_clash_radii
+    from crystalgan_jax.pipeline.spec import PopulationSpec
+
+    spec = with_clash_radii(PopulationSpec.single(_spec(Path("unused"), epochs))).base
+    prepared = prepare(spec, lambda m: None)  # the learned windows of crystalgan_plus
+    cfg = prepared.spec.train
+    nets, shifts = prepared.nets, prepared.shifts
+    x, y = (jax.tree_util.tree_map(jnp.asarray, c) for c in (prepared.x, prepared.y))
     state = train.init_state(jax.random.PRNGKey(0), nets, cfg)
-    shifts = train.penalty_shifts(lattices, cfg)
     out = {}
     for name in cfg.stages:
         stage = train.STAGES[name]
@@ -154,7 +196,11 @@ def epoch_flops(epochs: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1,8,64")
+    parser.add_argument("--sizes", default="1,8,64,256")
+    parser.add_argument("--method", default="crystalgan_plus")
+    parser.add_argument("--data", default="embedded", choices=("embedded", "reference"))
+    parser.add_argument("--workers", type=int, default=None,
+                        help="RunSpec.output_workers (default: one per core)")
     parser.add_argument("--epochs", type=int, default=200, help="epochs per stage")
     parser.add_argument("--repeats", type=int, default=20, help="matmul repeats")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "population.json"))
@@ -173,7 +219,10 @@ def main() -> int:
     parser.add_argument("--ceiling_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     PAPER.update(depth=args.depth, width=args.width)  # the children get the same flags
-    network_args = [f"--depth={args.depth}", f"--width={args.width}"]
+    SETTINGS.update(method=args.method, data=args.data, workers=args.workers)
+    network_args = [f"--depth={args.depth}", f"--width={args.width}",
+                    f"--method={args.method}", f"--data={args.data}",
+                    *([f"--workers={args.workers}"] if args.workers else [])]
     if args.child is not None:
         print(json.dumps(child(args.child, args.epochs, args.cpu_devices, args.group)))
         return 0
@@ -184,7 +233,7 @@ def main() -> int:
         print(json.dumps(layer_products_rate(batch=PAPER["batch_size"], width=PAPER["width"],
                                              group=args.group, repeats=args.repeats)))
         return 0
-    if not REFERENCE.exists():
+    if args.data == "reference" and not REFERENCE.exists():
         print(f"reference data not found: {REFERENCE}", file=sys.stderr)
         return 1
     import jax
@@ -219,8 +268,11 @@ def main() -> int:
         r["achieved_gflops"] = size * member_flops / steady / 1e9
         results.append(r)
         print(f"S = {size:3d}: wall {r['wall_s']:.1f} s, training {r['train_s']:.1f} s "
-              f"(steady state {steady:.1f} s), peak RSS {r['peak_rss_mib']:.0f} MiB, "
-              f"{r['achieved_gflops']:.2f} GFLOP/s", flush=True)
+              f"(compile {r['compile_s']:.1f}, steady state {steady:.1f} s), generate "
+              f"{r.get('generate_s', 0):.1f} s, evaluate + write {r.get('outputs_s', 0):.1f} s, "
+              f"pool {r.get('pool_s', 0):.1f} s, after training "
+              f"{r['after_training_s']:.1f} s, {r['files']} files, peak RSS "
+              f"{r['peak_rss_mib']:.0f} MiB, {r['achieved_gflops']:.2f} GFLOP/s", flush=True)
     mm = matmul_rate(repeats=args.repeats)
     ceiling = json.loads(subprocess.run(
         [sys.executable, __file__, "--ceiling_child", *network_args,
@@ -236,15 +288,27 @@ def main() -> int:
     print(f"layer products alone ({ceiling['group']} x [{ceiling['batch']}, {ceiling['width']}] "
           f"per device, {ceiling['devices']} devices): {ceiling['gflops']:.2f} GFLOP/s "
           f"({100 * ceiling['fraction_of_matmul_rate']:.0f} % of the matmul rate)")
+    print("| S | wall | compile | training | generate | evaluate + write | pool | after "
+          "training | files | peak RSS (MiB) | GFLOP/s | of matmul | of layer products |")
+    print("| ---: " * 13 + "|")
+    for r in results:
+        print(f"| {r['members']} | {r['wall_s']:.1f} | {r['compile_s']:.1f} | "
+              f"{r['train_s']:.1f} | {r.get('generate_s', 0):.1f} | "
+              f"{r.get('outputs_s', 0):.1f} | {r.get('pool_s', 0):.1f} | "
+              f"{r['after_training_s']:.1f} | {r['files']} | {r['peak_rss_mib']:.0f} | "
+              f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_matmul_rate']:.0f} % | "
+              f"{100 * r['fraction_of_layer_products']:.0f} % |")
     if not results:
         return 1
     ratio = results[-1]["train_s"] / results[0]["train_s"]
     report = {
-        "measured": "job.run, paper configuration on the reference data, no "
-                    "evaluation; training time includes compilation; steady state = last "
+        "measured": f"job.run, {args.method} (paper network sizes) on the {args.data} "
+                    "data, with evaluation; training time includes compilation; "
+                    "after training = generate + members' outputs + pool; steady state = last "
                     "chunk of each stage; FLOPs from XLA cost analysis of D and G "
                     "value_and_grad per minibatch",
         "epochs_per_stage": args.epochs,
+        "method": args.method, "data": args.data, "output_workers": args.workers,
         "network": {"depth": args.depth, "width": args.width},
         "cpu_devices": args.cpu_devices,
         "member_group": args.group if args.group is not None else "library default",

@@ -17,7 +17,7 @@ TINY = {
     "finite_check": ["--chunk=1", "--repeats=1"],
     "geometry": ["--repeats=1"],
     "train": ["--epochs=1", "--skip_wall", "--matmul_repeats=1", "--depth=1"],
-    "population": ["--sizes=1", "--epochs=2", "--repeats=1", "--cpu_devices=1",
+    "population": ["--sizes=1,2", "--epochs=2", "--repeats=1", "--cpu_devices=1",
                    "--depth=1", "--width=16"],
     "screening": ["--structures=1", "--repeats=1", "--steps=1"],
     "optimizers": ["--structures=1", "--max_steps=2"],

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import ase.io
 import jax
 import numpy as np
 import pytest
@@ -126,7 +127,10 @@ def test_population_outputs(pop_run):
     assert md.splitlines()[4].startswith("| rank | member | seed | l7 |")
     for m in result.members:
         folder = out / "members" / m.name
-        assert (folder / "report.md").exists() and (folder / "structures" / "final").is_dir()
+        # a member's default (write_files="auto"): its samples in one file, no file each
+        assert (folder / "report.md").exists() and (folder / "structures.extxyz").exists()
+        assert (folder / "run.db").exists() and not (folder / "structures").exists()
+        assert not (folder / "distances.png").exists()  # figures per member only if asked
         config = json.loads((folder / "config.json").read_text())
         assert config["spec"]["seed"] == m.seed
         assert config["spec"]["train"]["weights"]["l7"] == m.weights.l7
@@ -199,11 +203,14 @@ def test_two_processes_equal_one(pop_run, small_data, tmp_path):
             == [(r["member"], r["counts"]) for r in pooled_one["members"]])
     assert ([c["found_by"] for c in pooled_two["candidates"]]
             == [c["found_by"] for c in pooled_one["candidates"]])
-    for m in result.members:  # every member's structures, written by the process holding it
-        files_one = sorted(p.relative_to(result.output_dir) for p in
-                           (result.output_dir / "members" / m.name).rglob("*.vasp"))
-        files_two = sorted(p.relative_to(out) for p in (out / "members" / m.name).rglob("*.vasp"))
-        assert files_two == files_one
+    for m in result.members:  # every member's samples, written by the process holding it
+        frames_one = ase.io.read(result.output_dir / "members" / m.name / "structures.extxyz",
+                                 index=":")
+        frames_two = ase.io.read(out / "members" / m.name / "structures.extxyz", index=":")
+        assert ([(f.info["direction"], f.info["sample"], f.info["good_strict"])
+                 for f in frames_two]
+                == [(f.info["direction"], f.info["sample"], f.info["good_strict"])
+                    for f in frames_one]) and frames_one
 
 
 def test_resume_after_interrupt_equals_uninterrupted(pop_run, small_data, tmp_path,

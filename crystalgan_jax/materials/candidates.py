@@ -140,13 +140,15 @@ def novel_flags(candidates: Sequence[Structure], references: Sequence[Structure]
 def count_novel(structures: Sequence[Structure],
                 evaluations: Sequence[evaluation.StructureEvaluation],
                 references: Sequence[Structure],
-                matcher: StructureMatcher | None = None) -> int:
+                matcher: StructureMatcher | None = None,
+                labels: Sequence[int] | None = None) -> int:
     """Unique strictly good structures (StructureMatcher groups) that match no reference.
 
     One representative per group (its first member) is compared, as
-    :func:`crystalgan_jax.materials.evaluation.unique_groups` groups them.
+    :func:`crystalgan_jax.materials.evaluation.unique_groups` groups them; ``labels``:
+    those groups of the strictly good structures, in order, where computed already.
     """
     strict = [s for s, e in zip(structures, evaluations) if e.good_strict]
-    labels = evaluation.unique_groups(strict, matcher)
+    labels = list(evaluation.unique_groups(strict, matcher) if labels is None else labels)
     representatives = [strict[labels.index(g)] for g in sorted(set(labels))]
     return sum(novel_flags(representatives, references, matcher))

@@ -159,7 +159,9 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _join(failures: Sequence[str]) -> str | None:
+def join_failures(failures: Sequence[str]) -> str | None:
+    """A verdict's reason: the first :data:`MAX_LISTED_FAILURES` failures joined by "; ",
+    the rest counted; None where there is none."""
     if not failures:
         return None
     listed = list(failures[:MAX_LISTED_FAILURES])
@@ -295,7 +297,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
     present = set(symbols)
     missing, extra = sorted(wanted - present), sorted(present - wanted)
     ternary = not missing and not extra
-    ternary_reason = _join(([f"no {', '.join(missing)}"] if missing else [])
+    ternary_reason = join_failures(([f"no {', '.join(missing)}"] if missing else [])
                            + ([f"holds {', '.join(extra)}"] if extra else []))
 
     if n_atoms == 0:
@@ -336,7 +338,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
                 paper_failures.append(f"{label}: nearest {name} {dist:.3f} A > d2={d2:.3f} A")
     good_paper = ternary and not paper_failures
     good_paper_reason = (None if good_paper else
-                         _join(([f"not ternary ({ternary_reason})"] if not ternary else [])
+                         join_failures(([f"not ternary ({ternary_reason})"] if not ternary else [])
                                + paper_failures))
 
     strict_failures = [] if good_paper else ["fails good (paper)"]
@@ -364,7 +366,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
         site_nearest=tuple(nearest_species), nearest=tuple(nearest), neighbours=table,
         ternary=ternary, good_paper=good_paper, good_strict=good_strict,
         ternary_reason=ternary_reason, good_paper_reason=good_paper_reason,
-        good_strict_reason=_join(strict_failures))
+        good_strict_reason=join_failures(strict_failures))
 
 
 def evaluate_structures(structures: Sequence[Structure], element_a: str, element_b: str,

@@ -55,6 +55,11 @@ def structure_keys(entry: Mapping[str, Any] | None) -> dict[str, Any]:
     for verdict, reason in (entry.get("reasons") or {}).items():
         if reason is not None:
             out[f"reason_{verdict}"] = str(reason)
+    if entry.get("volume_per_atom_A3") is not None:
+        out["volume_per_atom"] = float(entry["volume_per_atom_A3"])
+    for pair, distance in (entry.get("min_distances_A") or {}).items():
+        if distance is not None:  # e.g. min_H_Pd: a key ASE's database accepts
+            out["min_" + pair.replace("-", "_")] = float(distance)
     return out
 
 
@@ -74,8 +79,6 @@ def write_exports(output_dir: str | os.PathLike,
     Returns:
       The paths of the two files.
     """
-    import ase.db
-    import ase.io
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from crystalgan_jax.materials import io
@@ -96,6 +99,18 @@ def write_exports(output_dir: str | os.PathLike,
             keys.update(structure_keys(entries.get(os.path.normpath(path))))
             frames.append((atoms, keys))
 
+    return write_frames(output_dir, frames)
+
+
+def write_frames(output_dir: str | os.PathLike, frames: Sequence[tuple[Any, Mapping[str, Any]]]
+                 ) -> tuple[Path, Path]:
+    """Writes ``structures.extxyz`` and ``run.db`` into ``output_dir`` (replacing old ones)
+    from ``(ase.Atoms, key-value pairs)`` per structure, in order: frame k of the extended
+    XYZ file is row k + 1 of the database. Returns the paths of the two files."""
+    import ase.db
+    import ase.io
+
+    output_dir = Path(output_dir)
     extxyz, database = output_dir / EXTXYZ, output_dir / DATABASE
     written = []
     for atoms, keys in frames:

@@ -306,6 +306,8 @@ def write_report(output_dir: str | os.PathLike,
                  volume_per_atom_range: tuple[float, float] = evaluation.VOLUME_PER_ATOM_RANGE,
                  references: Sequence[Structure] | None = None,
                  training_evaluations: Sequence[StructureEvaluation] | None = None,
+                 evaluations: Sequence[StructureEvaluation] | None = None,
+                 entries: str = "all", figures: bool = True,
                  ) -> dict[str, Any]:
     """Evaluates the final structures and writes report.json, report.md and the figures.
 
@@ -326,6 +328,14 @@ def write_report(output_dir: str | os.PathLike,
       training_evaluations: :func:`evaluate_training` of ``training_structures`` with the
         same criteria, computed ahead (a run does it while it trains); computed here
         where None.
+      evaluations: the evaluation of each generated structure in ``generated`` order,
+        computed ahead (:func:`crystalgan_jax.materials.batch_evaluation.evaluate_batch`);
+        evaluated here where None. A structure may then be None where it is not
+        strictly good (only those are matched).
+      entries: "all" (one ``structures`` entry per generated structure) or "strict" (the
+        strictly good ones only: a population member's report, whose every sample is in
+        its structures.extxyz and run.db instead).
+      figures: draw distances.png and losses.png.
     Returns:
       The report dict written to report.json.
     """
@@ -335,11 +345,20 @@ def write_report(output_dir: str | os.PathLike,
         generated = {"generated": generated}
     options = dict(d1=d1, d2=d2, cutoff=cutoff, symprec=symprec, classes=classes,
                    covalent_factor=covalent_factor, volume_per_atom_range=volume_per_atom_range)
-    entries = [(group, str(path), structure)
-               for group, named in generated.items() for path, structure in named]
-    structures = [s for _, _, s in entries]
-    evaluations = evaluation.evaluate_structures(structures, element_a, element_b, **options)
-    if training_evaluations is None:
+    if entries not in ("all", "strict"):
+        raise ValueError(f"entries must be 'all' or 'strict', got {entries!r}")
+    named = [(group, str(path), structure)
+             for group, items in generated.items() for path, structure in items]
+    structures = [s for _, _, s in named]
+    if evaluations is None:
+        evaluations = evaluation.evaluate_structures(structures, element_a, element_b,
+                                                     **options)
+    elif len(evaluations) != len(structures):
+        raise ValueError(f"{len(evaluations)} evaluations given for {len(structures)} "
+                         "structures")
+    if not figures:
+        training = []
+    elif training_evaluations is None:
         training = evaluate_training(training_structures, element_a, element_b, **options)
     elif len(training_evaluations) != len(training_structures):
         raise ValueError(f"{len(training_evaluations)} training evaluations given for "
@@ -347,25 +366,34 @@ def write_report(output_dir: str | os.PathLike,
     else:
         training = list(training_evaluations)
 
-    counts = evaluation.count_verdicts(structures, evaluations)
+    # StructureMatcher's groups of the strictly good ones, matched once: the unique and
+    # the novel counts both take them (matching is most of a report's time)
+    strict = [k for k, e in enumerate(evaluations) if e.good_strict]
+    strict_labels = evaluation.unique_groups([structures[k] for k in strict])
+    labels = dict(zip(strict, strict_labels))
+    counts = {"generated": len(evaluations),
+              "ternary": sum(e.ternary for e in evaluations),
+              "good_paper": sum(e.good_paper for e in evaluations),
+              "good_strict": len(strict), "unique": len(set(strict_labels))}
     if references is not None:
         from crystalgan_jax.materials import candidates
 
-        counts["novel"] = candidates.count_novel(structures, evaluations, references)
+        counts["novel"] = candidates.count_novel(structures, evaluations, references,
+                                                 labels=strict_labels)
     by_group = {}
     for group in generated:
-        members = [k for k, (g, _, _) in enumerate(entries) if g == group]
+        members = [k for k, (g, _, _) in enumerate(named) if g == group]
         by_group[group] = evaluation.count_verdicts([structures[k] for k in members],
                                                     [evaluations[k] for k in members])
-    strict = [k for k, e in enumerate(evaluations) if e.good_strict]
-    labels = dict(zip(strict, evaluation.unique_groups([structures[k] for k in strict])))
 
-    figures = {"distance_histograms": plot_distance_histograms(
-        evaluations, training, element_a, element_b, output_dir / DISTANCES_PNG, d1, d2).name,
-        "loss_curves": None}
-    if metrics:
+    drawn = {"distance_histograms": None, "loss_curves": None}
+    if figures:
+        drawn["distance_histograms"] = plot_distance_histograms(
+            evaluations, training, element_a, element_b, output_dir / DISTANCES_PNG, d1,
+            d2).name
+    if figures and metrics:
         written = plot_losses(metrics, output_dir / LOSSES_PNG)
-        figures["loss_curves"] = written.name if written else None
+        drawn["loss_curves"] = written.name if written else None
 
     used_classes = classes or evaluation.default_classes(element_a, element_b)
     report = {
@@ -379,13 +407,15 @@ def write_report(output_dir: str | os.PathLike,
         "counts": counts,
         "counts_by_group": by_group,
         "n_training_structures": len(training_structures),
-        "figures": figures,
+        "figures": drawn,
+        "entries": entries,
         "structures": [{"file": _display_path(path, output_dir), "group": group,
                         "unique_group": labels.get(k), **ev.to_json()}
-                       for k, ((group, path, _), ev) in enumerate(zip(entries, evaluations))],
+                       for k, ((group, path, _), ev) in enumerate(zip(named, evaluations))
+                       if entries == "all" or ev.good_strict],
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (output_dir / "report.md").write_text(_markdown(report, figures))
+    (output_dir / "report.md").write_text(_markdown(report, drawn))
     return report
 
 

@@ -278,20 +278,27 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
     if jax.process_index() == 0:
         folder.unmark_outputs(out)
     generated = trainer.generate(state)
-    files, reports = {}, {}
-    for i in local:
-        files[i], reports[i] = outputs.write_member_outputs(
-            pop.member_spec(pop.members[i]), generated[i], layout, ah, bh, member_dirs[i],
-            metrics[i], log, inputs)
-    timing["outputs"] = round(time.perf_counter() - tic - timing["training"], 2)
     if pop.single_run:
+        files, report = outputs.write_member_outputs(base, generated[0], layout, ah, bh, out,
+                                                     metrics[0], log, inputs)
+        timing["outputs"] = round(time.perf_counter() - tic - timing["training"], 2)
         folder.mark_outputs_written(out, epoch)
-        return RunResult(out, layout, state, files[0], metrics[0], reports[0], base, timing)
+        return RunResult(out, layout, state, files, metrics[0], report, base, timing)
+    jobs = [(pop.member_spec(pop.members[i]), generated.pop(i), member_dirs[i], metrics[i])
+            for i in local]
+    written = outputs.write_members(jobs, layout, ah, bh, log, inputs, base.output_workers)
+    del jobs  # the samples are on disk now
+    files = {i: f for i, (f, _) in zip(local, written)}
+    reports = {i: r for i, (_, r) in zip(local, written)}
+    timing["outputs"] = round(time.perf_counter() - tic - timing["training"], 2)
     barrier("members written")
     pooled_report = None
     if base.evaluate and jax.process_index() == 0:
-        pooled_report = pooled.write_pooled_report(out, pop.members, base.element_a,
-                                                   base.element_b)
+        ready = inputs.result() if isinstance(inputs, concurrent.futures.Future) else inputs
+        pooled_report = pooled.write_pooled_report(
+            out, pop.members, base.element_a, base.element_b,
+            training=ready.training if ready else None,
+            criteria=ready.options if ready else None)
         log(f"pooled: {pooled_report['counts']['unique']} unique strictly good structures "
             f"from {len(pop.members)} members in {out / 'candidates'}")
     if jax.process_index() == 0:

@@ -2,18 +2,28 @@
 alike: the structure files, symmetry snapping, the report with its novelty count, and the
 ASE exports.
 
-Into a run's (or member's) folder:
+Into a run's (or member's) folder, with ``write_files="all"`` (a single run's default):
 
 * ``structures/stage1/{AHB,BHA}/NNN.vasp`` and ``.cif`` (step-1 outputs) and
   ``structures/final/{AHB,BHA}/NNN.vasp`` and ``.cif`` (the generated ternaries; the GAN
   baseline writes ``final/GAN``), real element symbols;
 * the report of :mod:`crystalgan_jax.materials.report` (``report.json``, ``report.md``,
   plots) and ``structures.extxyz`` / ``run.db`` (:mod:`crystalgan_jax.materials.export`).
+
+With ``write_files="candidates"`` (a population member's default) no file per sample: every
+final sample is evaluated from the generated arrays at once
+(:mod:`crystalgan_jax.materials.batch_evaluation`) and kept, with its verdicts, as one frame
+of ``structures.extxyz`` and one row of ``run.db``; ``report.json`` has the counts and an
+entry for each strictly good structure only, whose ``file`` names its frame
+(``structures.extxyz@K``, as ``ase.io.read`` takes it). The counts are the same as
+``"all"`` gives (tested). The figures only where asked (``member_figures``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -79,21 +89,46 @@ def write_outputs(spec: RunSpec, state: train.TrainState, prepared: Prepared,
                                 inputs)
 
 
+def files_to_write(spec: RunSpec, member: bool) -> str:
+    """``spec.write_files`` with "auto" resolved: "all" for a single run, "candidates" for
+    a member of a population."""
+    if spec.write_files != "auto":
+        return spec.write_files
+    return "candidates" if member else "all"
+
+
 def write_member_outputs(spec: RunSpec, generated: dict, layout: encoding.Layout,
                          ah: io.Domain, bh: io.Domain, out: Path, metrics: list[dict],
                          log: Callable[[str], None],
-                         inputs: ReportInputs | concurrent.futures.Future | None = None
-                         ) -> tuple[dict, dict | None]:
+                         inputs: ReportInputs | concurrent.futures.Future | None = None,
+                         member: bool = False) -> tuple[dict, dict | None]:
     """Everything a run (or one member of a population) writes after training, into
     ``out``: the generated structures (snapped where ``snap_symprec`` > 0), if
     ``spec.evaluate`` the report with the novelty count, and the exports
-    (``structures.extxyz``, ``run.db``). Returns (files, report).
+    (``structures.extxyz``, ``run.db``). Returns (files, report); files is empty where no
+    file per sample is written (:func:`files_to_write`).
 
     ``generated``: :func:`crystalgan_jax.train.generate`'s output for this run, as
     host arrays. ``inputs``: :func:`report_inputs` for ``spec``, or its future, computed
-    ahead; computed here where None.
+    ahead; computed here where None. ``member``: ``out`` is a population member's folder
+    (what "auto" and ``member_figures`` decide by).
     """
     cfg = spec.train
+    figures = not member or spec.member_figures
+    if spec.evaluate:
+        if inputs is None:
+            inputs = report_inputs(spec, ah, bh)
+        elif isinstance(inputs, concurrent.futures.Future):
+            inputs = inputs.result()
+    provenance = {"seed": spec.seed, "method": cfg.method,
+                  "system": f"{spec.element_a}-{spec.element_b}-H"}
+    if files_to_write(spec, member) == "candidates":
+        report, (extxyz, database) = write_samples_file(
+            spec, generated, layout, ah, bh, out, metrics, log,
+            inputs if spec.evaluate else None, figures, provenance)
+        log(f"final structures in {extxyz} and {database} "
+            f"(e.g. `ase db {database} good_strict=True`)")
+        return {}, report
     files = write_structures(generated, layout, out, log)
     if cfg.snap_symprec > 0:
         snap_files(files.get("final", {}), cfg.snap_symprec, log)
@@ -101,24 +136,164 @@ def write_member_outputs(spec: RunSpec, generated: dict, layout: encoding.Layout
     if spec.evaluate:
         from crystalgan_jax.materials import report as report_lib
 
-        if inputs is None:
-            inputs = report_inputs(spec, ah, bh)
-        elif isinstance(inputs, concurrent.futures.Future):
-            inputs = inputs.result()
         report = report_lib.write_run_report(out, files, ah.structures + bh.structures,
                                              spec.element_a, spec.element_b, metrics,
                                              references=inputs.references,
                                              training_evaluations=inputs.training,
-                                             **inputs.options)
+                                             figures=figures, **inputs.options)
     from crystalgan_jax.materials import export
 
-    extxyz, database = export.write_exports(
-        out, files.get("final", {}), report,
-        {"seed": spec.seed, "method": cfg.method,
-         "system": f"{spec.element_a}-{spec.element_b}-H"})
+    extxyz, database = export.write_exports(out, files.get("final", {}), report, provenance)
     log(f"final structures also in {extxyz} and {database} "
         f"(e.g. `ase db {database} good_strict=True`)")
     return files, report
+
+
+def write_members(jobs: list[tuple[RunSpec, dict, Path, list[dict]]],
+                  layout: encoding.Layout, ah: io.Domain, bh: io.Domain,
+                  log: Callable[[str], None],
+                  inputs: ReportInputs | concurrent.futures.Future | None,
+                  workers: int | None = None) -> list[tuple[dict, dict | None]]:
+    """:func:`write_member_outputs` for each population member ``(spec, generated, folder,
+    metrics)``, in ``workers`` processes (None: one per core, at most one per member).
+
+    The members' host work (decoding, snapping, StructureMatcher, the files) is Python
+    that holds the GIL, so processes rather than threads; each is started once
+    (``spawn``: the parent runs JAX's threads, which ``fork`` would copy mid-flight) and
+    given the report's inputs once. A member's log lines come back with its result.
+    Returns (files, report) per job, in order.
+    """
+    if isinstance(inputs, concurrent.futures.Future):
+        inputs = inputs.result()
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    if workers <= 1:
+        return [write_member_outputs(spec, generated, layout, ah, bh, out, metrics, log,
+                                     inputs, member=True)
+                for spec, generated, out, metrics in jobs]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker,
+            initargs=(layout, ah, bh, inputs)) as pool:
+        futures = [pool.submit(_member_in_worker, *job) for job in jobs]
+        results = []
+        for future in futures:  # in member order, so that the log reads in order
+            files, report, lines = future.result()
+            for line in lines:
+                log(line)
+            results.append((files, report))
+    return results
+
+
+_WORKER: dict = {}  # what every member of a worker process shares: set by _start_worker
+
+
+def _start_worker(layout, ah, bh, inputs) -> None:
+    _WORKER.update(layout=layout, ah=ah, bh=bh, inputs=inputs)
+
+
+def _member_in_worker(spec: RunSpec, generated: dict, out: Path, metrics: list[dict]):
+    lines: list[str] = []
+    files, report = write_member_outputs(spec, generated, _WORKER["layout"], _WORKER["ah"],
+                                         _WORKER["bh"], out, metrics, lines.append,
+                                         _WORKER["inputs"], member=True)
+    return files, report, lines
+
+
+def write_samples_file(spec: RunSpec, generated: dict, layout: encoding.Layout,
+                       ah: io.Domain, bh: io.Domain, out: Path, metrics: list[dict],
+                       log: Callable[[str], None], inputs: ReportInputs | None,
+                       figures: bool, provenance: dict) -> tuple[dict | None, tuple[Path, Path]]:
+    """``write_files="candidates"``: the final samples evaluated in batches and written as
+    the frames of ``structures.extxyz`` and rows of ``run.db``, and the report (counts,
+    the strictly good structures) where ``inputs`` is given. Returns (report or None, the
+    two file paths).
+
+    Samples that do not decode are skipped as :func:`write_structures` skips them; where
+    ``snap_symprec`` > 0 each sample is snapped as :func:`snap_files` snaps a file, and
+    a snapped one is evaluated on its own. Only the strictly good ones get a space group
+    and StructureMatcher's groups.
+    """
+    import ase
+
+    from crystalgan_jax.materials import batch_evaluation, candidates, evaluation, export
+    from crystalgan_jax.materials import report as report_lib
+
+    cfg = spec.train
+    shutil.rmtree(out / "structures", ignore_errors=True)  # an earlier pass's files
+    out.mkdir(parents=True, exist_ok=True)
+    options = report_criteria(spec) if inputs is None else inputs.options
+    named: dict[str, list] = {}
+    evaluations, frames = [], []
+    snapped = total = 0
+    for direction, crystals in generated["final"].items():
+        crystals = jax.tree_util.tree_map(np.asarray, crystals)
+        kept, skipped = [], {}
+        for i in range(crystals.lattice.shape[0]):
+            reason = _undecodable(encoding.index(crystals, i))
+            if reason:
+                skipped.setdefault(_reason_kind(reason), []).append(f"{direction}/{i:03d}")
+            else:
+                kept.append(i)
+        if skipped:
+            log(f"skipped {sum(map(len, skipped.values()))} of {crystals.lattice.shape[0]} "
+                f"final {direction} samples: " + "; ".join(
+                    f"{len(v)} {k} ({_first_few(v)})" for k, v in skipped.items()))
+        batch = encoding.index(crystals, np.asarray(kept, int))
+        evs = batch_evaluation.evaluate_batch(batch, layout, spec.element_a, spec.element_b,
+                                              **options)
+        structures: list = [None] * len(kept)
+        if cfg.snap_symprec > 0:  # spglib needs each structure; most stay P1
+            for k in range(len(kept)):
+                total += 1
+                structure = encoding.decode(encoding.index(batch, k), layout)
+                new, number = candidates.snap_to_symmetry(structure, cfg.snap_symprec)
+                structures[k] = new
+                if number > 1:
+                    snapped += 1
+                    evs[k] = evaluation.evaluate_structure(
+                        new, spec.element_a, spec.element_b, **{**options, "symprec": None,
+                                                                "max_neighbours": 0})
+        symbols = np.concatenate([[s] * n for s, n in zip(layout.symbols, layout.rows)])
+        for k, i in enumerate(kept):
+            if evs[k].good_strict:  # space group and matching: the strictly good only
+                if structures[k] is None:
+                    structures[k] = encoding.decode(encoding.index(batch, k), layout)
+                evs[k] = batch_evaluation.with_spacegroup(
+                    evs[k], structures[k], options.get("symprec", evaluation.SYMPREC))
+            if structures[k] is not None:
+                from pymatgen.io.ase import AseAtomsAdaptor
+
+                atoms = AseAtomsAdaptor.get_atoms(structures[k])
+            else:  # from the arrays: no pymatgen structure for a sample nothing else needs
+                one = encoding.index(batch, k)
+                rows = np.concatenate([np.asarray(m) > 0.5 for m in one.masks])
+                cart = np.concatenate([np.asarray(p, np.float64) for p in one.positions])
+                lattice = np.asarray(one.lattice, np.float64)
+                if one.fractional:
+                    cart = cart @ lattice
+                atoms = ase.Atoms(symbols=list(symbols[rows]), positions=cart[rows],
+                                  cell=lattice, pbc=True)
+            name = f"{export.EXTXYZ}@{len(frames)}"
+            frames.append((atoms, {**provenance, "direction": str(direction), "sample": int(i),
+                                   "file": name,
+                                   "reduced_formula": batch_evaluation.reduced_formula(
+                                       evs[k].symbols)}))
+            named.setdefault(direction, []).append((str(out / name), structures[k]))
+            evaluations.append(evs[k])
+    if cfg.snap_symprec > 0:
+        log(f"symmetry: {snapped} of {total} final structures snapped "
+            f"(symprec {cfg.snap_symprec} A)")
+    report = None
+    if inputs is not None:
+        report = report_lib.write_report(
+            out, named, ah.structures + bh.structures, spec.element_a, spec.element_b,
+            metrics, references=inputs.references, training_evaluations=inputs.training,
+            evaluations=evaluations, entries="strict", figures=figures, **inputs.options)
+        by_name = {s["file"]: s for s in report["structures"]}
+        for atoms_keys, ev in zip(frames, evaluations):
+            entry = by_name.get(atoms_keys[1]["file"]) or ev.to_json()
+            atoms_keys[1].update(export.structure_keys(entry))
+    return report, export.write_frames(out, frames)
 
 
 def write_structures(generated: dict[str, dict[str, encoding.Crystal]], layout: encoding.Layout,

@@ -31,13 +31,20 @@ STAGE1_COST = 1.4
 def table2_specs(base, methods: Sequence[str], seeds: Sequence[int], out: Path, *,
                  clash_weight: float = 1.0, plus: dict | None = None) -> dict:
     """Method -> the population of its seeds in ``out/<method>`` (one compiled program per
-    method); building them checks every seed and method."""
+    method); building them checks every seed and method.
+
+    A row's runs are members that write as single runs do (``write_files="all"`` where
+    ``base`` leaves it "auto", and their figures): the table's screening reads each run's
+    structure files, and its reader reads each run's report.
+    """
 
     specs = {}
+    files = "all" if base.write_files == "auto" else base.write_files
     for method in methods:
         train_cfg = method_config(base.train, method, clash_weight=clash_weight, plus=plus)
         specs[method] = PopulationSpec(
-            dataclasses.replace(base, output_dir=str(Path(out) / method), train=train_cfg),
+            dataclasses.replace(base, output_dir=str(Path(out) / method), train=train_cfg,
+                                write_files=files, member_figures=True),
             make_members(list(seeds), train_cfg.weights))
     return specs
 

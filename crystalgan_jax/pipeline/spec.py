@@ -22,6 +22,8 @@ from crystalgan_jax.train.config import TrainConfig
 MAX_BLOCK_ROWS = 32
 # Seeds are PRNGKey seeds: jax folds larger ones onto this range (2**32 gives seed 0's run).
 MAX_SEED = 2**32 - 1
+# RunSpec.write_files: one POSCAR + CIF per sample, none, or by the kind of run.
+WRITE_FILES = ("auto", "all", "candidates")
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -42,6 +44,16 @@ class RunSpec:
       n_h, n_metal: padding rows of the H and of each metal block (None: from the data,
         refusing a structure with more than :data:`MAX_BLOCK_ROWS` atoms in a block).
       evaluate: write the evaluation report after training.
+      write_files: which structure files a run or member writes besides its one
+        extended-XYZ file and ASE database of every sample (structures.extxyz, run.db):
+        "all" (a POSCAR and a CIF per sample, and a report entry per sample), "candidates"
+        (none: the report and the pooled candidates/ hold the strictly good ones), or
+        "auto" ("all" for a single run, "candidates" for a population's members).
+      member_figures: a population's members also draw distances.png and losses.png (a
+        single run always draws them; the pooled report always draws its own).
+      output_workers: processes that write a population's members after training, each
+        member in one (None: one per CPU core, at most one per member; 1: all in this
+        process). A single run writes in its own process.
     """
 
     data_ah: str
@@ -57,8 +69,16 @@ class RunSpec:
     n_h: int | None = None
     n_metal: int | None = None
     evaluate: bool = True
+    write_files: str = "auto"
+    member_figures: bool = False
+    output_workers: int | None = None
 
     def __post_init__(self):
+        if self.output_workers is not None and self.output_workers < 1:
+            raise ValueError(f"output_workers must be at least 1, got {self.output_workers}")
+        if self.write_files not in WRITE_FILES:
+            raise ValueError(f"write_files must be one of {WRITE_FILES}, got "
+                             f"{self.write_files!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.resume and self.overwrite:
