@@ -19,7 +19,8 @@ TINY = {
     "train": ["--epochs=1", "--skip_wall", "--matmul_repeats=1", "--depth=1"],
     "population": ["--sizes=1,2", "--epochs=2", "--repeats=1", "--cpu_devices=1",
                    "--depth=1", "--width=16"],
-    "screening": ["--structures=1", "--repeats=1", "--steps=1"],
+    "screening": ["--structures=1", "--repeats=1", "--steps=1", "--candidates=2",
+                  "--configs=FIRE:1,FIRE:2", "--max_steps=3"],
     "optimizers": ["--structures=1", "--max_steps=2"],
 }
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")

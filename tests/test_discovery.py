@@ -1,0 +1,161 @@
+"""The discovery job: train.py --screen end to end (EMT stands in for CHGNet), resuming
+across its phases, the missing-extra hint, the Relaxer's workers, and the report's
+"Candidates for DFT"."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from crystalgan_jax.pipeline import discovery
+from crystalgan_jax.screening.workers import Relaxer
+from tests.conftest import REPO
+
+TRAIN = [sys.executable, str(REPO / "experiments" / "train.py")]
+# the discovery job at a toy size: 2 seeds, a few epochs, EMT, few relaxation steps
+SMALL = ["--flagfile=pdni.flags", "--epochs=4", "--checkpoint_every=4", "--potential=emt",
+         "--max_steps=4", "--workers=2"]
+
+
+def env(tmp_path, **extra):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "CRYSTALGAN_CACHE": str(tmp_path / "cache"),
+            **extra}
+
+
+def jittered(n: int):
+    out = []
+    for k in range(n):
+        s = AseAtomsAdaptor.get_structure(bulk("Pd", "fcc", a=3.8 + 0.05 * k, cubic=True))
+        s.perturb(0.05)
+        out.append((f"pd{k}", s, True))
+    return out
+
+
+def test_workers_give_what_one_process_gives_in_input_order():
+    jobs = jittered(5)
+    with Relaxer("emt", fmax=0.05, max_steps=60, workers=1) as one:
+        a = one.relax(jobs)
+    seen = []
+    with Relaxer("emt", fmax=0.05, max_steps=60, workers=2) as two:
+        assert two.label.startswith("EMT (ASE")
+        b = two.relax(jobs, on_done=lambda name, r: seen.append(name))
+    assert sorted(seen) == [name for name, _, _ in jobs]
+    for r1, r2 in zip(a, b):
+        assert r1.status == r2.status == "converged"
+        assert r2.energy_per_atom == pytest.approx(r1.energy_per_atom, abs=1e-6)
+        assert r2.initial == r1.initial
+
+
+def test_missing_extra_ends_the_run_with_a_hint_and_status_0(tmp_path):
+    blocked = tmp_path / "blocked" / "chgnet"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('chgnet hidden by the test')\n")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        TRAIN + ["--flagfile=pdni.flags", "--epochs=2", "--checkpoint_every=2",
+                 f"--output_dir={out}"], cwd=REPO, capture_output=True, text=True,
+        timeout=900, env=env(tmp_path, PYTHONPATH=os.pathsep.join(
+            [str(tmp_path / "blocked"), str(REPO)])))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    hint = [line for line in proc.stdout.splitlines() if line.startswith("not screened:")]
+    assert len(hint) == 1 and "pip install" in hint[0] and "--resume" in hint[0]
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[0].startswith("# ") and "Not screened yet" in report
+    assert (out / "candidates").is_dir() and not (out / "screening" / "summary.json").exists()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A discovery job run to its end (EMT), for the tests below."""
+    tmp = tmp_path_factory.mktemp("discovery")
+    out = tmp / "run"
+    proc = subprocess.run(TRAIN + SMALL + [f"--output_dir={out}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200, env=env(tmp))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, out, proc
+
+
+def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished):
+    _, out, proc = finished
+    summary = json.loads((out / "screening" / "summary.json").read_text())
+    result = json.loads((out / "screening" / "screening.json").read_text())
+    pooled = json.loads((out / "report.json").read_text())
+    assert summary["generator"]["screened"] == len(pooled["candidates"]) == len(
+        result["structures"])
+    assert summary["generator"] == {k: result["counts"][k] for k, _ in discovery.COUNTS}
+    sub = json.loads((out / "screening" / "substitution" / "screening.json").read_text())
+    assert summary["substitution"]["screened"] == sub["counts"]["screened"] > 0
+    assert "substitution" in result["settings"]["hull_phases"]
+    # the E_hull of every candidate is against the hull that holds substitution's structures
+    assert any(e["name"].startswith("substitution: ") for e in result["settings"]["hull"]["entries"])
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[0].startswith("# ") and "## Candidates for DFT" in lines[1:5]
+    grouped = json.loads((out / "screening" / "candidates_for_dft.json").read_text())
+    assert sum(g["count"] for g in grouped) == sum(
+        "unique_group" in r and r["e_hull_eV_per_atom"] is not None for r in result["structures"])
+    e = [g["e_hull_eV_per_atom"] for g in grouped]
+    assert e == sorted(e)
+    for g in grouped:
+        assert (out / "screening" / g["relaxed_file"]).exists() and g["members"]
+    assert "wall time by phase" in proc.stderr
+    timing = json.loads((out / "timing.json").read_text())
+    assert {"training", "outputs", "pooling", "screening_hull", "screening_screening"} <= set(timing)
+    # the comparison with substitution and the pictures
+    for name in ("comparison.md", "phase_diagram.png", "e_hull_histogram.png"):
+        assert (out / "screening" / name).exists()
+
+
+def test_resume_after_a_signal_in_the_screening_continues_it(finished, tmp_path):
+    tmp, done, _ = finished
+    out = tmp_path / "run"
+    cmd = TRAIN + SMALL + [f"--output_dir={out}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env(tmp))  # the hull is cached: straight on
+    journal = out / "screening" / "relaxations.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # 2 relaxed
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job ended before the screening could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    before = len(journal.read_text().splitlines()) - 1
+    again = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True,
+                           timeout=900, env=env(tmp))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "every output of epoch" in again.stderr  # training and outputs kept
+    assert f"{before} relaxations reused" in again.stderr
+    finished_rows = json.loads((done / "screening" / "screening.json").read_text())["counts"]
+    resumed_rows = json.loads((out / "screening" / "screening.json").read_text())["counts"]
+    assert resumed_rows["screened"] == finished_rows["screened"]
+
+
+def test_grouped_rows_and_report_section(tmp_path):
+    rows = [{"name": n, "formula": f, "unique_group": g, "e_hull_eV_per_atom": e,
+             "formation_energy_eV_per_atom": -0.1, "stable": e is not None and e <= 0.1,
+             "novel": True,
+             "relaxation": {"converged": True}, "relaxed_file": f"relaxed/{n}",
+             "displacement": {"spacegroup_after": ["Pm-3m", 221]}}
+            for n, f, g, e in (("a.vasp", "PdNiH2", 0, 0.05), ("b.vasp", "PdNiH2", 0, 0.02),
+                               ("c.vasp", "Pd2NiH", 1, 0.30), ("d.vasp", "PdH", 2, None))]
+    grouped = discovery.grouped_candidates({"structures": rows}, {"a.vasp": ["seed_0"],
+                                                                   "b.vasp": ["seed_1"]})
+    assert [(g["name"], g["count"]) for g in grouped] == [("b.vasp", 2), ("c.vasp", 1)]
+    assert grouped[0]["members"] == ["seed_0", "seed_1"] and grouped[0]["names"] == [
+        "a.vasp", "b.vasp"]
+    report = tmp_path / "report.md"
+    report.write_text("# Title\n\nbody\n")
+    discovery.write_report_section(report, discovery.not_screened_markdown("hint one"))
+    discovery.write_report_section(report, discovery.not_screened_markdown("hint two"))
+    text = report.read_text()
+    assert text.startswith("# Title\n") and "hint two" in text and "hint one" not in text
+    assert text.count("## Candidates for DFT") == 1 and text.rstrip().endswith("body")
