@@ -222,13 +222,13 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
              "structures after relaxation (StructureMatcher groups), except screened and "
              "converged.", ""]
     if mix["lowest_alloy_formation_eV_per_atom"] is not None and not mix["metals_mix"]:
-        lines += [f"The metals do not mix here: no A-B alloy ordering lies below the "
-                  f"elements (lowest formation energy "
-                  f"{mix['lowest_alloy_formation_eV_per_atom']:+.3f} eV/atom). A ternary "
-                  "is then stable only where hydrogen binds both metals better than the "
-                  "binary hydrides and elements do: E_hull measures the distance to that "
-                  "mixture of A-H and B-H phases, and a stable ternary is a claim of a new "
-                  "compound where the metals alone separate.", ""]
+        lines += [f"No ordered A-B alloy lies below the elements by this potential (lowest "
+                  f"formation energy {mix['lowest_alloy_formation_eV_per_atom']:+.3f} "
+                  "eV/atom): the metals do not form a compound on their own. A ternary is "
+                  "then stable only where hydrogen binds the two metals together better than "
+                  "the binary hydrides and the elements do: E_hull is its distance above "
+                  "that mixture of A-H and B-H phases, and a stable ternary claims a new "
+                  "compound in a system whose metals separate.", ""]
     lines += counts_table(summary)
     lines += ["", f"Formula by formula (lowest E_hull each side reaches; "
               f"[screening/comparison.md](screening/comparison.md)): the generator is lower "
