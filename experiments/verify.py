@@ -44,7 +44,7 @@ flags.DEFINE_float("cutoff", dft.DFTSettings.cutoff_eV, "Plane-wave cutoff (eV).
 flags.DEFINE_float("kpoint_density", dft.DFTSettings.kpoint_density, "k-points per "
                    "reciprocal Angstrom (2 pi included) along each reciprocal vector.")
 flags.DEFINE_enum("smearing", dft.DFTSettings.smearing, list(dft.SMEARINGS), "Occupations.")
-flags.DEFINE_float("width", dft.DFTSettings.width_eV, "Smearing width (eV).")
+flags.DEFINE_float("smearing_width", dft.DFTSettings.width_eV, "Smearing width (eV).")
 flags.DEFINE_float("h2_box", dft.DFTSettings.h2_box, "Box edge of the H2 reference (A).")
 flags.DEFINE_integer("max_scf", dft.DFTSettings.max_scf, "SCF iterations at most.")
 flags.DEFINE_integer("max_atoms", 16, "Structures with more atoms are skipped.")
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     folder = Path(FLAGS.screening) if FLAGS.screening else run_dir / "screening"
     try:
         settings = dft.DFTSettings(FLAGS.cutoff, FLAGS.kpoint_density, FLAGS.smearing,
-                                   FLAGS.width, FLAGS.h2_box, FLAGS.max_scf)
+                                   FLAGS.smearing_width, FLAGS.h2_box, FLAGS.max_scf)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     missing = dft.available()
