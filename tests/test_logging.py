@@ -89,7 +89,8 @@ def test_train_py_logs_progress_to_the_terminal_and_to_log_dir(tmp_path):
         assert "checkpoint_manager" not in where  # Orbax's INFO lines only at --verbosity=1
         # the last line, logged just before the process ends without the interpreter's
         # teardown (cli.finish): flushed to the terminal and the file alike
-        assert "final structures also in" in where.strip().splitlines()[-1]
+        last = where.strip().splitlines()
+        assert "final structures also in" in last[-2] and "wall time by phase" in last[-1]
     assert proc.stdout.startswith(f"outputs in {tmp_path / 'out'}")
     quiet = subprocess.run(cmd[:-1] + ["--overwrite", "--verbosity=-1"], cwd=REPO,
                            capture_output=True, text=True, timeout=600,

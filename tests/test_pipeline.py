@@ -21,7 +21,7 @@ TINY = train.TrainConfig(epochs=2, batch_size=5, depth=1, width=16, chunk_epochs
                             generator_steps=1)
 SEEDS = (0, 4)
 # what a run writes that is not one of the files a member writes
-POPULATION_ONLY = {"checkpoints", ".lock", "flags.txt"}
+POPULATION_ONLY = {"checkpoints", ".lock", "flags.txt", "outputs.json"}
 
 
 @pytest.fixture(scope="module")
