@@ -122,7 +122,6 @@ def evaluate_batch(crystals: encoding.Crystal, layout: encoding.Layout, element_
     row_symbols = np.concatenate([[s] * n for s, n in zip(layout.symbols, layout.rows)])
     species = list(layout.symbols)
     in_species = {s: row_symbols == s for s in species}
-    radii = {s: evaluation.covalent_radius(s) for s in species}
     count = lattice.shape[0]
     finite = (np.isfinite(lattice).all(axis=(1, 2)) & np.isfinite(cart).all(axis=(1, 2))
               & (np.abs(np.linalg.det(lattice)) >= evaluation.MIN_CELL_VOLUME)
@@ -139,7 +138,7 @@ def evaluate_batch(crystals: encoding.Crystal, layout: encoding.Layout, element_
         n = tuple(int(v) for v in needed[chunk].max(axis=0))
         d = _chunk_minima(lattice[chunk], cart[chunk], atoms[chunk], cells.lattice_shifts(n))
         for k, c in enumerate(chunk):
-            out[c] = _verdicts(d[k], atoms[c], row_symbols, in_species, radii, lattice[c],
+            out[c] = _verdicts(d[k], atoms[c], row_symbols, in_species, lattice[c],
                                element_a, element_b, d1=d1, d2=d2, cutoff=cutoff,
                                classes=classes, covalent_factor=covalent_factor,
                                volume_per_atom_range=volume_per_atom_range)
@@ -153,8 +152,7 @@ def evaluate_batch(crystals: encoding.Crystal, layout: encoding.Layout, element_
 
 
 def _verdicts(d: np.ndarray, atoms: np.ndarray, row_symbols: np.ndarray,
-              in_species: dict[str, np.ndarray], radii: dict[str, float],
-              lattice: np.ndarray, element_a: str, element_b: str, *, d1: float, d2: float,
+              in_species: dict[str, np.ndarray], lattice: np.ndarray, element_a: str, element_b: str, *, d1: float, d2: float,
               cutoff: float, classes: evaluation.Classes, covalent_factor: float,
               volume_per_atom_range: tuple[float, float]) -> StructureEvaluation:
     """One sample's evaluation from its ``[R, R]`` row-to-row minima (the rules and
@@ -195,31 +193,14 @@ def _verdicts(d: np.ndarray, atoms: np.ndarray, row_symbols: np.ndarray,
             name = evaluation.class_name(members)
             mask = np.isin(row_symbols, list(members))
             dist = float(d[r, mask].min()) if mask.any() else math.inf
-            label = f"{symbol}{site[r]}"
-            if dist > cutoff:
-                paper_failures.append(f"{label}: no {name} within {cutoff:.1f} A")
-            elif dist < d1:
-                paper_failures.append(f"{label}: nearest {name} {dist:.3f} A < d1={d1:.3f} A")
-            elif dist > d2:
-                paper_failures.append(f"{label}: nearest {name} {dist:.3f} A > d2={d2:.3f} A")
+            failure = evaluation.class_failure(f"{symbol}{site[r]}", name, dist, d1, d2,
+                                               cutoff)
+            if failure:
+                paper_failures.append(failure)
     good_paper = ternary and not paper_failures
-    good_paper_reason = (None if good_paper else evaluation.join_failures(
-        ([f"not ternary ({ternary_reason})"] if not ternary else []) + paper_failures))
-
-    strict_failures = [] if good_paper else ["fails good (paper)"]
-    for key, dist in min_distances.items():
-        x, y = key.split("-")
-        rx, ry = radii[x], radii[y]
-        limit = covalent_factor * (rx + ry)
-        if dist < limit:
-            first, second = evaluation.chemical_pair(x, y).split("-")
-            r1, r2 = (rx, ry) if first == x else (ry, rx)
-            strict_failures.append(f"{first}-{second} {dist:.3f} A < "
-                                   f"{covalent_factor:g}*({r1:.2f}+{r2:.2f})={limit:.3f} A")
-    low, high = volume_per_atom_range
-    if not low <= volume_per_atom <= high:
-        strict_failures.append(
-            f"volume per atom {volume_per_atom:.2f} A^3 outside {low:g}..{high:g} A^3")
+    good_paper_reason = evaluation.paper_reason(ternary, ternary_reason, paper_failures)
+    strict_failures = evaluation.strict_failures(min_distances, good_paper, covalent_factor,
+                                                 volume_per_atom, volume_per_atom_range)
     return StructureEvaluation(
         formula=formula, n_atoms=n_atoms, volume_per_atom=volume_per_atom,
         spacegroup_symbol=None, spacegroup_number=None, min_distances=min_distances,

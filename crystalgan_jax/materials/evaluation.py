@@ -159,6 +159,53 @@ def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
+def class_failure(label: str, name: str, dist: float, d1: float, d2: float,
+                  cutoff: float) -> str | None:
+    """Why one atom's nearest neighbour of a constrained class fails good (paper), or None.
+
+    ``dist``: that neighbour's distance (Angstrom; inf where none within ``cutoff``).
+    """
+    if dist > cutoff:
+        return f"{label}: no {name} within {cutoff:.1f} A"
+    if dist < d1:
+        return f"{label}: nearest {name} {dist:.3f} A < d1={d1:.3f} A"
+    if dist > d2:
+        return f"{label}: nearest {name} {dist:.3f} A > d2={d2:.3f} A"
+    return None
+
+
+def paper_reason(ternary: bool, ternary_reason: str | None,
+                 paper_failures: Sequence[str]) -> str | None:
+    """good (paper)'s reason from the ternary verdict and the per-atom failures."""
+    if ternary and not paper_failures:
+        return None
+    return join_failures(([f"not ternary ({ternary_reason})"] if not ternary else [])
+                         + list(paper_failures))
+
+
+def strict_failures(min_distances: dict[str, float], good_paper: bool,
+                    covalent_factor: float, volume_per_atom: float,
+                    volume_per_atom_range: tuple[float, float]) -> list[str]:
+    """Why a structure fails good (strict): good (paper) failed, a pair closer than
+    ``covalent_factor`` times its covalent radii (Angstrom), or a volume per atom
+    (Angstrom^3) outside the range; [] where it passes."""
+    failures = [] if good_paper else ["fails good (paper)"]
+    for key, dist in min_distances.items():
+        x, y = key.split("-")
+        rx, ry = covalent_radius(x), covalent_radius(y)
+        limit = covalent_factor * (rx + ry)
+        if dist < limit:
+            first, second = chemical_pair(x, y).split("-")
+            r1, r2 = (rx, ry) if first == x else (ry, rx)
+            failures.append(f"{first}-{second} {dist:.3f} A < "
+                            f"{covalent_factor:g}*({r1:.2f}+{r2:.2f})={limit:.3f} A")
+    low, high = volume_per_atom_range
+    if not low <= volume_per_atom <= high:
+        failures.append(
+            f"volume per atom {volume_per_atom:.2f} A^3 outside {low:g}..{high:g} A^3")
+    return failures
+
+
 def join_failures(failures: Sequence[str]) -> str | None:
     """A verdict's reason: the first :data:`MAX_LISTED_FAILURES` failures joined by "; ",
     the rest counted; None where there is none."""
@@ -330,32 +377,14 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
             dist = min((row[m] for m in members if m in row), default=math.inf)
             label = f"{symbol}{i + 1}"
             nearest.append(AtomNearest(label, name, dist))
-            if dist > cutoff:
-                paper_failures.append(f"{label}: no {name} within {cutoff:.1f} A")
-            elif dist < d1:
-                paper_failures.append(f"{label}: nearest {name} {dist:.3f} A < d1={d1:.3f} A")
-            elif dist > d2:
-                paper_failures.append(f"{label}: nearest {name} {dist:.3f} A > d2={d2:.3f} A")
+            failure = class_failure(label, name, dist, d1, d2, cutoff)
+            if failure:
+                paper_failures.append(failure)
     good_paper = ternary and not paper_failures
-    good_paper_reason = (None if good_paper else
-                         join_failures(([f"not ternary ({ternary_reason})"] if not ternary else [])
-                               + paper_failures))
-
-    strict_failures = [] if good_paper else ["fails good (paper)"]
-    for key, dist in min_distances.items():
-        x, y = key.split("-")
-        rx, ry = covalent_radius(x), covalent_radius(y)
-        limit = covalent_factor * (rx + ry)
-        if dist < limit:
-            first, second = chemical_pair(x, y).split("-")
-            r1, r2 = (rx, ry) if first == x else (ry, rx)
-            strict_failures.append(f"{first}-{second} {dist:.3f} A < "
-                                   f"{covalent_factor:g}*({r1:.2f}+{r2:.2f})={limit:.3f} A")
-    low, high = volume_per_atom_range
-    if not low <= volume_per_atom <= high:
-        strict_failures.append(
-            f"volume per atom {volume_per_atom:.2f} A^3 outside {low:g}..{high:g} A^3")
-    good_strict = not strict_failures
+    good_paper_reason = paper_reason(ternary, ternary_reason, paper_failures)
+    strict = strict_failures(min_distances, good_paper, covalent_factor, volume_per_atom,
+                             volume_per_atom_range)
+    good_strict = not strict
 
     table = tuple(map(tuple, cells.table_from_distances(d, symbols, cutoff,
                                                            max_neighbours=max_neighbours)))
@@ -366,7 +395,7 @@ def evaluate_structure(structure: Structure, element_a: str, element_b: str, *,
         site_nearest=tuple(nearest_species), nearest=tuple(nearest), neighbours=table,
         ternary=ternary, good_paper=good_paper, good_strict=good_strict,
         ternary_reason=ternary_reason, good_paper_reason=good_paper_reason,
-        good_strict_reason=join_failures(strict_failures))
+        good_strict_reason=join_failures(strict))
 
 
 def evaluate_structures(structures: Sequence[Structure], element_a: str, element_b: str,
