@@ -25,7 +25,6 @@ loads neither it nor torch. Energies in eV (eV/atom per atom), lengths in Angstr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -35,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
 
+from crystalgan_jax.screening.journal import JsonlJournal
 from crystalgan_jax.screening.system_hull import structure_hash
 
 MAGNETIC = {"Fe": 3.0, "Co": 2.0, "Ni": 1.0, "Mn": 4.0, "Cr": 3.0}  # initial moments, mu_B
@@ -258,33 +258,12 @@ def single_point(task: Task, settings: DFTSettings, txt: str | None = None) -> D
     return result("converged", None, energy, magmom)
 
 
-class DFTJournal:
-    """Results saved one JSON line each as they end; the first line holds the settings.
-
-    A journal made with other settings is started again; a line cut short by a hard kill
-    is dropped (that calculation is made again).
-    """
+class DFTJournal(JsonlJournal):
+    """Results saved one JSON line each as they end, each synced to disk
+    (:class:`~crystalgan_jax.screening.journal.JsonlJournal`)."""
 
     def __init__(self, path: Path, settings: DFTSettings, log: Log):
-        self.path, self.entries = path, {}
-        head = {"settings": settings.to_json()}
-        if path.exists():
-            lines = path.read_text().splitlines()
-            try:
-                same = bool(lines) and json.loads(lines[0]) == head
-            except json.JSONDecodeError:
-                same = False
-            for line in lines[1:] if same else []:
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["name"]] = entry
-                except (json.JSONDecodeError, KeyError):
-                    continue
-            log(f"{path}: {len(self.entries)} DFT calculations reused" if same else
-                f"{path}: made with other settings, starting again")
-        if not self.entries:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(head) + "\n")
+        super().__init__(path, settings.to_json(), log, "DFT calculations")
 
     def get(self, task: Task) -> DFTResult | None:
         entry = self.entries.get(task.name)
@@ -293,12 +272,8 @@ class DFTJournal:
         return DFTResult.from_json(entry["result"])
 
     def add(self, task: Task, r: DFTResult) -> None:
-        line = json.dumps({"name": task.name, "hash": structure_hash(task.structure),
-                           "result": r.to_json()}) + "\n"
-        with self.path.open("a") as f:  # one write, flushed: a kill leaves whole lines
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        self.append({"name": task.name, "hash": structure_hash(task.structure),
+                     "result": r.to_json()}, sync=True)
 
 
 def run_all(tasks: Sequence[Task], settings: DFTSettings, journal: DFTJournal, *,

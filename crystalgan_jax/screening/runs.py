@@ -21,8 +21,9 @@ from pymatgen.core import Structure
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
 from crystalgan_jax import locking
-from crystalgan_jax.screening import (compare, plots, relax as screening, system_hull,
-                                      verdicts)
+from crystalgan_jax.screening import (compare, plots, relax as screening,
+                                      second_opinion as opinions, system_hull, verdicts)
+from crystalgan_jax.screening.journal import JsonlJournal
 from crystalgan_jax.screening.workers import Job, Relaxer
 
 Log = Callable[[str], None]
@@ -63,35 +64,12 @@ def select(named: Sequence[tuple[str, Structure]], element_a: str, element_b: st
     return kept
 
 
-class Journal:
-    """Relaxations saved one JSON line each as they end, read back by an identical rerun.
-
-    The first line holds the settings; a journal written with other settings is replaced.
-    """
+class Journal(JsonlJournal):
+    """Relaxations saved one JSON line each as they end, read back by an identical rerun
+    (:class:`~crystalgan_jax.screening.journal.JsonlJournal`)."""
 
     def __init__(self, path: Path, settings: dict[str, Any], log: Log):
-        self.path = path
-        self.settings = settings
-        self.entries: dict[str, dict] = {}
-        if path.exists():
-            lines = path.read_text().splitlines()
-            try:
-                same = lines and json.loads(lines[0]) == {"settings": settings}
-            except json.JSONDecodeError:
-                same = False
-            if same:
-                for number, line in enumerate(lines[1:], start=2):
-                    try:
-                        entry = json.loads(line)
-                        self.entries[entry["name"]] = entry
-                    except (json.JSONDecodeError, KeyError):  # cut short by a hard kill
-                        log(f"{path}, line {number}: incomplete line dropped")
-                log(f"{path}: {len(self.entries)} relaxations reused")
-            else:
-                log(f"{path}: made with other settings, starting again")
-        if not self.entries:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"settings": settings}) + "\n")
+        super().__init__(path, settings, log, "relaxations")
 
     def done(self, named: Sequence[tuple[str, Structure]]) -> dict[str, screening.Relaxation]:
         """Relaxations of ``named`` already in the journal (same name and same structure)."""
@@ -105,11 +83,9 @@ class Journal:
         return out
 
     def add(self, name: str, r: screening.Relaxation) -> None:
-        entry = {"name": name, "relaxation": screening.relaxation_json(r),
-                 "initial": r.initial.as_dict(),
-                 "final": r.final.as_dict() if r.final is not None else None}
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        self.append({"name": name, "relaxation": screening.relaxation_json(r),
+                     "initial": r.initial.as_dict(),
+                     "final": r.final.as_dict() if r.final is not None else None})
 
 
 def journaled(relaxer: Relaxer, journal: Journal, jobs: Sequence[Job], log: Log, tag: str,
@@ -170,7 +146,7 @@ class System:
             potential=self.potential, settings=self.settings,
             substitution=self.substitution_named if substitution_in_hull else None,
             use_cache=use_cache, log=log)
-        self.substitution_in_hull = substitution_in_hull
+        self.substitution_in_hull, self.use_cache = substitution_in_hull, use_cache
         self.references = self.system_hull.references
         self.training_relaxed = self.system_hull.structures("training")
         self.base_hull = self.system_hull.hull(system_hull.BASE_KINDS)
@@ -233,6 +209,20 @@ class System:
         with locking.lock_folder(out, log):
             return self._judge(named, [by_name[n] for n, _ in named], out, title,
                                stability_threshold, log, False, 0.0)
+
+    def second_opinion(self, result: dict[str, Any], out: Path, relaxer: Relaxer,
+                       mode: str, log: Log | None = None) -> dict[str, Any]:
+        """A second potential's verdicts on ``result`` (this system's screening into
+        ``out``): the same phases relaxed by ``relaxer`` into its own hull (journal
+        ``out/hull_relaxations_<potential>.jsonl``, cached likewise), then
+        :func:`crystalgan_jax.screening.second_opinion.judge` under ``out``'s lock."""
+        log = log or self.log
+        other = System(self.element_a, self.element_b, *self.data, self.options,
+                       relaxer, out / f"hull_relaxations_{opinions.slug(relaxer.label)}.jsonl",
+                       log, substitution_in_hull=self.substitution_in_hull,
+                       use_cache=self.use_cache)
+        with locking.lock_folder(out, log):
+            return opinions.judge(result, out, other, mode, log)
 
     def _write_relaxed(self, out: Path, name: str, r: screening.Relaxation) -> None:
         """``relaxed/<name>.vasp`` and ``.cif``, and the symmetrised CIF where there is one."""

@@ -50,6 +50,7 @@ from pymatgen.core import Structure
 from crystalgan_jax.materials import io
 from crystalgan_jax.screening import consensus, relax as relaxing
 from crystalgan_jax.screening.hull import energetics
+from crystalgan_jax.screening.journal import JsonlJournal
 from crystalgan_jax.screening.system_hull import structure_hash
 
 MODES = ("single_point", "relax")
@@ -129,28 +130,11 @@ def slug(potential: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", potential.split(" ")[0].lower()).strip("-")
 
 
-class JudgementJournal:
-    """Judgements saved one JSON line each; the first line holds the settings."""
+class JudgementJournal(JsonlJournal):
+    """Judgements saved one JSON line each (:class:`~crystalgan_jax.screening.journal.JsonlJournal`)."""
 
     def __init__(self, path: Path, settings: Mapping[str, Any], log: Log):
-        self.path, self.entries = path, {}
-        if path.exists():
-            lines = path.read_text().splitlines()
-            try:
-                same = bool(lines) and json.loads(lines[0]) == {"settings": dict(settings)}
-            except json.JSONDecodeError:
-                same = False
-            for line in lines[1:] if same else []:
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["name"]] = entry
-                except (json.JSONDecodeError, KeyError):  # cut short by a hard kill
-                    continue
-            log(f"{path}: {len(self.entries)} judgements reused" if same else
-                f"{path}: made with other settings, starting again")
-        if not self.entries:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"settings": dict(settings)}) + "\n")
+        super().__init__(path, settings, log, "judgements")
 
     def get(self, name: str, structure: Structure) -> Judgement | None:
         entry = self.entries.get(name)
@@ -159,9 +143,8 @@ class JudgementJournal:
         return Judgement.from_json(entry["judgement"])
 
     def add(self, name: str, structure: Structure, j: Judgement) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"name": name, "hash": structure_hash(structure),
-                                "judgement": j.to_json()}) + "\n")
+        self.append({"name": name, "hash": structure_hash(structure),
+                     "judgement": j.to_json()})
 
 
 def judge(result: dict[str, Any], out: Path, system, mode: str = "relax",
