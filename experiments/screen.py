@@ -46,7 +46,7 @@ from absl import app, flags
 from crystalgan_jax.pipeline import cli, discovery
 from crystalgan_jax.materials import io
 from crystalgan_jax import locking
-from crystalgan_jax.screening import potentials, runs as screen_runs, second_opinion, shards
+from crystalgan_jax.screening import potentials, runs as screen_runs, shards
 
 HERE = Path(__file__).resolve().parent
 FLAGS = flags.FLAGS
@@ -150,13 +150,7 @@ def main(argv: list[str]) -> int:
             result = sys_.screen(candidates, dest, str(run_dir or FLAGS.structures),
                                  FLAGS.stability_threshold)
             if second is not None:  # the second opinion, with its own hull
-                sys2 = screen_runs.System(
-                    system["element_a"], system["element_b"], system["data_ah"],
-                    system["data_bh"], system["options"], second,
-                    dest / f"hull_relaxations_{second_opinion.slug(second.label)}.jsonl",
-                    substitution_in_hull=sys_.substitution_in_hull, use_cache=FLAGS.hull_cache)
-                with locking.lock_folder(dest, _log):
-                    result = second_opinion.judge(result, dest, sys2, FLAGS.second_opinion, _log)
+                result = sys_.second_opinion(result, dest, second, FLAGS.second_opinion, _log)
     except (shards.ShardError, FileNotFoundError, potentials.MissingExtraError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

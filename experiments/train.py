@@ -36,7 +36,7 @@ from crystalgan_jax.pipeline.spec import PopulationSpec, make_members  # noqa: E
 from crystalgan_jax.materials.io import StructureFileError  # noqa: E402
 from crystalgan_jax.train.checkpoints import CheckpointError  # noqa: E402
 from crystalgan_jax.pipeline.errors import DivergenceError, RunError  # noqa: E402
-from crystalgan_jax.pipeline.job import run  # noqa: E402
+from crystalgan_jax.pipeline.job import PopulationResult, run  # noqa: E402
 from crystalgan_jax import locking  # noqa: E402
 from crystalgan_jax.screening import potentials  # noqa: E402  (imports no torch)
 
@@ -151,10 +151,10 @@ def main(argv: list[str]) -> int:
     if result is None:
         return 2
     timing = {**result.timing, "job": round(time.perf_counter() - tic, 2)}
-    counts = (result.pooled or {}).get("counts") if hasattr(result, "pooled") else (
-        (result.report or {}).get("counts"))
-    print(f"outputs in {out}" + (f"; {'pooled ' if hasattr(result, 'pooled') else ''}counts "
-                                 f"{counts}" if counts else ""))
+    pooled = isinstance(result, PopulationResult)
+    counts = ((result.pooled if pooled else result.report) or {}).get("counts")
+    print(f"outputs in {out}" + (f"; {'pooled ' if pooled else ''}counts {counts}"
+                                 if counts else ""))
     code = 0
     if FLAGS.screen and spec.evaluate:
         tic = time.perf_counter()

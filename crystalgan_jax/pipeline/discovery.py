@@ -35,8 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pymatgen.core import Composition, Structure
 
 from crystalgan_jax.materials import evaluation, io
-from crystalgan_jax import locking
-from crystalgan_jax.screening import runs, second_opinion
+from crystalgan_jax.screening import runs
 from crystalgan_jax.screening.consensus import VERDICTS
 from crystalgan_jax.screening.hull import energetics
 from crystalgan_jax.screening.verdicts import ON_HULL_TOLERANCE
@@ -110,11 +109,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     tic = time.perf_counter()
     result = sys_.screen(named, out, title, stability_threshold, log)
     if second is not None:
-        sys2 = runs.System(a, b, system["data_ah"], system["data_bh"], system["options"],
-                           second, out / f"hull_relaxations_{second_opinion.slug(second.label)}"
-                           ".jsonl", log, substitution_in_hull=True, use_cache=use_cache)
-        with locking.lock_folder(out, log):
-            result = second_opinion.judge(result, out, sys2, second_mode, log)
+        result = sys_.second_opinion(result, out, second, second_mode, log)
     screen_s = time.perf_counter() - tic
     sub = sys_.screen_substitution(out / "substitution", f"{a}-{b}-H substitution baseline",
                                    stability_threshold, log)

@@ -80,16 +80,25 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def _pin_threads(threads: int) -> None:
-    """torch intra-op threads and this process's BLAS/OpenMP pools (see load_calculator)."""
-    import torch
-    from threadpoolctl import threadpool_limits
+def pin_threads(threads: int, with_torch: bool = True) -> None:
+    """PyTorch's intra-op threads (``with_torch``) and this process's BLAS / OpenMP pools
+    (threadpoolctl, where installed), from now on. Set explicitly: with the default (all
+    cores) processes sharing the cores slow each other down many times over; measured on 2
+    busy cores, each 3x3 LAPACK call of ASE's FrechetCellFilter took 1-20 ms with
+    OpenBLAS's default threads against 0.01 ms with one, and a 10-step relaxation 38 s
+    against 13 s."""
+    if with_torch:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # (EMT without the screen extra)
+        return
     threadpool_limits(limits=threads)  # stays in force: not used as a context manager
 
 
-def _timed(calculator) -> Any:
+def timed(calculator) -> Any:
     """Adds ``calculator.seconds``: the wall time spent in its ``calculate`` (s)."""
     calculator.seconds = 0.0
     inner = calculator.calculate
@@ -128,28 +137,22 @@ def _chgnet(threads: int, device: str):
 
 def _sevennet(threads: int, device: str):
     _need("sevenn", "sevennet")
-    _pin_threads(threads)
+    pin_threads(threads)
     import sevenn
     from sevenn.calculator import SevenNetCalculator
 
     with contextlib.redirect_stdout(stdio.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch and e3nn warnings on load
         calculator = SevenNetCalculator(SEVENNET_MODEL, device=device)
-    return _timed(calculator), f"{SEVENNET_LABEL} (sevenn {sevenn.__version__})"
+    return timed(calculator), f"{SEVENNET_LABEL} (sevenn {sevenn.__version__})"
 
 
 def _emt(threads: int, device: str):
     import ase
     from ase.calculators.emt import EMT
 
-    try:  # the cell filter's 3x3 LAPACK calls slow down many times with more BLAS threads
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads)
-    except ImportError:
-        pass
-
-    return _timed(EMT()), f"EMT (ASE {ase.__version__})"
+    pin_threads(threads, with_torch=False)  # the cell filter's 3x3 LAPACK calls
+    return timed(EMT()), f"EMT (ASE {ase.__version__})"
 
 
 LOADERS: dict[str, Callable[[int, str], tuple[Any, str]]] = {

@@ -67,26 +67,21 @@ def load_calculator(threads: int = 1, device: str = "cpu"):
 
     Args:
       threads: PyTorch intra-op threads, and the size of the BLAS / OpenMP thread pools of
-        this process from now on (threadpoolctl). Set explicitly: with the default (all
-        cores) processes sharing the cores slow each other down many times over; measured
-        on 2 busy cores, each 3x3 LAPACK call of ASE's FrechetCellFilter took 1-20 ms with
-        OpenBLAS's default threads against 0.01 ms with one, and a 10-step relaxation
-        38 s against 13 s.
+        this process from now on (:func:`crystalgan_jax.screening.potentials.pin_threads`).
       device: "cpu" or "cuda".
     Returns:
       A ``chgnet.model.dynamics.CHGNetCalculator``. Its ``calculate`` is wrapped to add
-      its wall time to ``calculator.seconds`` (how much of a screening is the potential).
+      its wall time to ``calculator.seconds`` (how much of a screening is the potential;
+      :func:`crystalgan_jax.screening.potentials.timed`).
     """
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     import contextlib
     import io as stdio
 
-    import torch
-    from threadpoolctl import threadpool_limits
+    from crystalgan_jax.screening import potentials
 
-    torch.set_num_threads(threads)
-    threadpool_limits(limits=threads)  # stays in force: not used as a context manager
+    potentials.pin_threads(threads)
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
 
@@ -94,20 +89,7 @@ def load_calculator(threads: int = 1, device: str = "cpu"):
         model = CHGNet.load(verbose=False, use_device=device)
         calculator = CHGNetCalculator(model=model, use_device=device,
                                       on_isolated_atoms="error")
-    calculator.seconds = 0.0
-    inner = calculator.calculate
-
-    def timed(*args, **kwargs):
-        tic = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a torch UserWarning on every call
-                return inner(*args, **kwargs)
-        finally:
-            calculator.seconds += time.perf_counter() - tic
-
-    calculator.calculate = timed
-    return calculator
+    return potentials.timed(calculator)
 
 
 def model_version(calculator) -> str:
