@@ -178,3 +178,33 @@ def test_two_builders_at_once_relax_the_hull_once(tmp_path, monkeypatch):
     system_hull.build_system_hull("Pd", "Ni", training(), other, potential="p", settings={},
                                   use_cache=False)
     assert other.calls == counter.calls
+
+
+def test_a_hull_started_from_another_relaxes_from_its_minima(tmp_path, monkeypatch):
+    """A second opinion's hull starts each phase from the first hull's relaxed structure:
+    with the same potential (EMT) every phase is then already relaxed."""
+    from crystalgan_jax.screening.workers import Relaxer
+
+    monkeypatch.setenv(system_hull.CACHE_ENV, str(tmp_path))
+    settings = {"fmax": 0.05, "max_steps": 200}
+    with Relaxer("emt", fmax=0.05, max_steps=200) as relaxer:
+        def relax_many(jobs):
+            return relaxer.relax(jobs)
+
+        first = system_hull.build_system_hull("Pd", "Ni", training(), relax_many,
+                                              potential="EMT", settings=settings)
+        second = system_hull.build_system_hull("Pd", "Ni", training(), relax_many,
+                                               potential="EMT", settings=settings,
+                                               start_from=first)
+    assert second.key != first.key and not second.cached
+    assert [p.name for p in second.phases] == [p.name for p in first.phases]
+    moved = [p for p in first.phases if p.ok and p.relaxation.steps > 2]
+    assert moved, "the first hull should have relaxed something"
+    for a, b in zip(first.phases, second.phases):
+        if not a.ok:
+            continue
+        assert system_hull.structure_hash(b.relaxation.initial) == system_hull.structure_hash(
+            a.relaxation.final)
+        assert b.relaxation.steps <= 2, (b.name, b.relaxation.steps)
+        assert b.relaxation.energy_per_atom == pytest.approx(a.relaxation.energy_per_atom,
+                                                             abs=1e-3)

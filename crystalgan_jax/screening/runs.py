@@ -123,7 +123,7 @@ class System:
     def __init__(self, element_a: str, element_b: str, data_ah: str, data_bh: str,
                  options: dict[str, Any], relaxer: Relaxer, hull_journal: Path,
                  log: Log = log_line, substitution_in_hull: bool = False,
-                 use_cache: bool = True):
+                 use_cache: bool = True, start_from: "System | None" = None):
         self.element_a, self.element_b, self.options = element_a, element_b, options
         self.relaxer, self.log = relaxer, log
         self.potential = relaxer.label
@@ -145,7 +145,8 @@ class System:
             lambda jobs: journaled(relaxer, journal, jobs, log, "hull"),
             potential=self.potential, settings=self.settings,
             substitution=self.substitution_named if substitution_in_hull else None,
-            use_cache=use_cache, log=log)
+            use_cache=use_cache, log=log,
+            start_from=start_from.system_hull if start_from is not None else None)
         self.substitution_in_hull, self.use_cache = substitution_in_hull, use_cache
         self.references = self.system_hull.references
         self.training_relaxed = self.system_hull.structures("training")
@@ -213,14 +214,15 @@ class System:
     def second_opinion(self, result: dict[str, Any], out: Path, relaxer: Relaxer,
                        mode: str, log: Log | None = None) -> dict[str, Any]:
         """A second potential's verdicts on ``result`` (this system's screening into
-        ``out``): the same phases relaxed by ``relaxer`` into its own hull (journal
-        ``out/hull_relaxations_<potential>.jsonl``, cached likewise), then
+        ``out``): the same phases relaxed by ``relaxer`` into its own hull, each from
+        this system's relaxed structure (journal ``out/hull_relaxations_<potential>.jsonl``,
+        cached likewise), then
         :func:`crystalgan_jax.screening.second_opinion.judge` under ``out``'s lock."""
         log = log or self.log
         other = System(self.element_a, self.element_b, *self.data, self.options,
                        relaxer, out / f"hull_relaxations_{opinions.slug(relaxer.label)}.jsonl",
                        log, substitution_in_hull=self.substitution_in_hull,
-                       use_cache=self.use_cache)
+                       use_cache=self.use_cache, start_from=self)
         with locking.lock_folder(out, log):
             return opinions.judge(result, out, other, mode, log)
 

@@ -173,7 +173,8 @@ def build_system_hull(element_a: str, element_b: str,
                       training: Sequence[tuple[str, Structure]], relax_many: RelaxMany, *,
                       potential: str, settings: Mapping[str, Any],
                       substitution: Sequence[tuple[str, Structure]] | None = None,
-                      use_cache: bool = True, log: Log | None = None) -> SystemHull:
+                      use_cache: bool = True, log: Log | None = None,
+                      start_from: "SystemHull | None" = None) -> SystemHull:
     """Relaxes (or reads from the cache) every phase of the system's hull.
 
     Args:
@@ -185,10 +186,18 @@ def build_system_hull(element_a: str, element_b: str,
       settings: the relaxation settings (fmax, max_steps, ...), for the key.
       substitution: ``(name, structure)`` of the substitution baseline, or None.
       use_cache: read and write ``cache_dir()/hulls/<key>.json``.
+      start_from: another potential's relaxed hull of the same inputs: each phase is
+        relaxed from that potential's relaxed structure where it has one (a second
+        opinion's hull: from near its minimum a relaxation takes a fraction of the steps).
+        Its key joins this hull's key.
     Raises:
       RuntimeError: an element's reference failed to relax.
     """
     inputs = hull_inputs(element_a, element_b, training, substitution)
+    if start_from is not None:
+        settings = {**settings, "start_from": start_from.key}
+        starts = {(p.kind, p.name): p.relaxation.final for p in start_from.phases if p.ok}
+        inputs = [(k, n, starts.get((k, n), s), cell) for k, n, s, cell in inputs]
     key = cache_key([(k, n, s) for k, n, s, _ in inputs], potential, settings)
     path = cache_dir() / "hulls" / f"{key}.json"
     if not use_cache:
