@@ -250,3 +250,33 @@ def test_screen_script_takes_the_system_from_the_run_or_asks_for_it(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 1
     assert "--structures needs the system: give --data_ah, --data_bh, --element_a" in proc.stderr
+
+
+def test_one_backward_pass_gives_chgnets_own_forces_and_stress(calculator):
+    """CHGNet with forces and stress from one backward pass (the screening's calculator)
+    against CHGNet as shipped, on perturbed cells one by one and batched; torch's own
+    autograd.grad is back in place after each call."""
+    import torch
+
+    shipped = screening.load_calculator(threads=1, one_backward=False)
+    assert calculator.model._compute is not shipped.model._compute
+    rng = np.random.default_rng(0)
+    structures = []
+    for s in [ternary(), rocksalt("Pd", 4.1), rocksalt("Ni", 3.7)]:
+        s = s.copy()
+        s.make_supercell([2, 1, 1])
+        structures.append(Structure(s.lattice, s.species, s.cart_coords + rng.uniform(
+            -0.15, 0.15, (len(s), 3)), coords_are_cartesian=True))
+    grad = torch.autograd.grad
+    for batch in (1, 3):
+        fast = calculator.model.predict_structure(structures, task="efs", batch_size=batch)
+        slow = shipped.model.predict_structure(structures, task="efs", batch_size=batch)
+        assert torch.autograd.grad is grad
+        for a, b in zip(fast, slow):
+            assert abs(float(a["e"]) - float(b["e"])) < 1e-5  # eV/atom
+            assert np.abs(b["f"]).max() > 0.05  # perturbed: forces to compare
+            np.testing.assert_allclose(a["f"], b["f"], atol=1e-4)  # eV/A
+            np.testing.assert_allclose(a["s"], b["s"], atol=1e-3)  # GPa
+    # gradients outside CHGNet's forward pass are torch's
+    x = torch.ones(3, requires_grad=True)
+    assert torch.autograd.grad((x ** 2).sum(), x)[0].tolist() == [2.0, 2.0, 2.0]

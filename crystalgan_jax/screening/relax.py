@@ -62,13 +62,14 @@ Progress = Callable[[str], None]
 # The potential
 
 
-def load_calculator(threads: int = 1, device: str = "cpu"):
+def load_calculator(threads: int = 1, device: str = "cpu", one_backward: bool = True):
     """CHGNet's pretrained model (shipped inside the wheel, loads offline) as an ASE calculator.
 
     Args:
       threads: PyTorch intra-op threads, and the size of the BLAS / OpenMP thread pools of
         this process from now on (:func:`crystalgan_jax.screening.potentials.pin_threads`).
       device: "cpu" or "cuda".
+      one_backward: forces and stress from one backward pass (:func:`one_backward_pass`).
     Returns:
       A ``chgnet.model.dynamics.CHGNetCalculator``. Its ``calculate`` is wrapped to add
       its wall time to ``calculator.seconds`` (how much of a screening is the potential;
@@ -89,7 +90,57 @@ def load_calculator(threads: int = 1, device: str = "cpu"):
         model = CHGNet.load(verbose=False, use_device=device)
         calculator = CHGNetCalculator(model=model, use_device=device,
                                       on_isolated_atoms="error")
+    if one_backward:
+        one_backward_pass(model)
     return potentials.timed(calculator)
+
+
+def one_backward_pass(model) -> None:
+    """Makes a CHGNet model get forces and stress from one backward pass, without the
+    double-backward graph.
+
+    CHGNet (0.3-0.4) differentiates the energy twice, once by the atom positions and once
+    by the strains, each with ``create_graph=True`` (kept for training on forces). In
+    inference that builds and walks the backward graph twice: measured on a perturbed
+    8-atom Pd-Ni-H cell, one thread, the backward passes took 2.1 of 2.9 s of 20 calls, and
+    one pass (positions and strains together, no graph kept) made a call 1.9 times faster
+    with the same energy, forces within 2e-5 eV/A and stress within 1e-6 (float32 sums in
+    another order). While the model computes, ``torch.autograd.grad`` is swapped for one that
+    answers the positions' request with both gradients and the strains' request from
+    what it kept; any other request (other models, training) goes to torch unchanged.
+
+    Args:
+      model: a ``chgnet.model.CHGNet`` (changed in place: its ``_compute``).
+    """
+    import torch
+
+    compute = model._compute
+    torch_grad = torch.autograd.grad
+
+    def grad_once(g):
+        kept: dict[str, Any] = {}
+
+        def grad(outputs, inputs, *args, **kwargs):
+            positions, strains = list(g.atom_positions), list(g.strains or [])
+            if (positions and strains and all(t is not None for t in strains)
+                    and inputs[0] is positions[0] and len(inputs) == len(positions)):
+                both = torch_grad(outputs, positions + strains)
+                kept["strains"] = both[len(positions):]
+                return both[:len(positions)]
+            if "strains" in kept and strains and inputs[0] is strains[0]:
+                return kept.pop("strains")
+            return torch_grad(outputs, inputs, *args, **kwargs)
+
+        return grad
+
+    def compute_once(g, **kwargs):
+        torch.autograd.grad = grad_once(g)
+        try:
+            return compute(g, **kwargs)
+        finally:
+            torch.autograd.grad = torch_grad
+
+    model._compute = compute_once
 
 
 def model_version(calculator) -> str:
