@@ -5,7 +5,9 @@
 Prints and writes ``benchmarks/results/screening.json`` (or ``--out``):
 
 - CHGNet energy+forces+stress (``predict_structure``) on the first N reference Pd-H
-  structures, one by one against batches of 4 and of N (median of repeats);
+  structures, one by one against batches of 4 and of N (median of repeats), and one by
+  one with CHGNet as shipped (two backward passes) against the screening's calculator
+  (one, :func:`crystalgan_jax.screening.relax.one_backward_pass`), with their ratio;
 - one FIRE relaxation (10 steps, cell and positions) with the process's BLAS pools at
   one thread against at as many threads as there are cores (threadpoolctl), and the part
   of each spent inside CHGNet.
@@ -121,6 +123,12 @@ def main(argv):
            "load_average": list(os.getloadavg()), "cores": os.cpu_count()}
     out["predict_one_by_one_s"] = median_time(
         lambda: [model.predict_structure(s, task="efs") for s in structures], FLAGS.repeats)
+    shipped = screening.load_calculator(threads=1, one_backward=False).model
+    shipped.predict_structure(structures, task="efs", batch_size=4)  # warm-up
+    out["predict_one_by_one_shipped_chgnet_s"] = median_time(
+        lambda: [shipped.predict_structure(s, task="efs") for s in structures], FLAGS.repeats)
+    out["one_backward_speedup"] = (out["predict_one_by_one_shipped_chgnet_s"]
+                                   / out["predict_one_by_one_s"])
     for b in (4, n):
         out[f"predict_batch{b}_s"] = median_time(
             lambda: model.predict_structure(structures, task="efs", batch_size=b),

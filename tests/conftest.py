@@ -1,11 +1,19 @@
 """Shared fixtures: the reference data live in ../shared, beside the checkout."""
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from crystalgan_jax.materials import io
+
+# A suite started in the background of a non-interactive shell (`pytest ... &`) inherits
+# SIGINT ignored, and so would every job a test starts: Python then installs no
+# KeyboardInterrupt handler, and the tests that stop a job with SIGINT see it run on. A
+# handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -1,9 +1,9 @@
 """Relaxations with one potential over several worker processes: every core busy.
 
-One relaxation is a chain of small potential calls (CHGNet on a 10-atom cell: ~0.1 s a
-step on one core) that neither batching nor more threads speed up on the CPU
-(``benchmarks/screening.py``), so screening uses the cores by relaxing several structures
-at once, one per process. :class:`Relaxer` hands structures to ``workers`` processes
+One relaxation is a chain of small potential calls (CHGNet on a 10-atom cell: ~0.05 s a
+step on one core with :func:`crystalgan_jax.screening.relax.one_backward_pass`) that
+neither batching nor more threads speed up on the CPU (``benchmarks/screening.py``), so
+screening uses the cores by relaxing several structures at once, one per process. :class:`Relaxer` hands structures to ``workers`` processes
 (``python -m crystalgan_jax.screening.workers``, each loading the potential once, one
 thread each) and gives the relaxations back in input order, calling ``on_done`` with each
 as soon as it ends (the screening journals it there). With ``workers=1`` it relaxes in
