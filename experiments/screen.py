@@ -108,6 +108,7 @@ def main(argv: list[str]) -> int:
     try:
         system = (screen_runs.run_system(run_dir) if run_dir is not None else
                   screen_runs.spec_system(cli.spec_from_flags(FLAGS, data_root=HERE.parent)))
+        h_fraction = cli.h_fraction_from_flags(FLAGS)
         candidates = candidates_of(run_dir, system)
         shard = shards.parse_shard(FLAGS.shard) if FLAGS.shard is not None else None
         if shard and FLAGS.collect:
@@ -138,7 +139,8 @@ def main(argv: list[str]) -> int:
                                                stability_threshold=FLAGS.stability_threshold,
                                                use_cache=FLAGS.hull_cache, log=_log,
                                                candidates=candidates, second=second,
-                                               second_mode=FLAGS.second_opinion)
+                                               second_mode=FLAGS.second_opinion,
+                                               h_fraction=h_fraction)
                 print(json.dumps({"generator": summary["generator"],
                                   "substitution": summary["substitution"]}))
                 return 0

@@ -108,7 +108,8 @@ def screen(out: Path) -> int:
             discovery.screen_run(out, relaxers[0], stability_threshold=FLAGS.stability_threshold,
                                  use_cache=FLAGS.hull_cache, log=log,
                                  second=relaxers[1] if len(relaxers) > 1 else None,
-                                 second_mode=FLAGS.second_opinion)
+                                 second_mode=FLAGS.second_opinion,
+                                 h_fraction=cli.h_fraction_from_flags(FLAGS))
     except potentials.MissingExtraError as err:  # (a package that is there but broken too)
         hint = f"{err}; then `{again}` screens this run"
         print(f"not screened: {hint}")
@@ -136,6 +137,9 @@ def main(argv: list[str]) -> int:
     if FLAGS.screen:  # a wrong --potentials is refused before any training
         try:
             potentials.parse_names(",".join(FLAGS.potentials))
+            cli.h_fraction_from_flags(FLAGS)
+        except cli.UsageError as err:
+            raise app.UsageError(str(err)) from None
         except ValueError as err:
             raise app.UsageError(f"--potentials: {err}") from None
     out = Path(spec.output_dir)

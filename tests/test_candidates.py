@@ -114,6 +114,47 @@ def test_learn_windows_are_percentiles_of_training_distances(reference_domains):
     assert 1.8 <= metal_lo < metal_hi <= 3.0  # intersected with the paper's [d1, d2]
 
 
+def test_learned_distance_quantiles_are_the_training_distributions(reference_domains):
+    pdh, nih = reference_domains
+    profiles = candidates.learn_distance_quantiles(pdh.structures, nih.structures, "Pd", "Ni",
+                                                   8, 1.8, 3.0)
+    by_key = {(p[0], p[1]): p[2] for p in profiles}
+    assert set(by_key) == {((1,), (0,)), ((2,), (0,)), ((0,), (1, 2)), ((1, 2), (1, 2)),
+                           ((0,), (0,))}
+    # Ni -> nearest H, independently from pymatgen neighbour lists
+    d = [min(n.nn_distance for n in s.get_neighbors(site, 5.0) if n.specie.symbol == "H")
+         for s in nih.structures for site in s if site.specie.symbol == "Ni"]
+    expected = np.percentile(d, (np.arange(8) + 0.5) / 8 * 100)
+    np.testing.assert_allclose(by_key[((2,), (0,))], expected, atol=1e-3)
+    assert all(np.all(np.diff(q) >= 0) for q in by_key.values())
+
+
+def test_plus_with_matching_terms_learns_and_logs_them(tmp_path):
+    from crystalgan_jax.pipeline.job import run
+    from crystalgan_jax.pipeline.spec import RunSpec
+
+    ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
+    cfg = train.TrainConfig(method="crystalgan_plus", epochs=2, batch_size=5, depth=1,
+                            width=16, chunk_epochs=1, generator_steps=1, distance_weight=1.0,
+                            composition_weight=1.0, distance_levels=4)
+    result = run(RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
+                         output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=1),
+                 log=lambda m: None)
+    learned = result.spec.train
+    assert learned.distance_quantiles and all(len(q) == 4 for _, _, q in learned.distance_quantiles)
+    assert len(learned.h_fraction_quantiles) == 4 and 0 < learned.h_fraction_quantiles[0] < 1
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["spec"]["train"]
+    assert [list(map(list, p[:2])) + [list(p[2])] for p in learned.distance_quantiles] == \
+        config["distance_quantiles"]
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    stage3 = [r for r in rows if r["stage"] == "stage3"]
+    assert stage3 and all(np.isfinite(r["L_dist"]) and np.isfinite(r["L_comp"]) for r in stage3)
+    # off by default: the paper's method and plain crystalgan_plus learn none of it
+    assert train.TrainConfig().distance_weight == 0.0
+    assert train.TrainConfig().composition_weight == 0.0
+
+
 def test_snap_to_symmetry_restores_space_group():
     s = _rocksalt_pdh()
     rng = np.random.default_rng(0)

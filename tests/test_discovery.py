@@ -112,6 +112,11 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     # the comparison with substitution and the pictures
     for name in ("comparison.md", "phase_diagram.png", "e_hull_histogram.png"):
         assert (out / "screening" / name).exists()
+    # hydrogen content: all offered candidates screened (no --h_fraction), H/M reported
+    comp = summary["composition"]
+    assert comp["offered"] == comp["screened"] == summary["generator"]["screened"]
+    assert comp["h_per_metal_training"]["min"] <= comp["h_per_metal_training"]["max"]
+    assert "Hydrogen per metal atom (H/M) of the screened candidates" in "\n".join(lines)
 
 
 def test_resume_after_a_signal_in_the_screening_continues_it(finished, tmp_path):
@@ -167,3 +172,35 @@ def test_grouped_rows_and_report_section(tmp_path):
     text = report.read_text()
     assert text.startswith("# Title\n") and "hint two" in text and "hint one" not in text
     assert text.count("## Candidates for DFT") == 1 and text.rstrip().endswith("body")
+
+
+def test_h_fraction_selects_by_hydrogen_content_and_bad_ranges_are_refused(tmp_path):
+    from absl import flags
+    from pymatgen.core import Lattice, Structure
+
+    from crystalgan_jax.pipeline import cli
+    from crystalgan_jax.screening import runs
+
+    def cell(n_h: int) -> Structure:
+        species = ["Pd", "Ni"] + ["H"] * n_h
+        return Structure(Lattice.cubic(5.0), species,
+                         [[0.1 * k, 0.2 * k % 1, 0.3 * k % 1] for k in range(len(species))])
+
+    named = [(f"h{n}", cell(n)) for n in (0, 1, 2, 4)]  # fractions 0, 1/3, 1/2, 2/3
+    assert [n for n, _ in runs.within_h_fraction(named, (0.3, 0.5))] == ["h1", "h2"]
+    assert [n for n, _ in runs.within_h_fraction(named, (0.0, 1.0))] == ["h0", "h1", "h2", "h4"]
+    fv = flags.FlagValues()
+    cli.define_screen_flags(fv)
+    fv(["prog", "--h_fraction=0.4,0.7"])
+    assert cli.h_fraction_from_flags(fv) == (0.4, 0.7)
+    for bad in ("0.7,0.4", "0.2", "a,b", "0,1.5"):
+        fv(["prog", f"--h_fraction={bad}"])
+        with pytest.raises(cli.UsageError, match="--h_fraction"):
+            cli.h_fraction_from_flags(fv)
+    # train.py refuses it before any training
+    proc = subprocess.run(TRAIN + SMALL + ["--screen", "--h_fraction=0.9,0.1",
+                                           f"--output_dir={tmp_path / 'run'}"],
+                          cwd=REPO / "experiments", capture_output=True, text=True,
+                          env=env(tmp_path), timeout=120)
+    assert proc.returncode != 0 and "--h_fraction needs 0 <= lo <= hi <= 1" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

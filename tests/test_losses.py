@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pymatgen.core import Lattice, Structure
 
 from crystalgan_jax.core import cells, encoding, geometry, losses
 
@@ -113,3 +114,79 @@ def test_example_trains_a_denoiser_with_the_penalty():
     assert values["noisy_penalty"] > 0
     assert values["denoised_penalty"] < 0.5 * values["noisy_penalty"]
     assert values["denoised_mse"] < values["noisy_mse"]
+
+
+# --- distance and composition matching (issue 28) ---------------------------------------
+
+def test_quantile_matching_is_the_one_dimensional_wasserstein_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(2.5, 0.2, 4000)
+    b = rng.normal(2.7, 0.2, 40000)
+    levels = (np.arange(64) + 0.5) / 64
+    q = np.quantile(b, levels)
+    with jax.enable_x64(True):
+        # W_2^2 between two normals of equal width: the squared difference of the means
+        got = float(losses.quantile_matching(jnp.asarray(a), jnp.ones(a.shape, bool),
+                                             jnp.asarray(q)))
+        assert got == pytest.approx(0.04, abs=4e-3)
+        # invalid entries are padding: any value there changes nothing
+        padded = jnp.concatenate([jnp.asarray(a), jnp.full((7,), -50.0)])
+        valid = jnp.concatenate([jnp.ones(a.shape, bool), jnp.zeros((7,), bool)])
+        assert float(losses.quantile_matching(padded, valid, jnp.asarray(q))) == pytest.approx(got)
+        # samples sitting on the reference quantiles are at distance 0
+        assert float(losses.quantile_matching(jnp.asarray(q[::-1]), jnp.ones(64, bool),
+                                              jnp.asarray(q))) == pytest.approx(0.0, abs=1e-12)
+        x = jnp.asarray(rng.normal(2.6, 0.3, 9))
+        v = jnp.asarray([True] * 8 + [False])
+        grad = jax.grad(losses.quantile_matching)(x, v, jnp.asarray(q))
+        assert float(grad[-1]) == 0.0
+        eps = 1e-6
+        for i in range(8):
+            dx = jnp.zeros(9).at[i].set(eps)
+            fd = (losses.quantile_matching(x + dx, v, jnp.asarray(q))
+                  - losses.quantile_matching(x - dx, v, jnp.asarray(q))) / (2 * eps)
+            assert float(grad[i]) == pytest.approx(float(fd), abs=1e-6)
+
+
+def test_distance_matching_agrees_with_pymatgen_distances():
+    from crystalgan_jax.core import cells
+
+    structures = [_random_ternary(seed) for seed in range(3)]
+    layout = encoding.Layout.fit("Pd", "Ni", structures)
+    batch = encoding.encode_batch(structures, layout, dtype=np.float64)
+    quantiles = (2.0, 2.2, 2.5, 2.9)
+    levels = (np.arange(4) + 0.5) / 4
+    with jax.enable_x64(True):
+        batch = jax.tree_util.tree_map(lambda a: jnp.asarray(a), batch)
+        shifts = jnp.asarray(cells.lattice_shifts((3, 3, 3)), jnp.float64)
+        got = float(losses.distance_matching(batch, shifts, (((0,), (1, 2), quantiles),)))
+    d = np.sort([min(n.nn_distance for n in s.get_neighbors(site, 8.0)
+                     if n.specie.symbol in ("Pd", "Ni"))
+                 for s in structures for site in s if site.specie.symbol == "H"])
+    target = np.interp((np.arange(d.size) + 0.5) / d.size, levels, quantiles)
+    assert got == pytest.approx(float(np.mean((d - target) ** 2)), rel=1e-6)
+
+
+def test_hydrogen_fraction_and_composition_matching():
+    structures = [_random_ternary(seed) for seed in range(3)]
+    layout = encoding.Layout.fit("Pd", "Ni", structures)
+    batch = encoding.encode_batch(structures, layout, dtype=np.float32)
+    fractions = np.array([s.composition["H"] / s.composition.num_atoms for s in structures])
+    got = np.asarray(jax.vmap(losses.hydrogen_fraction)(batch))
+    np.testing.assert_allclose(got, fractions, rtol=1e-6)
+    q = np.sort(fractions)
+    # three structures against their own three quantiles: 0; shifted by 0.1: 0.01
+    assert float(losses.composition_matching(batch, jnp.asarray(q))) == pytest.approx(0.0, abs=1e-10)
+    assert float(losses.composition_matching(batch, jnp.asarray(q + 0.1))) == pytest.approx(
+        0.01, rel=1e-4)
+
+
+def _random_ternary(seed: int) -> Structure:
+    """A small P1 Pd-Ni-H cell with no atoms closer than 1.2 A (distinct nearest distances)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        lattice = Lattice(np.diag(rng.uniform(3.6, 4.4, 3)) + rng.uniform(-0.3, 0.3, (3, 3)))
+        species = ["H"] * int(rng.integers(1, 4)) + ["Pd"] * int(rng.integers(1, 3)) + ["Ni"]
+        s = Structure(lattice, species, rng.uniform(0, 1, (len(species), 3)))
+        if len(s) == 1 or s.distance_matrix[np.triu_indices(len(s), 1)].min() > 1.2:
+            return s

@@ -239,3 +239,88 @@ def outside_image_fraction(crystals: Crystal, shifts: jax.Array) -> jax.Array:
     """Fraction of a batch ``[B]`` whose cells need more images than ``shifts`` hold."""
     out = jax.vmap(lambda l: geometry.outside_image_range(l, shifts))(crystals.lattice)
     return jnp.mean(out.astype(jnp.float32))
+
+
+# --- matching the training data's nearest-neighbour distances (issue 28) ------------------
+
+def quantile_matching(samples: jax.Array, valid: jax.Array,
+                      reference_quantiles: jax.Array) -> jax.Array:
+    """Squared 2-Wasserstein distance between the valid samples and a reference distribution.
+
+    In one dimension the optimal transport pairs the sorted samples with the reference's
+    quantiles: with the ``n`` valid samples sorted, ``s_(0) <= ... <= s_(n-1)``,
+    ``W_2^2 = (1/n) sum_i (s_(i) - Q((i + 1/2) / n))^2`` where Q is the reference's
+    quantile function, known at the levels ``(k + 1/2) / K`` and interpolated linearly
+    between them (held constant beyond the ends). Differentiable in the samples (the
+    gradient of a sort is the permutation's), so a generator can be pulled towards a
+    distribution rather than only into a window.
+
+    Args:
+      samples: ``[M]`` values (e.g. nearest-neighbour distances in Angstrom).
+      valid: ``[M]`` bool; invalid entries (padding) count for nothing.
+      reference_quantiles: ``[K]`` non-decreasing quantiles of the reference at levels
+        ``(k + 1/2) / K``, same unit as ``samples``.
+    Returns:
+      scalar, in the unit of ``samples`` squared; 0 where no sample is valid.
+    """
+    n_total = samples.shape[0]
+    n = jnp.sum(valid).astype(samples.dtype)
+    # A large finite filler sorts the invalid entries last without an inf whose
+    # gradient (0 * inf) would be NaN.
+    filler = jnp.asarray(1e4, samples.dtype)
+    ordered = jnp.sort(jnp.where(valid, samples, filler))
+    rank = jnp.arange(n_total, dtype=samples.dtype)
+    levels = (rank + 0.5) / jnp.maximum(n, 1.0)
+    k = reference_quantiles.shape[0]
+    grid = (jnp.arange(k, dtype=samples.dtype) + 0.5) / k
+    target = jnp.interp(levels, grid, reference_quantiles.astype(samples.dtype))
+    used = rank < n
+    sq = jnp.where(used, (jnp.where(used, ordered, target) - target) ** 2, 0.0)
+    return jnp.sum(sq) / jnp.maximum(n, 1.0)
+
+
+def distance_matching(crystals: Crystal, shifts: jax.Array,
+                      profiles: Sequence[tuple[Sequence[int], Sequence[int], Sequence[float]]]
+                      ) -> jax.Array:
+    """L_dist: per pair type, :func:`quantile_matching` of a batch's nearest distances.
+
+    For each profile ``(source blocks, target blocks, quantiles)`` every source atom's
+    nearest target atom (:func:`crystalgan_jax.core.geometry.cross_nearest`) is taken
+    over the whole batch ``[B]`` and its distribution compared with the training data's
+    (quantiles learned by :func:`crystalgan_jax.materials.candidates.learn_distance_quantiles`);
+    the squared Wasserstein distances (Angstrom^2) are summed over profiles. Unlike the
+    windows, which only bound each distance, this moves the whole distribution (its peak
+    included) to where the data's lie.
+    """
+    total = jnp.zeros((), crystals.lattice.dtype)
+    for source, target, quantiles in profiles:
+        s, valid = jax.vmap(lambda c: geometry.cross_nearest(c, shifts, source, target))(crystals)
+        total = total + quantile_matching(s.reshape(-1), valid.reshape(-1),
+                                          jnp.asarray(quantiles, crystals.lattice.dtype))
+    return total
+
+
+
+def hydrogen_fraction(crystal: Crystal) -> jax.Array:
+    """One structure's expected hydrogen fraction n_H / (n_H + n_metal) from its occupancies.
+
+    Sums the occupancy probabilities of the H block (block 0) and of the metal blocks (all
+    others): a differentiable stand-in for the fraction the decoded structure (masks
+    thresholded at 0.5) has. Scalar in [0, 1]; 0 for an empty structure.
+    """
+    h = jnp.sum(crystal.masks[0])
+    metal = sum(jnp.sum(m) for m in crystal.masks[1:])
+    return h / jnp.maximum(h + metal, 1e-6)
+
+
+def composition_matching(crystals: Crystal, reference_quantiles: jax.Array) -> jax.Array:
+    """L_comp: :func:`quantile_matching` of a batch's :func:`hydrogen_fraction` ``[B]``
+    against the training structures' (quantiles at levels (k + 1/2) / K); dimensionless.
+
+    CrystalGAN's ternaries join the metal atoms of both binaries around the hydrogen of
+    one, so left alone they come out metal-rich; this pulls the batch's distribution of
+    hydrogen content towards the data's.
+    """
+    x = jax.vmap(hydrogen_fraction)(crystals)
+    return quantile_matching(x, jnp.ones(x.shape, bool),
+                             jnp.asarray(reference_quantiles, x.dtype))

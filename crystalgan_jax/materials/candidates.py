@@ -5,7 +5,9 @@ structures:
 
 * :func:`learn_windows`: per-class nearest-neighbour windows (Angstrom) from the training
   binaries, for the differentiable window term of training
-  (:func:`crystalgan_jax.core.geometry.window_penalty`);
+  (:func:`crystalgan_jax.core.geometry.window_penalty`), and :func:`learn_distance_quantiles`,
+  the same distances' distributions for the distance-matching term
+  (:func:`crystalgan_jax.core.losses.distance_matching`);
 * :func:`snap_to_symmetry`: a near-symmetric generated structure -> its idealised
   primitive standard cell (spglib through pymatgen), which the criteria then re-check;
 * :func:`novel_flags` / :func:`count_novel`: whether a candidate matches (pymatgen
@@ -27,6 +29,7 @@ from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, H_BLOCK
 from crystalgan_jax.materials.io import HYDROGEN
 
 Window = tuple[tuple[int, ...], tuple[int, ...], float, float]
+Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]
 
 
 def nearest_to(evaluations: Sequence[evaluation.StructureEvaluation], source: set[str],
@@ -46,22 +49,15 @@ def nearest_to(evaluations: Sequence[evaluation.StructureEvaluation], source: se
     return np.asarray(out, np.float64)
 
 
-def learn_windows(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
-                  element_b: str, percentiles: tuple[float, float], d1: float, d2: float
-                  ) -> tuple[Window, ...]:
-    """Nearest-neighbour windows learned from the binary training structures.
+def _pair_distances(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
+                    element_b: str, d1: float, d2: float
+                    ) -> list[tuple[tuple[int, ...], tuple[int, ...], np.ndarray, bool]]:
+    """The training binaries' nearest distances per pair type the generated cells are held to.
 
-    Windows, as ``(source blocks, target blocks, lo, hi)`` with lo..hi the given
-    percentiles of the training distances:
-
-    * A -> nearest H (from the A-H data), B -> nearest H (from the B-H data): the metal-H
-      pairs the paper leaves free;
-    * H -> nearest metal (both domains pooled);
-    * metal -> nearest metal and H -> nearest H (pooled), intersected with the paper's
-      [d1, d2] so that the window never contradicts the paper's criterion.
-
-    A window whose data are empty, or whose intersection with [d1, d2] is empty, is left
-    out.
+    ``(source blocks, target blocks, distances in Angstrom, paper class)``, in this order:
+    A -> nearest H (from the A-H data), B -> nearest H (from the B-H data), H -> nearest
+    metal (both domains pooled), metal -> nearest metal and H -> nearest H (pooled; the
+    paper's constrained classes).
     """
     ev_ah = evaluation.evaluate_structures(ah, element_a, element_b, d1=d1, d2=d2)
     ev_bh = evaluation.evaluate_structures(bh, element_a, element_b, d1=d1, d2=d2)
@@ -72,9 +68,26 @@ def learn_windows(ah: Sequence[Structure], bh: Sequence[Structure], element_a: s
             ((H_BLOCK,), (A_BLOCK, B_BLOCK), both, {HYDROGEN}, metals, False),
             ((A_BLOCK, B_BLOCK), (A_BLOCK, B_BLOCK), both, metals, metals, True),
             ((H_BLOCK,), (H_BLOCK,), both, {HYDROGEN}, {HYDROGEN}, True)]
+    return [(source, target, nearest_to(evs, src, tgt), paper_class)
+            for source, target, evs, src, tgt, paper_class in spec]
+
+
+def learn_windows(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
+                  element_b: str, percentiles: tuple[float, float], d1: float, d2: float
+                  ) -> tuple[Window, ...]:
+    """Nearest-neighbour windows learned from the binary training structures.
+
+    Windows, as ``(source blocks, target blocks, lo, hi)`` with lo..hi the given
+    percentiles of the training distances of each pair type (:func:`_pair_distances`:
+    metal -> H per metal, H -> metal, metal -> metal, H -> H); the metal-H pairs are the
+    ones the paper leaves free, and the metal-metal and H-H windows are intersected with
+    the paper's [d1, d2] so that they never contradict the paper's criterion.
+
+    A window whose data are empty, or whose intersection with [d1, d2] is empty, is left
+    out.
+    """
     windows = []
-    for source, target, evs, src_sym, tgt_sym, paper_class in spec:
-        d = nearest_to(evs, src_sym, tgt_sym)
+    for source, target, d, paper_class in _pair_distances(ah, bh, element_a, element_b, d1, d2):
         if d.size == 0:
             continue
         lo, hi = (float(v) for v in np.percentile(d, percentiles))
@@ -83,6 +96,22 @@ def learn_windows(ah: Sequence[Structure], bh: Sequence[Structure], element_a: s
         if lo < hi:
             windows.append((source, target, round(lo, 4), round(hi, 4)))
     return tuple(windows)
+
+
+def learn_distance_quantiles(ah: Sequence[Structure], bh: Sequence[Structure],
+                             element_a: str, element_b: str, levels: int, d1: float,
+                             d2: float) -> tuple[Profile, ...]:
+    """The training binaries' nearest-distance distributions, as quantiles per pair type.
+
+    One ``(source blocks, target blocks, quantiles)`` per pair type of
+    :func:`_pair_distances` that has data, with ``levels`` quantiles (Angstrom, rounded to
+    1e-4) at the levels ``(k + 1/2) / levels``: what
+    :func:`crystalgan_jax.core.losses.distance_matching` pulls the generated distances to.
+    """
+    grid = (np.arange(levels) + 0.5) / levels * 100.0
+    return tuple((source, target, tuple(round(float(q), 4) for q in np.percentile(d, grid)))
+                 for source, target, d, _ in _pair_distances(ah, bh, element_a, element_b,
+                                                             d1, d2) if d.size)
 
 
 def snap_to_symmetry(structure: Structure, symprec: float) -> tuple[Structure, int]:

@@ -505,9 +505,29 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
     flags.DEFINE_float("stability_threshold", screening.STABILITY_THRESHOLD,
                        "Stable: converged and E_hull <= this (eV/atom).",
                        flag_values=flag_values)
+    flags.DEFINE_list("h_fraction", ["0", "1"], "lo,hi: screen only the candidates whose "
+                      "hydrogen fraction n_H / n_atoms lies in [lo, hi] (e.g. 0.4,0.7 for "
+                      "hydrogen-rich ones); the report gives the range asked for and the "
+                      "H/M of what was screened.", flag_values=flag_values)
     flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
                       "cache ($CRYSTALGAN_CACHE, else ~/.cache/crystalgan_jax).",
                       flag_values=flag_values)
+
+
+def h_fraction_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[float, float]:
+    """--h_fraction as (lo, hi) with 0 <= lo <= hi <= 1.
+
+    Raises:
+      UsageError: not two numbers in that order and range.
+    """
+    items = list(flag_values.h_fraction)
+    try:
+        lo, hi = (float(v) for v in items)
+    except ValueError:
+        raise UsageError(f"--h_fraction takes two numbers lo,hi, got {','.join(items)}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise UsageError(f"--h_fraction needs 0 <= lo <= hi <= 1, got {lo:g},{hi:g}")
+    return lo, hi
 
 
 def relaxers_from_flags(flag_values: flags.FlagValues = flags.FLAGS, log=None) -> list:

@@ -28,6 +28,7 @@ and the "Candidates for DFT" section at the top of ``RUN/report.md``.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -77,7 +78,8 @@ def found_by(run_dir: Path) -> dict[str, list[str]]:
 def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                use_cache: bool = True, log: Log = runs.log_line,
                candidates: Sequence[tuple[str, Structure]] | None = None,
-               second: Relaxer | None = None, second_mode: str = "relax") -> dict[str, Any]:
+               second: Relaxer | None = None, second_mode: str = "relax",
+               h_fraction: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
     """Screens ``run_dir``'s candidates and the substitution baseline on one hull.
 
     Args:
@@ -88,6 +90,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
       second: a second potential's relaxer: it judges every relaxed candidate against its
         own hull of the same phases (:mod:`crystalgan_jax.screening.second_opinion`,
         ``second_mode``), and the candidates are ranked by the consensus.
+      h_fraction: (lo, hi): only candidates with n_H / n_atoms in [lo, hi] are screened
+        (:func:`crystalgan_jax.screening.runs.within_h_fraction`).
     Returns:
       The summary (also ``RUN/screening/summary.json``).
     Raises:
@@ -98,7 +102,11 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     system = runs.run_system(run_dir)
     a, b = system["element_a"], system["element_b"]
     out = run_dir / SCREENING
-    named = list(candidates) if candidates is not None else run_candidates(run_dir, system)
+    offered = list(candidates) if candidates is not None else run_candidates(run_dir, system)
+    named = runs.within_h_fraction(offered, h_fraction)
+    if len(named) < len(offered):
+        log(f"{len(named)} of {len(offered)} candidates have a hydrogen fraction in "
+            f"[{h_fraction[0]:g}, {h_fraction[1]:g}] (--h_fraction)")
     log(f"screening {len(named)} candidates of {run_dir} with {relaxer.label} "
         f"({relaxer.workers} worker(s))")
     sys_ = runs.System(a, b, system["data_ah"], system["data_bh"], system["options"], relaxer,
@@ -123,6 +131,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
                "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
                "comparison": cmp["counts"], "mixing": mixing(sys_),
+               "composition": composition(offered, named, h_fraction, sys_.training),
                "second_opinion": (None if second is None else {
                    "potential": second.label, "mode": second_mode,
                    "agreement": result["second_opinion"]["agreement"]}),
@@ -135,6 +144,30 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
         f"hull (substitution: {summary['substitution']['sun']} S.U.N.); "
         f"{run_dir / 'report.md'}")
     return summary
+
+
+def _spread(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": round(min(values), 3), "median": round(float(statistics.median(values)), 3),
+            "max": round(max(values), 3)}
+
+
+def composition(offered: Sequence[tuple[str, Structure]], screened: Sequence[tuple[str, Structure]],
+                h_fraction: tuple[float, float], training: Sequence[Structure]) -> dict[str, Any]:
+    """Hydrogen per metal atom (H/M) of the candidates offered and screened, and of the
+    training structures, with the ``--h_fraction`` range asked for."""
+    def h_per_metal(structures):
+        out = []
+        for s in structures:
+            metal = s.composition.num_atoms - s.composition["H"]
+            if metal:
+                out.append(s.composition["H"] / metal)
+        return out
+    return {"h_fraction": list(h_fraction), "offered": len(offered), "screened": len(screened),
+            "h_per_metal_offered": _spread(h_per_metal(s for _, s in offered)),
+            "h_per_metal_screened": _spread(h_per_metal(s for _, s in screened)),
+            "h_per_metal_training": _spread(h_per_metal(training))}
 
 
 def grouped_candidates(result: Mapping[str, Any], members: Mapping[str, list[str]]
@@ -225,6 +258,16 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
                   "that mixture of A-H and B-H phases, and a stable ternary claims a new "
                   "compound in a system whose metals separate.", ""]
     lines += counts_table(summary)
+    comp = summary.get("composition")
+    if comp and comp["h_per_metal_screened"] and comp["h_per_metal_training"]:
+        got, ref = comp["h_per_metal_screened"], comp["h_per_metal_training"]
+        asked = ("" if comp["h_fraction"] == [0.0, 1.0] else
+                 f"; {comp['screened']} of {comp['offered']} candidates have the hydrogen "
+                 f"fraction asked for ({comp['h_fraction'][0]:g}-{comp['h_fraction'][1]:g})")
+        lines += ["", f"Hydrogen per metal atom (H/M) of the screened candidates: median "
+                  f"{got['median']:g} (range {got['min']:g}-{got['max']:g}), against the "
+                  f"training structures' {ref['median']:g} ({ref['min']:g}-{ref['max']:g})"
+                  f"{asked}."]
     lines += ["", f"Formula by formula (lowest E_hull each side reaches; "
               f"[screening/comparison.md](screening/comparison.md)): the generator is lower "
               f"in {c.get('generator', 0)}, substitution in {c.get('substitution', 0)}, "

@@ -118,7 +118,8 @@ def prepare(spec: RunSpec, log: Callable[[str], None] | None = None) -> Prepared
 
 
 def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
-    """crystalgan_plus: distance windows and the smallest plane spacing from the training data.
+    """crystalgan_plus: distance windows, distance and hydrogen-fraction quantiles and the
+    smallest plane spacing from the training data.
 
     Only where the configuration asks for them and leaves them unset, so a resumed run
     (whose config.json holds them) compares equal.
@@ -131,6 +132,18 @@ def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
         changes["pair_windows"] = candidates.learn_windows(
             ah.structures, bh.structures, spec.element_a, spec.element_b,
             cfg.window_percentiles, cfg.d1, cfg.d2)
+    if cfg.distance_weight > 0 and not cfg.distance_quantiles:
+        from crystalgan_jax.materials import candidates
+
+        changes["distance_quantiles"] = candidates.learn_distance_quantiles(
+            ah.structures, bh.structures, spec.element_a, spec.element_b,
+            cfg.distance_levels, cfg.d1, cfg.d2)
+    if cfg.composition_weight > 0 and not cfg.h_fraction_quantiles:
+        fractions = [s.composition["H"] / s.composition.num_atoms
+                     for s in ah.structures + bh.structures]
+        grid = (np.arange(cfg.distance_levels) + 0.5) / cfg.distance_levels * 100.0
+        changes["h_fraction_quantiles"] = tuple(round(float(q), 4)
+                                                for q in np.percentile(fractions, grid))
     if cfg.spacing_weight > 0 and cfg.min_plane_spacing == 0:
         lattices = np.array([s.lattice.matrix for s in ah.structures + bh.structures])
         changes["min_plane_spacing"] = round(float(cells.plane_spacings(lattices).min()), 4)

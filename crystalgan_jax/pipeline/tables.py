@@ -39,6 +39,8 @@ ABLATION_LABELS = {"crystalgan": "CrystalGAN (paper's method)",
                    "-pairings": "plus, fixed pairing only",
                    "-snapshots": "plus, final generators only",
                    "-snap": "plus, no symmetry snapping",
+                   "-distances": "plus, no distance matching",
+                   "-composition": "plus, no composition matching",
                    "substitution": SUBSTITUTION_LABEL}
 # The paper's Table 2: good-quality ternary compositions per method.
 PAPER = {("Pd", "Ni"): {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9},
@@ -58,6 +60,8 @@ VARIANTS = {
     "-pairings": {"random_pairings": False},
     "-snapshots": {"snapshots": 1},
     "-snap": {"snap_symprec": 0.0},
+    "-distances": {"distance_weight": 0.0},
+    "-composition": {"composition_weight": 0.0},
 }
 SAMPLING_ONLY = ("-sampling", "-pairings", "-snapshots", "-snap")
 

@@ -64,6 +64,19 @@ def select(named: Sequence[tuple[str, Structure]], element_a: str, element_b: st
     return kept
 
 
+def hydrogen_fraction(structure: Structure) -> float:
+    """n_H / n_atoms of one structure."""
+    return structure.composition["H"] / structure.composition.num_atoms
+
+
+def within_h_fraction(named: Sequence[tuple[str, Structure]], h_fraction: tuple[float, float]
+                      ) -> list[tuple[str, Structure]]:
+    """The structures whose hydrogen fraction n_H / n_atoms lies in [lo, hi] (inclusive):
+    how a user asks the screening for a composition range (``--h_fraction``)."""
+    lo, hi = h_fraction
+    return [(n, s) for n, s in named if lo - 1e-9 <= hydrogen_fraction(s) <= hi + 1e-9]
+
+
 class Journal(JsonlJournal):
     """Relaxations saved one JSON line each as they end, read back by an identical rerun
     (:class:`~crystalgan_jax.screening.journal.JsonlJournal`)."""

@@ -15,11 +15,13 @@ METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
 # switched off alone (0 / 1 / False), which is how experiments/ablation.py measures it.
 PLUS_DEFAULTS = {"plus_clash": True, "window_weight": 1.0, "spacing_weight": 1.0,
                  "input_noise": 0.3, "samples_per_input": 10, "random_pairings": True,
-                 "snap_symprec": 0.1, "snapshots": 5}
+                 "snap_symprec": 0.1, "snapshots": 5, "distance_weight": 0.0,
+                 "composition_weight": 0.0}
 # The same fields for every other method: off, so the paper's method is unchanged.
 PLUS_OFF = {"plus_clash": False, "window_weight": 0.0, "spacing_weight": 0.0,
             "input_noise": 0.0, "samples_per_input": 1, "random_pairings": False,
-            "snap_symprec": 0.0, "snapshots": 1}
+            "snap_symprec": 0.0, "snapshots": 1, "distance_weight": 0.0,
+            "composition_weight": 0.0}
 GEOMETRY_FORMS = ("hinge", "paper")
 
 
@@ -62,6 +64,19 @@ class TrainConfig:
       pair_windows: ``((source blocks), (target blocks), lo, hi)`` per window, Angstrom;
         empty: the runner learns them (:func:`crystalgan_jax.materials.candidates.learn_windows`).
       window_percentiles: percentiles of the training distances that bound each window.
+      distance_weight: weight of L_dist (stage 3 only), the squared 2-Wasserstein
+        distance between the generated nearest-neighbour distances of each pair type,
+        pooled over the batch, and the training binaries' (``distance_quantiles``).
+      distance_quantiles: ``((source blocks), (target blocks), (quantiles...))`` per pair
+        type, Angstrom, at levels (k + 1/2) / K; empty: the runner learns them
+        (:func:`crystalgan_jax.materials.candidates.learn_distance_quantiles`).
+      distance_levels: K, the quantiles learned per pair type (and of the hydrogen
+        fraction).
+      composition_weight: weight of L_comp (stage 3 only), the squared 2-Wasserstein
+        distance between the generated structures' hydrogen fractions n_H / n_atoms (from
+        the occupancy probabilities) and the training structures' (``h_fraction_quantiles``).
+      h_fraction_quantiles: the training structures' hydrogen fractions at levels
+        (k + 1/2) / K; empty: the runner learns them.
       spacing_weight: weight of L_cell = sum relu(min_plane_spacing - h_m)^2 on the
         generated cells, which keeps them inside the penalty's compiled image range.
       min_plane_spacing: Angstrom; 0: the runner takes the training cells' smallest.
@@ -108,6 +123,11 @@ class TrainConfig:
     window_weight: float | None = None
     pair_windows: tuple[tuple[tuple[int, ...], tuple[int, ...], float, float], ...] = ()
     window_percentiles: tuple[float, float] = (1.0, 99.0)
+    distance_weight: float | None = None
+    distance_quantiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]], ...] = ()
+    distance_levels: int = 32
+    composition_weight: float | None = None
+    h_fraction_quantiles: tuple[float, ...] = ()
     spacing_weight: float | None = None
     min_plane_spacing: float = 0.0
     input_noise: float | None = None
@@ -129,10 +149,15 @@ class TrainConfig:
         pw = tuple((tuple(map(int, s)), tuple(map(int, t)), float(lo), float(hi))
                    for s, t, lo, hi in self.pair_windows)  # JSON lists -> hashable tuples
         object.__setattr__(self, "pair_windows", pw)
+        dq = tuple((tuple(map(int, s)), tuple(map(int, t)), tuple(map(float, q)))
+                   for s, t, q in self.distance_quantiles)
+        object.__setattr__(self, "distance_quantiles", dq)
+        object.__setattr__(self, "h_fraction_quantiles",
+                           tuple(map(float, self.h_fraction_quantiles)))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("epochs", "batch_size", "generator_steps", "width", "chunk_epochs",
-                     "latent_dim", "max_images"):
+                     "latent_dim", "max_images", "distance_levels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.d1 < self.d2 < float("inf"):
@@ -144,7 +169,7 @@ class TrainConfig:
             raise ValueError(f"snapshots must be in [1, epochs = {self.epochs}], "
                              f"got {self.snapshots}")
         for name in ("window_weight", "spacing_weight", "input_noise", "snap_symprec",
-                     "min_plane_spacing"):
+                     "min_plane_spacing", "distance_weight", "composition_weight"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
         if self.geometry_form not in GEOMETRY_FORMS:

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from crystalgan_jax.core import losses
 from crystalgan_jax.core.encoding import Crystal
 from crystalgan_jax.train.config import TrainConfig
-from crystalgan_jax.train.stages import Stage, uses_clash, uses_windows
+from crystalgan_jax.train.stages import (Stage, uses_clash, uses_composition,
+                                         uses_distances, uses_windows)
 from crystalgan_jax.train.state import Networks, apply_discriminator, apply_generator
 
 
@@ -64,6 +65,14 @@ def _plus_terms(total: jax.Array, generated: Crystal, cfg: TrainConfig,
         win = losses.windows(generated, shifts, cfg.pair_windows)
         total = total + cfg.window_weight * win
         terms.append(win)
+    if uses_distances(cfg):
+        dist = losses.distance_matching(generated, shifts, cfg.distance_quantiles)
+        total = total + cfg.distance_weight * dist
+        terms.append(dist)
+    if uses_composition(cfg):
+        comp = losses.composition_matching(generated, cfg.h_fraction_quantiles)
+        total = total + cfg.composition_weight * comp
+        terms.append(comp)
     if cfg.spacing_weight > 0:
         cell = losses.cell_spacing(generated, cfg.min_plane_spacing)
         total = total + cfg.spacing_weight * cell

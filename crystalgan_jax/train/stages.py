@@ -45,7 +45,7 @@ STAGES = {
 
 def metric_names(stage: Stage, cfg: TrainConfig) -> tuple[str, ...]:
     """What one epoch logs for ``stage``: its losses, plus L_clash where it is on, plus
-    crystalgan_plus's terms (L_win, L_cell, and ``outside_images``: the fraction of
+    crystalgan_plus's terms (L_win, L_dist, L_comp, L_cell, and ``outside_images``: the fraction of
     generated cells that need more lattice images than the penalty was compiled with)."""
     return stage.metric_names + (("L_clash",) if uses_clash(stage, cfg) else ()) \
         + _plus_metric_names(stage, cfg)
@@ -55,12 +55,24 @@ def _plus_metric_names(stage: Stage, cfg: TrainConfig) -> tuple[str, ...]:
     if not stage.geometric or cfg.method != "crystalgan_plus":
         return ()
     return ((("L_win",) if uses_windows(cfg) else ())
+            + (("L_dist",) if uses_distances(cfg) else ())
+            + (("L_comp",) if uses_composition(cfg) else ())
             + (("L_cell",) if cfg.spacing_weight > 0 else ()) + ("outside_images",))
 
 
 def uses_windows(cfg: TrainConfig) -> bool:
     """Whether L_win is on: a positive ``window_weight`` and at least one pair window."""
     return cfg.window_weight > 0 and len(cfg.pair_windows) > 0
+
+
+def uses_distances(cfg: TrainConfig) -> bool:
+    """Whether L_dist is on: a positive ``distance_weight`` and at least one profile."""
+    return cfg.distance_weight > 0 and len(cfg.distance_quantiles) > 0
+
+
+def uses_composition(cfg: TrainConfig) -> bool:
+    """Whether L_comp is on: a positive ``composition_weight`` and learned quantiles."""
+    return cfg.composition_weight > 0 and len(cfg.h_fraction_quantiles) > 0
 
 
 def uses_clash(stage: Stage, cfg: TrainConfig) -> bool:

@@ -1,0 +1,146 @@
+"""The discovery job with generator ingredients switched on or off: what each does to energy.
+
+    python benchmarks/discovery.py --output_dir=/tmp/discovery \
+        --variants='main:,dist:--distance_weight=1' [--flagfile=experiments/pdni.flags]
+    python benchmarks/discovery.py --output_dir=/tmp/discovery --collect   # summarise only
+
+Runs ``experiments/train.py --flagfile=F <variant's flags> --output_dir=<output_dir>/<name>``
+once per variant (``name:flags``, flags separated by spaces; the system's hull is cached,
+so only the first run relaxes it), then prints and writes ``discovery.md`` and
+``discovery.json`` in ``--output_dir``, a row per variant:
+
+- pooled unique candidates, screened, unique after relaxation, S.U.N., on or below the
+  hull (E_hull <= 0), the lowest and median E_hull of the generator (eV/atom);
+- formula by formula against substitution: where each side is lower, and formulas only
+  the generator reaches;
+- how far relaxation moved the candidates: median FIRE steps, median |volume change|,
+  median RMS displacement (StructureMatcher, normalised; over the pairs that still match);
+- hydrogen per metal atom (H/M) of the pooled candidates (median and range) against the
+  training structures'; relaxed candidates with a space group above P1 (0.1 A);
+- wall time of training and of the candidates' screening (the hull excluded: cached).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", None, "Folder of the variants' run folders and the table.")
+flags.DEFINE_list("variants", ["main:"], "name:flags per variant (flags space-separated).")
+flags.DEFINE_string("flagfile_for_runs", str(REPO / "experiments" / "pdni.flags"),
+                    "The discovery flagfile every variant starts from.")
+flags.DEFINE_bool("collect", False, "Summarise the run folders already in --output_dir.")
+flags.mark_flag_as_required("output_dir")
+
+
+def _h_per_metal(structure) -> float:
+    c = structure.composition
+    metal = c.num_atoms - c["H"]
+    return c["H"] / metal if metal else float("inf")
+
+
+def _range(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)} if values else {}
+
+
+def summarise(run: Path) -> dict:
+    """One variant's row from its run folder (see the module docstring)."""
+    from crystalgan_jax.materials import io
+
+    spec = json.loads((run / "config.json").read_text())["spec"]
+    screening = json.loads((run / "screening" / "screening.json").read_text())
+    comparison = json.loads((run / "screening" / "comparison.json").read_text())["counts"]
+    timing = json.loads((run / "timing.json").read_text())
+    pooled = json.loads((run / "report.json").read_text()).get("counts", {})
+    rows = [r for r in screening["structures"] if r["relaxation"]["converged"]]
+    e_hull = [r["e_hull_eV_per_atom"] for r in rows if r["e_hull_eV_per_atom"] is not None]
+    disp = [r["displacement"] for r in rows if r.get("displacement")]
+    data = [REPO / p if not Path(p).is_absolute() else Path(p)
+            for p in (spec["data_ah"], spec["data_bh"])]
+    # .mat files hold both metals' columns: block 2 is A's, block 3 is B's
+    training = [_h_per_metal(s) for path, element, block in
+                zip(data, (spec["element_a"], spec["element_b"]), (2, 3))
+                for s in io.read_domain(path, element, mat_block=block).structures]
+    generated = [_h_per_metal(io.read_structure(p)) for p in sorted((run / "candidates")
+                                                                    .glob("*.vasp"))]
+    c = screening["counts"]
+    return {
+        "pooled_unique": pooled.get("unique", len(generated)), "screened": c["screened"],
+        "unique_after_relaxation": c["unique"], "sun": c["sun"], "on_hull": c["on_hull"],
+        "lowest_e_hull": round(min(e_hull), 4) if e_hull else None,
+        "median_e_hull": round(statistics.median(e_hull), 4) if e_hull else None,
+        "formulas": comparison,
+        "median_steps": statistics.median(r["relaxation"]["steps"] for r in rows) if rows else None,
+        "median_abs_volume_change": round(statistics.median(
+            abs(d["volume_change"]) for d in disp), 3) if disp else None,
+        "median_rms": round(statistics.median(
+            d["rms"] for d in disp if d["rms"] is not None), 3)
+        if any(d["rms"] is not None for d in disp) else None,
+        "rms_matched": sum(d["rms"] is not None for d in disp),
+        "h_per_metal": _range(generated), "h_per_metal_training": _range(training),
+        "above_p1": sum(d["spacegroup_after"][1] > 1 for d in disp),
+        "training_s": timing.get("training"), "screening_s": timing.get("screening_screening"),
+    }
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    head = ("| variant | unique | unique after relaxation | S.U.N. | on hull | lowest / median "
+            "E_hull | formulas gen lower / sub lower / only gen | median steps | median "
+            "abs dV/V | median RMS | H/M median (range) | above P1 | training s | screening s |")
+    lines = [head, "|" + " --- |" * 14]
+    for name, r in rows.items():
+        f = r["formulas"]
+        hm = r["h_per_metal"]
+        lines.append(
+            f"| {name} | {r['pooled_unique']} | {r['unique_after_relaxation']} | {r['sun']} | "
+            f"{r['on_hull']} | {r['lowest_e_hull']} / {r['median_e_hull']} | "
+            f"{f['generator']} / {f['substitution']} / {f['only generator']} | "
+            f"{r['median_steps']} | {r['median_abs_volume_change']} | {r['median_rms']} | "
+            f"{hm.get('median')} ({hm.get('min')}-{hm.get('max')}) | {r['above_p1']} | "
+            f"{r['training_s']} | {r['screening_s']} |")
+    any_row = next(iter(rows.values()), None)
+    if any_row:
+        t = any_row["h_per_metal_training"]
+        lines.append(f"\nTraining structures' H/M: median {t['median']} "
+                     f"(range {t['min']}-{t['max']}).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    out = Path(FLAGS.output_dir)
+    variants = {}
+    for item in FLAGS.variants:
+        name, _, extra = item.partition(":")
+        variants[name] = shlex.split(extra)
+    if not FLAGS.collect:
+        for name, extra in variants.items():
+            cmd = [sys.executable, str(REPO / "experiments" / "train.py"),
+                   f"--flagfile={FLAGS.flagfile_for_runs}", *extra,
+                   f"--output_dir={out / name}"]
+            print("running", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, cwd=REPO)
+    names = variants if not FLAGS.collect else sorted(
+        p.name for p in out.iterdir() if (p / "screening" / "summary.json").is_file())
+    rows = {name: summarise(out / name) for name in names}
+    text = markdown(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "discovery.md").write_text(text)
+    (out / "discovery.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
