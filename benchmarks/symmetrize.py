@@ -9,7 +9,8 @@ tolerance of ``--symprecs`` (Angstrom) at which spglib finds a higher space grou
 (FIRE, the screening's defaults, two worker processes). Prints and writes
 (``benchmarks/results/symmetrize.json``, or ``--out``) per tolerance: how many candidates
 gained symmetry, the energy change after the second relaxation (eV/atom; negative: lower),
-how many came out lower by more than 5 meV/atom, the space groups, and the steps.
+how many came out lower by more than 5 meV/atom, the space groups, the steps, and the
+E_hull the candidates would then have (the hull unchanged: E_hull moves by the change).
 """
 
 from __future__ import annotations
@@ -70,13 +71,24 @@ def main(argv: list[str]) -> int:
                    "dE_min_eV_per_atom": round(min(d), 5) if d else None,
                    "lower_by_5meV": sum(v < -0.005 for v in d),
                    "median_steps": statistics.median(x.steps for *_, x in picked) if picked else None,
-                   "spacegroups_after": sorted(set(after))}
+                   "spacegroups_after": sorted(set(after)),
+                   # the hull is unchanged and the composition the same: E_hull moves by dE
+                   "on_hull_after": sum(r["e_hull_eV_per_atom"] + v <= 0
+                                        for (r, *_), v in zip(picked, d)),
+                   "lowest_e_hull_after": round(min(r["e_hull_eV_per_atom"] + v for (r, *_), v
+                                                    in zip(picked, d)), 5) if d else None,
+                   "candidates": [{"name": r["name"], "formula": r["formula"],
+                                   "spacegroup": [b, n, a], "e_hull_before":
+                                   round(r["e_hull_eV_per_atom"], 5), "dE": round(v, 5),
+                                   "steps": x.steps}
+                                  for (r, b, n, x), v, a in zip(picked, d, after)]}
         report["by_symprec"][f"{tol:g}"] = figures
         print(f"symprec {tol:g} A: {figures['gained_symmetry']} gain symmetry, "
               f"{figures['kept_symmetry_after_relaxation']} keep it relaxed; dE median "
               f"{figures['dE_median_eV_per_atom']} min {figures['dE_min_eV_per_atom']} eV/atom, "
               f"{figures['lower_by_5meV']} lower by > 5 meV/atom; median "
-              f"{figures['median_steps']} steps")
+              f"{figures['median_steps']} steps; lowest E_hull after "
+              f"{figures['lowest_e_hull_after']}, {figures['on_hull_after']} on the hull")
     write_results(FLAGS.out, report)
     print(f"wrote {FLAGS.out}")
     return 0

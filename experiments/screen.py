@@ -140,7 +140,8 @@ def main(argv: list[str]) -> int:
                                                use_cache=FLAGS.hull_cache, log=_log,
                                                candidates=candidates, second=second,
                                                second_mode=FLAGS.second_opinion,
-                                               h_fraction=h_fraction)
+                                               h_fraction=h_fraction,
+                                               symmetrize=FLAGS.symmetrize)
                 print(json.dumps({"generator": summary["generator"],
                                   "substitution": summary["substitution"]}))
                 return 0
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> int:
                                       substitution_in_hull=FLAGS.hull_substitution or
                                       run_dir is not None, use_cache=FLAGS.hull_cache)
             result = sys_.screen(candidates, dest, str(run_dir or FLAGS.structures),
-                                 FLAGS.stability_threshold)
+                                 FLAGS.stability_threshold, symmetrize=FLAGS.symmetrize)
             if second is not None:  # the second opinion, with its own hull
                 result = sys_.second_opinion(result, dest, second, FLAGS.second_opinion, _log)
     except (shards.ShardError, FileNotFoundError, potentials.MissingExtraError) as err:

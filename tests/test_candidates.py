@@ -136,7 +136,7 @@ def test_plus_with_matching_terms_learns_and_logs_them(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     cfg = train.TrainConfig(method="crystalgan_plus", epochs=2, batch_size=5, depth=1,
                             width=16, chunk_epochs=1, generator_steps=1, distance_weight=1.0,
-                            composition_weight=1.0, distance_levels=4)
+                            composition_weight=1.0, distance_levels=4, rescale_volume=True)
     result = run(RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                          output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=1),
                  log=lambda m: None)
@@ -150,9 +150,43 @@ def test_plus_with_matching_terms_learns_and_logs_them(tmp_path):
             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     stage3 = [r for r in rows if r["stage"] == "stage3"]
     assert stage3 and all(np.isfinite(r["L_dist"]) and np.isfinite(r["L_comp"]) for r in stage3)
-    # off by default: the paper's method and plain crystalgan_plus learn none of it
+    # every generated ternary has the volume its composition has in the training data
+    v = dict(zip(("H", "Pd", "Ni"), learned.block_volumes))
+    assert all(x > 0 for x in learned.block_volumes)
+    finals = sorted((tmp_path / "run" / "structures" / "final").rglob("*.vasp"))
+    assert finals
+    for path in finals:
+        s = Structure.from_file(path)
+        target = sum(v[e.symbol] * n for e, n in s.composition.items())
+        assert s.volume == pytest.approx(target, rel=0.02), path
+    # off by default: the paper's method learns none of it
     assert train.TrainConfig().distance_weight == 0.0
     assert train.TrainConfig().composition_weight == 0.0
+
+
+def test_block_volumes_and_scaling_to_the_datas_volume():
+    pd = _rocksalt_pdh(4.0)          # 1 Pd + 1 H in 16 A^3
+    ni = Structure(Lattice.cubic(3.0), ["Ni", "H", "H"], [[0, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]])
+    # v_H = 2, v_Pd = 14, v_Ni = 23 solve 16 = v_H + v_Pd, 36 = 4 v_H + 2 v_Pd (a second
+    # Pd-H cell) and 27 = 2 v_H + v_Ni exactly
+    pd2 = Structure(Lattice.cubic(36.0 ** (1 / 3)), ["Pd", "Pd", "H", "H", "H", "H"],
+                    [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0, 0], [0, 0.25, 0], [0, 0, 0.25],
+                     [0.75, 0.75, 0.75]])
+    v_h, v_pd, v_ni = candidates.learn_block_volumes([pd, pd2], [ni], "Pd", "Ni")
+    assert (v_h, v_pd, v_ni) == pytest.approx((2.0, 14.0, 23.0), abs=1e-3)
+    s = _p1()  # 2 H, 1 Pd, 1 Ni
+    layout = encoding.Layout.fit("Pd", "Ni", [s])
+    with jax.enable_x64(True):
+        c = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), encoding.encode(s, layout))
+        scaled = geometry.scale_to_volume(c, (2.0, 14.0, 23.0))
+        assert abs(float(jnp.linalg.det(scaled.lattice))) == pytest.approx(2 * 2 + 14 + 23)
+        # isotropic: every distance times the same factor
+        f = (41.0 / s.volume) ** (1 / 3)
+        back = encoding.decode(jax.tree_util.tree_map(np.asarray, scaled), layout)
+        np.testing.assert_allclose(back.distance_matrix, f * s.distance_matrix, rtol=1e-6)
+        empty = c.replace(masks=tuple(jnp.zeros_like(m) for m in c.masks))
+        np.testing.assert_allclose(geometry.scale_to_volume(empty, (2.0, 14.0, 23.0)).lattice,
+                                   c.lattice)
 
 
 def test_snap_to_symmetry_restores_space_group():

@@ -538,3 +538,30 @@ def spacing_penalty(lattice: jax.Array, min_spacing: float) -> jax.Array:
     flattening instead of growing the image set.
     """
     return jnp.sum(jax.nn.relu(min_spacing - plane_spacings(lattice)) ** 2)
+
+
+# --- volume like the data's (issue 28) ---------------------------------------------------
+
+def scale_to_volume(crystal: Crystal, block_volumes: Sequence[float]) -> Crystal:
+    """One structure scaled isotropically to the volume its composition has in the data.
+
+    The target volume is ``sum_b n_b v_b`` over the blocks (H, A, B), with ``n_b`` the
+    block's atoms (occupancy > 0.5, as decoding counts them) and ``v_b`` the volume per
+    atom of that block's element (Angstrom^3) fitted on the training cells
+    (:func:`crystalgan_jax.materials.candidates.learn_block_volumes`). The lattice (and
+    Cartesian positions) are multiplied by ``(target / V)^(1/3)``; fractional positions are
+    unchanged. A structure with no atom, or a degenerate cell, is returned unscaled.
+
+    Args:
+      crystal: one structure ``lattice [3, 3]``, positions per block ``[N_b, 3]``.
+      block_volumes: ``(v_H, v_A, v_B)``, Angstrom^3 per atom.
+    """
+    counts = jnp.stack([jnp.sum(m > 0.5) for m in crystal.masks]).astype(crystal.lattice.dtype)
+    target = jnp.dot(counts, jnp.asarray(block_volumes, crystal.lattice.dtype))
+    volume = jnp.abs(jnp.linalg.det(crystal.lattice))
+    ok = (target > 0) & (volume > _TINY)
+    factor = jnp.where(ok, jnp.cbrt(jnp.where(ok, target / jnp.where(ok, volume, 1.0), 1.0)),
+                       1.0)
+    positions = (crystal.positions if crystal.fractional
+                 else tuple(p * factor for p in crystal.positions))
+    return crystal.replace(lattice=crystal.lattice * factor, positions=positions)

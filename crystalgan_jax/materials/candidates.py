@@ -114,6 +114,24 @@ def learn_distance_quantiles(ah: Sequence[Structure], bh: Sequence[Structure],
                                                              d1, d2) if d.size)
 
 
+def learn_block_volumes(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
+                        element_b: str) -> tuple[float, float, float]:
+    """Volume per atom of H, A and B (Angstrom^3) that best explains the training cells.
+
+    Least squares over both domains' cells of ``V = n_H v_H + n_A v_A + n_B v_B`` (H's
+    volume is shared by the two binaries, which is what ties them together), clipped at 0
+    and rounded to 1e-4: what :func:`crystalgan_jax.core.geometry.scale_to_volume` scales
+    a generated ternary to.
+    """
+    rows, volumes = [], []
+    for s in list(ah) + list(bh):
+        c = s.composition
+        rows.append([c[HYDROGEN], c[element_a], c[element_b]])
+        volumes.append(s.volume)
+    fitted, *_ = np.linalg.lstsq(np.asarray(rows, float), np.asarray(volumes, float), rcond=None)
+    return tuple(round(float(max(v, 0.0)), 4) for v in fitted)
+
+
 def snap_to_symmetry(structure: Structure, symprec: float) -> tuple[Structure, int]:
     """The idealised primitive standard cell where spglib finds more than P1 at ``symprec``.
 

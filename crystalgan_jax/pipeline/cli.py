@@ -505,6 +505,10 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
     flags.DEFINE_float("stability_threshold", screening.STABILITY_THRESHOLD,
                        "Stable: converged and E_hull <= this (eV/atom).",
                        flag_values=flag_values)
+    flags.DEFINE_float("symmetrize", 0.5, "Angstrom; > 0: each relaxed candidate that gains a "
+                       "space group when symmetrised at this tolerance is relaxed again from "
+                       "the symmetric cell, and the lower of the two kept (0: off).",
+                       flag_values=flag_values)
     flags.DEFINE_list("h_fraction", ["0", "1"], "lo,hi: screen only the candidates whose "
                       "hydrogen fraction n_H / n_atoms lies in [lo, hi] (e.g. 0.4,0.7 for "
                       "hydrogen-rich ones); the report gives the range asked for and the "

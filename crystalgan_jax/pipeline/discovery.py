@@ -79,7 +79,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                use_cache: bool = True, log: Log = runs.log_line,
                candidates: Sequence[tuple[str, Structure]] | None = None,
                second: Relaxer | None = None, second_mode: str = "relax",
-               h_fraction: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+               h_fraction: tuple[float, float] = (0.0, 1.0), symmetrize: float = 0.0
+               ) -> dict[str, Any]:
     """Screens ``run_dir``'s candidates and the substitution baseline on one hull.
 
     Args:
@@ -92,6 +93,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
         ``second_mode``), and the candidates are ranked by the consensus.
       h_fraction: (lo, hi): only candidates with n_H / n_atoms in [lo, hi] are screened
         (:func:`crystalgan_jax.screening.runs.within_h_fraction`).
+      symmetrize: the symmetry pass's tolerance (A; 0: off), :meth:`runs.System.screen`.
     Returns:
       The summary (also ``RUN/screening/summary.json``).
     Raises:
@@ -115,7 +117,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     hull_s = time.perf_counter() - tic
     title = f"{a}-{b}-H, {run_dir}"
     tic = time.perf_counter()
-    result = sys_.screen(named, out, title, stability_threshold, log)
+    result = sys_.screen(named, out, title, stability_threshold, log, symmetrize=symmetrize)
     if second is not None:
         result = sys_.second_opinion(result, out, second, second_mode, log)
     screen_s = time.perf_counter() - tic

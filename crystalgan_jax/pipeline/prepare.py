@@ -144,6 +144,11 @@ def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
         grid = (np.arange(cfg.distance_levels) + 0.5) / cfg.distance_levels * 100.0
         changes["h_fraction_quantiles"] = tuple(round(float(q), 4)
                                                 for q in np.percentile(fractions, grid))
+    if cfg.rescale_volume and not cfg.block_volumes:
+        from crystalgan_jax.materials import candidates
+
+        changes["block_volumes"] = candidates.learn_block_volumes(
+            ah.structures, bh.structures, spec.element_a, spec.element_b)
     if cfg.spacing_weight > 0 and cfg.min_plane_spacing == 0:
         lattices = np.array([s.lattice.matrix for s in ah.structures + bh.structures])
         changes["min_plane_spacing"] = round(float(cells.plane_spacings(lattices).min()), 4)

@@ -41,6 +41,7 @@ ABLATION_LABELS = {"crystalgan": "CrystalGAN (paper's method)",
                    "-snap": "plus, no symmetry snapping",
                    "-distances": "plus, no distance matching",
                    "-composition": "plus, no composition matching",
+                   "-volume": "plus, no volume rescaling",
                    "substitution": SUBSTITUTION_LABEL}
 # The paper's Table 2: good-quality ternary compositions per method.
 PAPER = {("Pd", "Ni"): {"gan": 0, "discogan": 0, "nocons": 4, "crystalgan": 9},
@@ -62,8 +63,9 @@ VARIANTS = {
     "-snap": {"snap_symprec": 0.0},
     "-distances": {"distance_weight": 0.0},
     "-composition": {"composition_weight": 0.0},
+    "-volume": {"rescale_volume": False},
 }
-SAMPLING_ONLY = ("-sampling", "-pairings", "-snapshots", "-snap")
+SAMPLING_ONLY = ("-sampling", "-pairings", "-snapshots", "-snap", "-volume")
 
 
 def table2_methods() -> tuple[str, ...]:

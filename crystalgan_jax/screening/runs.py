@@ -23,6 +23,7 @@ from crystalgan_jax.materials import evaluation, io, substitution
 from crystalgan_jax import locking
 from crystalgan_jax.screening import (compare, plots, relax as screening,
                                       second_opinion as opinions, system_hull, verdicts)
+from crystalgan_jax.screening import symmetry_pass
 from crystalgan_jax.screening.journal import JsonlJournal
 from crystalgan_jax.screening.workers import Job, Relaxer
 
@@ -187,11 +188,15 @@ class System:
 
     def screen(self, named: Sequence[tuple[str, Structure]], out: Path, title: str,
                stability_threshold: float, log: Log | None = None,
-               with_substitution: bool = True) -> dict[str, Any]:
+               with_substitution: bool = True, symmetrize: float = 0.0) -> dict[str, Any]:
         """Relaxes ``named``, judges them, writes everything into ``out``; the result dict.
 
-        Holds ``out``'s lock (:func:`crystalgan_jax.locking.lock_folder`)
-        throughout: a second screening into the same folder is refused, naming the first.
+        ``symmetrize`` > 0 (Angstrom): each converged candidate that gains a space group
+        when symmetrised at this tolerance is relaxed again from the symmetric cell, and
+        the lower of the two is reported (:mod:`crystalgan_jax.screening.symmetry_pass`;
+        its row says what the pass did). Holds ``out``'s lock
+        (:func:`crystalgan_jax.locking.lock_folder`) throughout: a second screening into
+        the same folder is refused, naming the first.
 
         Raises:
           locking.FolderLockedError: another process is screening into ``out``.
@@ -204,8 +209,29 @@ class System:
             relaxations = journaled(self.relaxer, journal,
                                     [(name, s, True) for name, s in named], log, "screen",
                                     on_done=lambda name, r: self._write_relaxed(out, name, r))
+            passes = {}
+            if symmetrize > 0:
+                relaxations, passes = self._symmetry_pass(named, relaxations, out, journal,
+                                                          symmetrize, log)
             return self._judge(named, relaxations, out, title, stability_threshold, log,
-                               with_substitution, time.perf_counter() - tic)
+                               with_substitution, time.perf_counter() - tic, passes)
+
+    def _symmetry_pass(self, named, relaxations, out, journal, symprec, log):
+        todo = symmetry_pass.jobs(named, relaxations, symprec)
+        log(f"{len(todo)} of {len(named)} relaxed candidates gain a space group at symprec "
+            f"{symprec:g} A: relaxing them again from the symmetric cell")
+        again = journaled(self.relaxer, journal, [(j.name, j.structure, True) for j in todo],
+                          log, "symmetrize")
+        relaxations, passes = list(relaxations), {}
+        for job, second in zip(todo, again):
+            name = named[job.index][0]
+            relaxations[job.index], passes[name] = symmetry_pass.keep_lower(
+                relaxations[job.index], second, job, symprec)
+            if passes[name]["kept"]:
+                self._write_relaxed(out, name, relaxations[job.index])
+        kept = sum(p["kept"] for p in passes.values())
+        log(f"symmetry pass: {kept} of {len(todo)} lower after the second relaxation")
+        return relaxations, passes
 
     def screen_substitution(self, out: Path, title: str, stability_threshold: float,
                             log: Log | None = None) -> dict[str, Any]:
@@ -250,7 +276,7 @@ class System:
                                  evaluation.SYMPREC)
 
     def _judge(self, named, relaxations, out, title, stability_threshold, log,
-               with_substitution, relax_s) -> dict[str, Any]:
+               with_substitution, relax_s, passes=None) -> dict[str, Any]:
         for (name, _), r in zip(named, relaxations):  # journaled ones too: files complete
             if r.final is not None and not (out / "relaxed" / name).with_suffix(".vasp").exists():
                 self._write_relaxed(out, name, r)
@@ -269,6 +295,8 @@ class System:
                   **result["timing_s"], **{f"system_{k}": round(v, 2)
                                            for k, v in self.timing.items()}}
         for row in result["structures"]:
+            if passes is not None:
+                row["symmetry_pass"] = passes.get(row["name"])
             path = (out / "relaxed" / row["name"]).with_suffix(".vasp")
             if path.exists():
                 row["relaxed_file"] = str(path.relative_to(out))
@@ -284,6 +312,10 @@ class System:
                     "hull_cache": self.system_hull.key,
                     "potential": self.potential,
                     "symprec_A": evaluation.SYMPREC}
+        if passes is not None:
+            settings["symmetry_pass"] = {
+                "symprec_A": next((p["symprec_A"] for p in passes.values()), None),
+                "restarted": len(passes), "kept": sum(p["kept"] for p in passes.values())}
         result = {"system": f"{self.element_a}-{self.element_b}-H", "settings": settings,
                   **result, "timing_s": timing}
         (out / "screening.json").write_text(json.dumps(result, indent=1))

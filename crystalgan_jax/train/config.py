@@ -16,12 +16,12 @@ METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
 PLUS_DEFAULTS = {"plus_clash": True, "window_weight": 1.0, "spacing_weight": 1.0,
                  "input_noise": 0.3, "samples_per_input": 10, "random_pairings": True,
                  "snap_symprec": 0.1, "snapshots": 5, "distance_weight": 0.0,
-                 "composition_weight": 0.0}
+                 "composition_weight": 0.0, "rescale_volume": False}
 # The same fields for every other method: off, so the paper's method is unchanged.
 PLUS_OFF = {"plus_clash": False, "window_weight": 0.0, "spacing_weight": 0.0,
             "input_noise": 0.0, "samples_per_input": 1, "random_pairings": False,
             "snap_symprec": 0.0, "snapshots": 1, "distance_weight": 0.0,
-            "composition_weight": 0.0}
+            "composition_weight": 0.0, "rescale_volume": False}
 GEOMETRY_FORMS = ("hinge", "paper")
 
 
@@ -77,6 +77,11 @@ class TrainConfig:
         the occupancy probabilities) and the training structures' (``h_fraction_quantiles``).
       h_fraction_quantiles: the training structures' hydrogen fractions at levels
         (k + 1/2) / K; empty: the runner learns them.
+      rescale_volume: each generated structure is scaled isotropically to the volume its
+        composition has in the training data (:func:`crystalgan_jax.core.geometry.scale_to_volume`
+        with ``block_volumes``), before snapping and the criteria.
+      block_volumes: volume per atom of H, A and B (Angstrom^3); empty: the runner fits
+        them on the training cells.
       spacing_weight: weight of L_cell = sum relu(min_plane_spacing - h_m)^2 on the
         generated cells, which keeps them inside the penalty's compiled image range.
       min_plane_spacing: Angstrom; 0: the runner takes the training cells' smallest.
@@ -128,6 +133,8 @@ class TrainConfig:
     distance_levels: int = 32
     composition_weight: float | None = None
     h_fraction_quantiles: tuple[float, ...] = ()
+    rescale_volume: bool | None = None
+    block_volumes: tuple[float, ...] = ()
     spacing_weight: float | None = None
     min_plane_spacing: float = 0.0
     input_noise: float | None = None
@@ -154,6 +161,10 @@ class TrainConfig:
         object.__setattr__(self, "distance_quantiles", dq)
         object.__setattr__(self, "h_fraction_quantiles",
                            tuple(map(float, self.h_fraction_quantiles)))
+        object.__setattr__(self, "block_volumes", tuple(map(float, self.block_volumes)))
+        if self.block_volumes and len(self.block_volumes) != 3:
+            raise ValueError(f"block_volumes takes three values (H, A, B), got "
+                             f"{self.block_volumes}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("epochs", "batch_size", "generator_steps", "width", "chunk_epochs",

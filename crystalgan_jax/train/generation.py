@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crystalgan_jax.core import geometry
 from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, Crystal, from_metal_view, metal_view
 from crystalgan_jax.core.encoding import replace_block
 from crystalgan_jax.core.models import Generator
@@ -77,6 +78,9 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
         x_g, y_g = sampled_inputs(x1, y1, x_g, y_g, key, cfg)
     out["final"] = {"AHB": _apply_snapshots(gen, state, "G_AHB2", x_g, cfg),
                     "BHA": _apply_snapshots(gen, state, "G_BHA2", y_g, cfg)}
+    if cfg.rescale_volume and cfg.block_volumes:
+        scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))
+        out["final"] = {k: scale(c) for k, c in out["final"].items()}
     return out
 
 
