@@ -154,6 +154,15 @@ def test_training_binaries_lie_on_the_hull_they_build(calculator):
         assert e_lowest == pytest.approx(max(lowest, 0.0), abs=1e-6)
 
 
+def run_screen(cmd: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """experiments/screen.py as ``cmd`` with a hull cache in ``tmp_path``; must exit 0."""
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu",
+                               "CRYSTALGAN_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_screen_script_writes_and_resumes(tmp_path):
     pytest.importorskip("chgnet", reason="needs the screen extra: pip install -e '.[screen]'")
     for metal, a in (("Pd", 4.1), ("Ni", 3.7)):
@@ -166,11 +175,7 @@ def test_screen_script_writes_and_resumes(tmp_path):
            "--element_a=Pd", "--element_b=Ni", "--max_steps=2", "--fmax=0.05"]
 
     def run():
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                   "CRYSTALGAN_CACHE": str(tmp_path / "cache")})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
+        return run_screen(cmd, tmp_path)
 
     first = run()
     assert "[screen] 2/2" in first.stderr and "eta" in first.stderr

@@ -65,13 +65,11 @@ def test_unconverged_candidates_are_not_restarted():
 
 def test_screen_script_runs_the_pass_journals_it_and_resumes(tmp_path):
     import json
-    import os
-    import subprocess
     import sys
 
     from crystalgan_jax.materials import io
     from tests.conftest import REPO
-    from tests.test_screening import rocksalt, ternary
+    from tests.test_screening import rocksalt, run_screen, ternary
 
     for metal, a in (("Pd", 4.1), ("Ni", 3.7)):
         io.write_poscar(rocksalt(metal, a), tmp_path / f"{metal}H" / "rocksalt.vasp")
@@ -89,11 +87,7 @@ def test_screen_script_runs_the_pass_journals_it_and_resumes(tmp_path):
            "--symmetrize=0.5", "--workers=1"]
 
     def run():
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                   "CRYSTALGAN_CACHE": str(tmp_path / "cache")})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
+        return run_screen(cmd, tmp_path)
 
     first = run()
     assert "[symmetrize] 1/1" in first.stderr
