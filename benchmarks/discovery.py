@@ -7,7 +7,7 @@
 Runs ``experiments/train.py --flagfile=F <variant's flags> --output_dir=<output_dir>/<name>``
 once per variant (``name:flags``, flags separated by spaces; the system's hull is cached,
 so only the first run relaxes it), then prints and writes ``discovery.md`` and
-``discovery.json`` in ``--output_dir``, a row per variant:
+``discovery.json`` (or ``--out``) in ``--output_dir``, a row per variant:
 
 - pooled unique candidates, screened, unique after relaxation, S.U.N., on or below the
   hull (E_hull <= 0), the lowest and median E_hull of the generator (eV/atom);
@@ -33,6 +33,9 @@ from absl import app, flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # common.py
+
+from common import write_results  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Folder of the variants' run folders and the table.")
@@ -40,6 +43,7 @@ flags.DEFINE_list("variants", ["main:"], "name:flags per variant (flags space-se
 flags.DEFINE_string("flagfile_for_runs", str(REPO / "experiments" / "pdni.flags"),
                     "The discovery flagfile every variant starts from.")
 flags.DEFINE_bool("collect", False, "Summarise the run folders already in --output_dir.")
+flags.DEFINE_string("out", None, "JSON file to write (default OUTPUT_DIR/discovery.json).")
 flags.mark_flag_as_required("output_dir")
 
 
@@ -137,7 +141,9 @@ def main(argv: list[str]) -> int:
     text = markdown(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "discovery.md").write_text(text)
-    (out / "discovery.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_results(FLAGS.out or out / "discovery.json",
+                  {"variants": {name: " ".join(extra) for name, extra in variants.items()}
+                   if not FLAGS.collect else None, "rows": rows})
     print(text)
     return 0
 

@@ -33,8 +33,11 @@ from common import RESULTS, write_results  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", str(REPO / "runs" / "pdni"), "A screened run folder.")
+flags.DEFINE_enum("side", "generator", ["generator", "substitution"], "The run's candidates, "
+                  "or the substitution baseline screened beside them.")
 flags.DEFINE_list("steps", ["0", "5", "10", "20"], "Trajectory steps to estimate from.")
 flags.DEFINE_string("out", str(RESULTS / "preselection.json"), "JSON file to write.")
+flags.DEFINE_bool("include_unconverged", False, "Also candidates that ran out of steps.")
 
 
 def main(argv: list[str]) -> int:
@@ -45,20 +48,27 @@ def main(argv: list[str]) -> int:
 
     from crystalgan_jax.screening.hull import Hull, energetics
 
-    path = Path(FLAGS.run_dir) / "screening" / "screening.json"
+    path = (Path(FLAGS.run_dir) / "screening" / ("substitution" if FLAGS.side == "substitution"
+                                                  else "") / "screening.json")
     if not path.is_file():
         print(f"{path}: no screening here; run experiments/screen.py --run_dir={FLAGS.run_dir}")
         return 2
     result = json.loads(path.read_text())
     diagram = Hull.from_json(result["settings"]["hull"]).phase_diagram()
     threshold = float(result.get("stability_threshold_eV_per_atom", 0.1))
-    rows = [r for r in result["structures"] if r["relaxation"]["converged"]
+    usable = ("converged", "not_converged") if FLAGS.include_unconverged else ("converged",)
+    rows = [r for r in result["structures"] if r["relaxation"]["status"] in usable
             and r["e_hull_eV_per_atom"] is not None]
+    if len(rows) < 2:
+        print(f"{len(rows)} usable candidates in {path}: nothing to rank")
+        write_results(FLAGS.out, {"run_dir": str(FLAGS.run_dir), "candidates": len(rows),
+                                  "estimates": {}})
+        return 0
     relaxed = np.array([r["e_hull_eV_per_atom"] for r in rows])
     steps = np.array([r["relaxation"]["steps"] for r in rows])
     stable = relaxed <= threshold
     lowest = np.argsort(relaxed)[:10]
-    report = {"run_dir": str(FLAGS.run_dir), "candidates": len(rows),
+    report = {"run_dir": str(FLAGS.run_dir), "side": FLAGS.side, "candidates": len(rows),
               "stable": int(stable.sum()), "stability_threshold_eV_per_atom": threshold,
               "median_relaxation_steps": float(np.median(steps)), "estimates": {}}
     print(f"{len(rows)} converged candidates, {int(stable.sum())} stable, median "
@@ -76,7 +86,8 @@ def main(argv: list[str]) -> int:
         half = np.argsort(np.where(ok, est, np.inf))[:len(rows) // 2]
         chosen = np.zeros(len(rows), bool)
         chosen[half] = True
-        spent = (np.minimum(steps, k).sum() + np.maximum(steps - k, 0)[chosen].sum()) / steps.sum()
+        spent = ((np.minimum(steps, k).sum() + np.maximum(steps - k, 0)[chosen].sum())
+                 / max(int(steps.sum()), 1))
         figures = {"spearman": round(rho, 3),
                    "best_half_keeps_stable": int((chosen & stable).sum()),
                    "best_half_keeps_lowest10": int(chosen[lowest].sum()),

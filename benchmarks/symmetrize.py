@@ -6,7 +6,7 @@ For every converged relaxed candidate of a screened run (``screening/relaxed/``)
 tolerance of ``--symprecs`` (Angstrom) at which spglib finds a higher space group than at
 0.1 A, the idealised primitive standard cell
 (:func:`crystalgan_jax.materials.candidates.snap_to_symmetry`) is relaxed again with CHGNet
-(FIRE, the screening's defaults, two worker processes). Prints and writes
+(``--potential``; FIRE, the screening's defaults, two worker processes). Prints and writes
 (``benchmarks/results/symmetrize.json``, or ``--out``) per tolerance: how many candidates
 gained symmetry, the energy change after the second relaxation (eV/atom; negative: lower),
 how many came out lower by more than 5 meV/atom, the space groups, the steps, and the
@@ -30,8 +30,11 @@ from common import RESULTS, write_results  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", str(REPO / "runs" / "pdni"), "A screened run folder.")
+flags.DEFINE_enum("side", "generator", ["generator", "substitution"], "The run's candidates, "
+                  "or the substitution baseline screened beside them.")
 flags.DEFINE_list("symprecs", ["0.2", "0.3", "0.5"], "Loose tolerances to try (Angstrom).")
 flags.DEFINE_integer("workers", 2, "Relaxation processes.")
+flags.DEFINE_string("potential", "chgnet", "The potential (emt: a fast stand-in for tests).")
 flags.DEFINE_string("out", str(RESULTS / "symmetrize.json"), "JSON file to write.")
 
 
@@ -42,6 +45,8 @@ def main(argv: list[str]) -> int:
     from crystalgan_jax.screening.workers import Relaxer
 
     folder = Path(FLAGS.run_dir) / "screening"
+    if FLAGS.side == "substitution":
+        folder = folder / "substitution"
     result = json.loads((folder / "screening.json").read_text())
     rows = [r for r in result["structures"] if r.get("relaxed_file")
             and r["relaxation"]["converged"]]
@@ -56,10 +61,11 @@ def main(argv: list[str]) -> int:
                 meta.append((r, tol, before, number))
     print(f"{len(rows)} relaxed candidates; {len(jobs)} (candidate, tolerance) pairs gain "
           "symmetry", flush=True)
-    with Relaxer("chgnet", fmax=relax.DEFAULT_FMAX, max_steps=relax.DEFAULT_MAX_STEPS,
+    with Relaxer(FLAGS.potential, fmax=relax.DEFAULT_FMAX, max_steps=relax.DEFAULT_MAX_STEPS,
                  workers=FLAGS.workers) as relaxer:
         out = relaxer.relax(jobs, progress=None, tag="sym")
-    report = {"run_dir": str(FLAGS.run_dir), "candidates": len(rows), "by_symprec": {}}
+    report = {"run_dir": str(FLAGS.run_dir), "side": FLAGS.side, "candidates": len(rows),
+              "by_symprec": {}}
     for tol in (float(t) for t in FLAGS.symprecs):
         picked = [(r, b, n, x) for (r, t, b, n), x in zip(meta, out) if t == tol and x.ok]
         d = [x.energy_per_atom - r["relaxation"]["energy_per_atom_eV"] for r, _, _, x in picked]

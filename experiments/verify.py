@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/GPAW load their BL
 
 from absl import app, flags
 
-from crystalgan_jax.screening import dft, dft_check
+from crystalgan_jax.screening import dft, dft_check, potentials
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", None, "A training run's folder: checks RUN_DIR/screening.")
@@ -47,6 +47,9 @@ flags.DEFINE_enum("smearing", dft.DFTSettings.smearing, list(dft.SMEARINGS), "Oc
 flags.DEFINE_float("smearing_width", dft.DFTSettings.width_eV, "Smearing width (eV).")
 flags.DEFINE_float("h2_box", dft.DFTSettings.h2_box, "Box edge of the H2 reference (A).")
 flags.DEFINE_integer("max_scf", dft.DFTSettings.max_scf, "SCF iterations at most.")
+flags.DEFINE_list("single_points", [], "More potentials (e.g. sevennet) whose error against "
+                  "DFT is measured on the same structures: their single points on every "
+                  "structure DFT computed.")
 flags.DEFINE_integer("max_atoms", 16, "Structures with more atoms are skipped.")
 flags.DEFINE_float("time_limit", 3600.0, "Seconds: no calculation is started that would "
                    "end past this (by its estimate); rerun to continue.")
@@ -78,6 +81,12 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
+    try:
+        for name in FLAGS.single_points:
+            potentials.check_installed(name)
+    except (ValueError, potentials.MissingExtraError) as err:
+        print(f"error: --single_points: {err}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)  # a SIGTERM stops as cleanly as Ctrl-C
     tic = time.perf_counter()
     try:
@@ -94,7 +103,12 @@ def main(argv: list[str]) -> int:
         journal = dft.DFTJournal(folder / "dft_journal.jsonl", settings, _log)
         computed = dft.run_all(tasks, settings, journal, max_atoms=FLAGS.max_atoms,
                                time_limit_s=FLAGS.time_limit, log=_log)
-        check = dft_check.evaluate(result, phases, candidates, computed)
+        single_points = {}
+        for name in FLAGS.single_points:
+            calculator, label = potentials.load(name)
+            single_points[label] = dft_check.single_point_energies(tasks, calculator)
+            _log(f"{label}: single points on the {len(tasks)} structures")
+        check = dft_check.evaluate(result, phases, candidates, computed, single_points)
     except dft_check.CheckError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

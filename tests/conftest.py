@@ -56,3 +56,33 @@ def small_domain(tmp: Path, name: str, count: int = 6) -> Path:
     for f in files:
         shutil.copy(f, dst / f.name)
     return dst
+
+
+# The discovery job at a toy size: 2 seeds, a few epochs, EMT, few relaxation steps
+TRAIN_SCRIPT = REPO / "experiments" / "train.py"
+SMALL_DISCOVERY = ["--flagfile=pdni.flags", "--epochs=4", "--checkpoint_every=4",
+                   "--potential=emt", "--max_steps=4", "--workers=2"]
+
+
+def job_env(tmp_path: Path, **extra) -> dict:
+    """The environment of a test's job: CPU JAX, a hull cache of its own."""
+    import os
+
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "CRYSTALGAN_CACHE": str(tmp_path / "cache"),
+            **extra}
+
+
+@pytest.fixture(scope="session")
+def discovery_run(tmp_path_factory):
+    """A discovery job run to its end (EMT): (its tmp folder, the run folder, the process).
+    Shared by the tests that read one; none of them may change it."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("discovery")
+    out = tmp / "run"
+    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *SMALL_DISCOVERY,
+                           f"--output_dir={out}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200, env=job_env(tmp))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, out, proc

@@ -22,7 +22,15 @@ TINY = {
     "screening": ["--structures=1", "--repeats=1", "--steps=1", "--candidates=2",
                   "--configs=FIRE:1,FIRE:2", "--max_steps=3"],
     "optimizers": ["--structures=1", "--max_steps=2"],
+    # on the toy discovery job of tests/conftest.py ({run}: its run folder)
+    # (its generator has no candidate at 4 epochs: the substitution side's)
+    "preselection": ["--run_dir={run}", "--side=substitution", "--include_unconverged",
+                     "--steps=0,2"],
+    "symmetrize": ["--run_dir={run}", "--side=substitution", "--potential=emt",
+                   "--workers=1", "--symprecs=0.5"],
+    "discovery": ["--output_dir={runs}", "--collect"],
 }
+ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery")
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
 
 
@@ -52,8 +60,12 @@ def test_benchmark_tiny(name, tmp_path, request):
         request.getfixturevalue("reference_dir")  # skips where ../shared is absent
     if name in ("screening", "optimizers") and importlib.util.find_spec("chgnet") is None:
         pytest.skip("chgnet is not installed (the screen extra)")
+    args = TINY[name]
+    if name in ON_DISCOVERY_RUN:
+        _, run, _ = request.getfixturevalue("discovery_run")
+        args = [a.format(run=run, runs=run.parent) for a in args]
     out = tmp_path / f"{name}.json"
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *TINY[name],
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args,
                            f"--out={out}"], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu",
                                             "PYTHONPATH": str(REPO)})
@@ -61,5 +73,13 @@ def test_benchmark_tiny(name, tmp_path, request):
     report = json.loads(out.read_text())
     assert {"git_commit", "git_dirty", "date", "environment"} <= set(report)
     assert report["environment"]["cpu_count"] == os.cpu_count()
-    if name not in ("dataset_volumes", "screening", "optimizers"):  # the benchmarks that import no JAX
-        assert "jax" in report["environment"]
+    if name not in ("dataset_volumes", "screening", "optimizers", *ON_DISCOVERY_RUN):
+        assert "jax" in report["environment"]  # the benchmarks that run JAX say its version
+    if name == "preselection":  # the toy run's candidates ranked at steps 0 and 2
+        assert report["candidates"] >= 2 and set(report["estimates"]) == {"step_0", "step_2"}
+    if name == "discovery":  # one row, the toy run's, with its counts
+        summary = json.loads((run / "screening" / "summary.json").read_text())["generator"]
+        row = report["rows"]["run"]
+        assert list(report["rows"]) == ["run"]
+        assert (row["screened"], row["sun"]) == (summary["screened"], summary["sun"])
+        assert row["h_per_metal_training"]["median"] > 0

@@ -214,3 +214,46 @@ def test_core_package_never_imports_gpaw_or_torch():
                           cwd=REPO, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_potentials_error_against_dft_on_hand_made_energies():
+    """Each potential's MAE against DFT, for the screening's potential and for single points."""
+    from crystalgan_jax.screening.hull import Hull
+
+    pd = Structure(Lattice.cubic(3.9), ["Pd"], [[0, 0, 0]])
+    ni = Structure(Lattice.cubic(3.5), ["Ni"], [[0, 0, 0]])
+    h2 = dft.h2_reference(0.75, 5.0)
+    pdh = rocksalt("Pd", 4.1)
+    cand = Structure(Lattice.cubic(4.0), ["Pd", "Ni", "H", "H"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    phases = {"Pd": pd, "Ni": ni, "H": h2, "training: PdH": pdh}
+    dft_e = {"Pd": -5.0, "Ni": -5.5, "H": -3.4, "training: PdH": -4.4,
+             "candidate: c.vasp": -4.5}
+
+    def result_of(name, e):
+        n = len(cand) if name.startswith("candidate") else len(phases[name])
+        return dft.DFTResult(name, "converged", None, e * n, e, n, [1, 1, 1], 1, False, None,
+                             1.0, 1.0)
+    computed = {k: result_of(k, v) for k, v in dft_e.items()}
+    # the screening's potential: every energy DFT's - 0.2 eV/atom, its candidate 0.05 higher
+    shifted = {k: v - 0.2 for k, v in dft_e.items()}
+    hull = Hull.build(("Pd", "Ni", "H"), {e: shifted[e] for e in ("Pd", "Ni", "H")},
+                      [("training: PdH", pdh.composition, shifted["training: PdH"])])
+    result = {"settings": {"potential": "P", "hull": hull.to_json()}}
+    row = {"name": "c.vasp", "relaxation": {"energy_per_atom_eV": shifted["candidate: c.vasp"]
+                                            + 0.05}}
+    exact = {k: v + 1.0 for k, v in dft_e.items()}  # a constant per atom: no error at all
+    check = dft_check.evaluate(result, phases, [(row, cand)], computed,
+                               {"S": exact, "T": {**exact, "candidate: c.vasp": None}})
+    assert check["potentials"] == ["P", "S", "T"]
+    # P: the candidate's formation energy and E_hull are 0.05 off, PdH's formation energy not
+    assert check["mae"]["P"]["e_hull_eV_per_atom"] == pytest.approx(0.05)
+    assert check["mae"]["P"]["formation_energy_eV_per_atom"] == pytest.approx(0.025)
+    assert check["mae"]["P"]["n_formation"] == 2
+    assert check["mae"]["S"]["e_hull_eV_per_atom"] == pytest.approx(0.0, abs=1e-9)
+    assert check["mae"]["S"]["formation_energy_eV_per_atom"] == pytest.approx(0.0, abs=1e-9)
+    # a single point that failed counts for nothing
+    assert check["mae"]["T"]["n_e_hull"] == 0 and check["mae"]["T"]["n_formation"] == 1
+    assert "S, T: single points on the same structures as DFT" in dft_check.markdown({
+        **check, "settings": TINY.to_json(), "phase_set": "decomposition",
+        "calculations": {}, "timing_s": {"dft": 1.0, "estimate": 1.0}})

@@ -17,17 +17,11 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from crystalgan_jax.pipeline import discovery
 from crystalgan_jax.screening.workers import Relaxer
-from tests.conftest import REPO
+from tests.conftest import REPO, SMALL_DISCOVERY, TRAIN_SCRIPT, job_env
 
-TRAIN = [sys.executable, str(REPO / "experiments" / "train.py")]
-# the discovery job at a toy size: 2 seeds, a few epochs, EMT, few relaxation steps
-SMALL = ["--flagfile=pdni.flags", "--epochs=4", "--checkpoint_every=4", "--potential=emt",
-         "--max_steps=4", "--workers=2"]
-
-
-def env(tmp_path, **extra):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "CRYSTALGAN_CACHE": str(tmp_path / "cache"),
-            **extra}
+TRAIN = [sys.executable, str(TRAIN_SCRIPT)]
+SMALL = SMALL_DISCOVERY  # the discovery job at a toy size (tests/conftest.py)
+env = job_env
 
 
 def jittered(n: int):
@@ -73,15 +67,10 @@ def test_missing_extra_ends_the_run_with_a_hint_and_status_0(tmp_path):
     assert (out / "candidates").is_dir() and not (out / "screening" / "summary.json").exists()
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+@pytest.fixture
+def finished(discovery_run):
     """A discovery job run to its end (EMT), for the tests below."""
-    tmp = tmp_path_factory.mktemp("discovery")
-    out = tmp / "run"
-    proc = subprocess.run(TRAIN + SMALL + [f"--output_dir={out}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=1200, env=env(tmp))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp, out, proc
+    return discovery_run
 
 
 def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished):

@@ -131,6 +131,14 @@ def tasks(phases: Mapping[str, Structure], candidates: Sequence[tuple[Mapping, S
     return out
 
 
+def single_point_energies(tasks: Sequence[dft.Task], calculator) -> dict[str, float | None]:
+    """A potential's energy per atom (eV) of each task's structure as DFT computes it
+    (:func:`crystalgan_jax.screening.second_opinion.single_point`; None where it fails)."""
+    from crystalgan_jax.screening.second_opinion import single_point
+
+    return {t.name: single_point(t.structure, calculator).energy_per_atom for t in tasks}
+
+
 def _mae(pairs: Sequence[tuple[float | None, float | None]]) -> tuple[float | None, int]:
     known = [abs(a - b) for a, b in pairs if a is not None and b is not None]
     return (sum(known) / len(known) if known else None), len(known)
@@ -138,8 +146,14 @@ def _mae(pairs: Sequence[tuple[float | None, float | None]]) -> tuple[float | No
 
 def evaluate(result: Mapping[str, Any], phases: Mapping[str, Structure],
              candidates: Sequence[tuple[Mapping[str, Any], Structure]],
-             computed: Mapping[str, dft.DFTResult]) -> dict[str, Any]:
+             computed: Mapping[str, dft.DFTResult],
+             single_points: Mapping[str, Mapping[str, float | None]] | None = None
+             ) -> dict[str, Any]:
     """DFT energetics and each potential's error on the same phases (see the module doc).
+
+    ``single_points``: more potentials, each as {task name: energy per atom (eV)} of the
+    very structures DFT computed (:func:`single_point_energies`); their formation
+    energies and E_hull are measured against their own energies of the same phases.
 
     Raises:
       CheckError: an element's DFT reference did not converge.
@@ -166,19 +180,24 @@ def evaluate(result: Mapping[str, Any], phases: Mapping[str, Structure],
                 if energy_of(n) is not None]
         return Hull.build(elements, refs, rows)
 
-    def potential_energy(hull_json, key):
+    def hull_energy(hull_json):
         table = {e["name"]: e["energy_per_atom_eV"] for e in hull_json["entries"]}
         return lambda name: table.get(name)
 
+    phase_energy = {pot: hull_energy(hull_json) for pot, hull_json in potentials.items()}
+    for pot, table in (single_points or {}).items():
+        phase_energy[pot] = table.get
     hulls = {"DFT": build(energies_dft)}
-    for pot, hull_json in potentials.items():
-        hulls[pot] = build(potential_energy(hull_json, pot))
+    for pot, energy_of in phase_energy.items():
+        hulls[pot] = build(energy_of)
     diagrams = {k: (h.phase_diagram() if h is not None else None) for k, h in hulls.items()}
 
     def candidate_energy(pot, row):
         if pot == "DFT":
             r = computed[f"candidate: {row['name']}"]
             return r.energy_per_atom
+        if pot in (single_points or {}):
+            return single_points[pot].get(f"candidate: {row['name']}")
         if pot == result["settings"]["potential"]:
             return row["relaxation"]["energy_per_atom_eV"]
         return (row.get("second_opinion") or {}).get("energy_per_atom_eV")
@@ -199,14 +218,13 @@ def evaluate(result: Mapping[str, Any], phases: Mapping[str, Structure],
     for name in ok_phases:
         entry = {"name": name, "formula": phases[name].composition.formula}
         for pot, diagram in diagrams.items():
-            e = energies_dft(name) if pot == "DFT" else potential_energy(
-                potentials[pot], pot)(name)
+            e = energies_dft(name) if pot == "DFT" else phase_energy[pot](name)
             entry[pot] = {"energy_per_atom_eV": e, "formation_energy_eV_per_atom":
                           None if diagram is None or e is None else
                           energetics(diagram, Composition(phases[name].composition), e)[0]}
         phase_rows.append(entry)
     mae = {}
-    for pot in potentials:
+    for pot in phase_energy:
         form = [(r[pot]["formation_energy_eV_per_atom"],
                  r["DFT"]["formation_energy_eV_per_atom"]) for r in cand_rows + phase_rows]
         ehull = [(r[pot]["e_hull_eV_per_atom"], r["DFT"]["e_hull_eV_per_atom"])
@@ -214,7 +232,8 @@ def evaluate(result: Mapping[str, Any], phases: Mapping[str, Structure],
         (mf, nf), (mh, nh) = _mae(form), _mae(ehull)
         mae[pot] = {"formation_energy_eV_per_atom": mf, "n_formation": nf,
                     "e_hull_eV_per_atom": mh, "n_e_hull": nh}
-    return {"elements": list(elements), "potentials": list(potentials),
+    return {"elements": list(elements), "potentials": list(phase_energy),
+            "single_point_potentials": list(single_points or {}),
             "candidates": cand_rows, "hull_phases": phase_rows, "mae": mae,
             "dft_hull": hulls["DFT"].to_json()}
 
@@ -237,7 +256,9 @@ def markdown(check: Mapping[str, Any]) -> str:
              f"as H2 in a {s['h2_box']:g} A box (Gamma). E_hull against the DFT hull of the "
              f"elements and {len(check['hull_phases'])} hull phase(s) "
              f"({check['phase_set']}); each potential's E_hull here against the same "
-             "phases.", "",
+             "phases" + (f"; {', '.join(check['single_point_potentials'])}: single points on "
+                         "the same structures as DFT" if check.get("single_point_potentials")
+                         else "") + ".", "",
              "| candidate | formula | DFT | " + " | ".join(
                  f"E_form {p} | E_hull {p}" for p in ["DFT", *short]) + " |",
              "| --- | --- | --- | " + " | ".join(["---: | ---:"] * (len(pots) + 1)) + " |"]
