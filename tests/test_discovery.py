@@ -105,7 +105,9 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     comp = summary["composition"]
     assert comp["offered"] == comp["screened"] == summary["generator"]["screened"]
     assert comp["h_per_metal_training"]["min"] <= comp["h_per_metal_training"]["max"]
-    assert "Hydrogen per metal atom (H/M) of the screened candidates" in "\n".join(lines)
+    # the toy run may have no candidate: the H/M line is there exactly when some were screened
+    assert ("Hydrogen per metal atom (H/M) of the screened candidates" in "\n".join(lines)) \
+        == bool(comp["screened"])
 
 
 def test_resume_after_a_signal_in_the_screening_continues_it(finished, tmp_path):
@@ -177,6 +179,10 @@ def test_h_fraction_selects_by_hydrogen_content_and_bad_ranges_are_refused(tmp_p
 
     named = [(f"h{n}", cell(n)) for n in (0, 1, 2, 4)]  # fractions 0, 1/3, 1/2, 2/3
     assert [n for n, _ in runs.within_h_fraction(named, (0.3, 0.5))] == ["h1", "h2"]
+    comp = discovery.composition(named, named[1:3], (0.3, 0.5), [cell(2), cell(6)])
+    assert (comp["offered"], comp["screened"]) == (4, 2)
+    assert comp["h_per_metal_screened"] == {"min": 0.5, "median": 0.75, "max": 1.0}
+    assert comp["h_per_metal_training"] == {"min": 1.0, "median": 2.0, "max": 3.0}
     assert [n for n, _ in runs.within_h_fraction(named, (0.0, 1.0))] == ["h0", "h1", "h2", "h4"]
     fv = flags.FlagValues()
     cli.define_screen_flags(fv)
