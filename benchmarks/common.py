@@ -167,3 +167,19 @@ def layer_products_rate(batch: int = 35, width: int = 100, group: int = 4, layer
     flops = 3 * 2 * batch * width * width * members * layers
     return {"batch": batch, "width": width, "group": group, "devices": len(devices),
             "median_ms": 1e3 * median, "gflops": flops / median / 1e9}
+
+
+def define_screened_run_flags() -> None:
+    """--run_dir and --side of the benchmarks that read a screened run (preselection.py,
+    symmetrize.py)."""
+    from absl import flags
+
+    flags.DEFINE_string("run_dir", str(REPO / "runs" / "pdni"), "A screened run folder.")
+    flags.DEFINE_enum("side", "generator", ["generator", "substitution"], "The run's "
+                      "candidates, or the substitution baseline screened beside them.")
+
+
+def screening_folder(run_dir: str | Path, side: str) -> Path:
+    """Where a screened run keeps the screening of ``side`` ("generator" or "substitution")."""
+    folder = Path(run_dir) / "screening"
+    return folder / "substitution" if side == "substitution" else folder

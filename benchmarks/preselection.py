@@ -29,12 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # common.py
 
-from common import RESULTS, write_results  # noqa: E402
+from common import RESULTS, define_screened_run_flags, screening_folder, write_results  # noqa: E402,E501
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", str(REPO / "runs" / "pdni"), "A screened run folder.")
-flags.DEFINE_enum("side", "generator", ["generator", "substitution"], "The run's candidates, "
-                  "or the substitution baseline screened beside them.")
+define_screened_run_flags()
 flags.DEFINE_list("steps", ["0", "5", "10", "20"], "Trajectory steps to estimate from.")
 flags.DEFINE_string("out", str(RESULTS / "preselection.json"), "JSON file to write.")
 flags.DEFINE_bool("include_unconverged", False, "Also candidates that ran out of steps.")
@@ -48,8 +46,7 @@ def main(argv: list[str]) -> int:
 
     from crystalgan_jax.screening.hull import Hull, energetics
 
-    path = (Path(FLAGS.run_dir) / "screening" / ("substitution" if FLAGS.side == "substitution"
-                                                  else "") / "screening.json")
+    path = screening_folder(FLAGS.run_dir, FLAGS.side) / "screening.json"
     if not path.is_file():
         print(f"{path}: no screening here; run experiments/screen.py --run_dir={FLAGS.run_dir}")
         return 2

@@ -26,12 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # common.py
 
-from common import RESULTS, write_results  # noqa: E402
+from common import RESULTS, define_screened_run_flags, screening_folder, write_results  # noqa: E402,E501
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", str(REPO / "runs" / "pdni"), "A screened run folder.")
-flags.DEFINE_enum("side", "generator", ["generator", "substitution"], "The run's candidates, "
-                  "or the substitution baseline screened beside them.")
+define_screened_run_flags()
 flags.DEFINE_list("symprecs", ["0.2", "0.3", "0.5"], "Loose tolerances to try (Angstrom).")
 flags.DEFINE_integer("workers", 2, "Relaxation processes.")
 flags.DEFINE_string("potential", "chgnet", "The potential (emt: a fast stand-in for tests).")
@@ -44,9 +42,7 @@ def main(argv: list[str]) -> int:
     from crystalgan_jax.screening import relax
     from crystalgan_jax.screening.workers import Relaxer
 
-    folder = Path(FLAGS.run_dir) / "screening"
-    if FLAGS.side == "substitution":
-        folder = folder / "substitution"
+    folder = screening_folder(FLAGS.run_dir, FLAGS.side)
     result = json.loads((folder / "screening.json").read_text())
     rows = [r for r in result["structures"] if r.get("relaxed_file")
             and r["relaxation"]["converged"]]
