@@ -47,44 +47,23 @@ flags.DEFINE_string("out", None, "JSON file to write (default OUTPUT_DIR/discove
 flags.mark_flag_as_required("output_dir")
 
 
-def _h_per_metal(structure) -> float:
-    c = structure.composition
-    metal = c.num_atoms - c["H"]
-    return c["H"] / metal if metal else float("inf")
-
-
-def _range(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)} if values else {}
-
-
 def summarise(run: Path) -> dict:
     """One variant's row from its run folder (see the module docstring)."""
-    from crystalgan_jax.materials import io
-
-    spec = json.loads((run / "config.json").read_text())["spec"]
     screening = json.loads((run / "screening" / "screening.json").read_text())
-    comparison = json.loads((run / "screening" / "comparison.json").read_text())["counts"]
+    summary = json.loads((run / "screening" / "summary.json").read_text())
     timing = json.loads((run / "timing.json").read_text())
     pooled = json.loads((run / "report.json").read_text()).get("counts", {})
     rows = [r for r in screening["structures"] if r["relaxation"]["converged"]]
     e_hull = [r["e_hull_eV_per_atom"] for r in rows if r["e_hull_eV_per_atom"] is not None]
     disp = [r["displacement"] for r in rows if r.get("displacement")]
-    data = [REPO / p if not Path(p).is_absolute() else Path(p)
-            for p in (spec["data_ah"], spec["data_bh"])]
-    # .mat files hold both metals' columns: block 2 is A's, block 3 is B's
-    training = [_h_per_metal(s) for path, element, block in
-                zip(data, (spec["element_a"], spec["element_b"]), (2, 3))
-                for s in io.read_domain(path, element, mat_block=block).structures]
-    generated = [_h_per_metal(io.read_structure(p)) for p in sorted((run / "candidates")
-                                                                    .glob("*.vasp"))]
+    composition = summary["composition"]  # H/M of the pooled candidates and the training
     c = screening["counts"]
     return {
-        "pooled_unique": pooled.get("unique", len(generated)), "screened": c["screened"],
+        "pooled_unique": pooled.get("unique", composition["offered"]), "screened": c["screened"],
         "unique_after_relaxation": c["unique"], "sun": c["sun"], "on_hull": c["on_hull"],
         "lowest_e_hull": round(min(e_hull), 4) if e_hull else None,
         "median_e_hull": round(statistics.median(e_hull), 4) if e_hull else None,
-        "formulas": comparison,
+        "formulas": summary["comparison"],
         "median_steps": statistics.median(r["relaxation"]["steps"] for r in rows) if rows else None,
         "median_abs_volume_change": round(statistics.median(
             abs(d["volume_change"]) for d in disp), 3) if disp else None,
@@ -92,7 +71,8 @@ def summarise(run: Path) -> dict:
             d["rms"] for d in disp if d["rms"] is not None), 3)
         if any(d["rms"] is not None for d in disp) else None,
         "rms_matched": sum(d["rms"] is not None for d in disp),
-        "h_per_metal": _range(generated), "h_per_metal_training": _range(training),
+        "h_per_metal": composition["h_per_metal_offered"] or {},
+        "h_per_metal_training": composition["h_per_metal_training"] or {},
         "above_p1": sum(d["spacegroup_after"][1] > 1 for d in disp),
         "training_s": timing.get("training"), "screening_s": timing.get("screening_screening"),
     }

@@ -98,6 +98,24 @@ def learn_windows(ah: Sequence[Structure], bh: Sequence[Structure], element_a: s
     return tuple(windows)
 
 
+def hydrogen_fraction(structure: Structure) -> float:
+    """n_H / n_atoms of one structure."""
+    return structure.composition[HYDROGEN] / structure.composition.num_atoms
+
+
+def hydrogen_per_metal(structure: Structure) -> float | None:
+    """n_H / n_metal (H/M) of one structure; None where it holds no metal atom."""
+    c = structure.composition
+    metal = c.num_atoms - c[HYDROGEN]
+    return c[HYDROGEN] / metal if metal else None
+
+
+def quantiles(values: Sequence[float], levels: int) -> tuple[float, ...]:
+    """``levels`` quantiles of ``values`` at the levels ``(k + 1/2) / levels``, rounded to 1e-4."""
+    grid = (np.arange(levels) + 0.5) / levels * 100.0
+    return tuple(round(float(q), 4) for q in np.percentile(values, grid))
+
+
 def learn_distance_quantiles(ah: Sequence[Structure], bh: Sequence[Structure],
                              element_a: str, element_b: str, levels: int, d1: float,
                              d2: float) -> tuple[Profile, ...]:
@@ -108,10 +126,17 @@ def learn_distance_quantiles(ah: Sequence[Structure], bh: Sequence[Structure],
     1e-4) at the levels ``(k + 1/2) / levels``: what
     :func:`crystalgan_jax.core.losses.distance_matching` pulls the generated distances to.
     """
-    grid = (np.arange(levels) + 0.5) / levels * 100.0
-    return tuple((source, target, tuple(round(float(q), 4) for q in np.percentile(d, grid)))
+    return tuple((source, target, quantiles(d, levels))
                  for source, target, d, _ in _pair_distances(ah, bh, element_a, element_b,
                                                              d1, d2) if d.size)
+
+
+def learn_h_fraction_quantiles(ah: Sequence[Structure], bh: Sequence[Structure], levels: int
+                               ) -> tuple[float, ...]:
+    """The training structures' hydrogen fractions (:func:`hydrogen_fraction`) as
+    :func:`quantiles`: what :func:`crystalgan_jax.core.losses.composition_matching` pulls
+    the generated ones to."""
+    return quantiles([hydrogen_fraction(s) for s in list(ah) + list(bh)], levels)
 
 
 def learn_block_volumes(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,

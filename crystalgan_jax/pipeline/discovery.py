@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pymatgen.core import Composition, Structure
 
 from crystalgan_jax.materials import evaluation, io
+from crystalgan_jax.materials.candidates import hydrogen_per_metal
 from crystalgan_jax.screening import runs
 from crystalgan_jax.screening.consensus import VERDICTS
 from crystalgan_jax.screening.hull import energetics
@@ -148,7 +149,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     return summary
 
 
-def _spread(values: Sequence[float]) -> dict[str, float] | None:
+def spread(values: Sequence[float]) -> dict[str, float] | None:
+    """min, median and max of ``values`` (rounded to 1e-3); None where there are none."""
     if not values:
         return None
     return {"min": round(min(values), 3), "median": round(float(statistics.median(values)), 3),
@@ -160,16 +162,12 @@ def composition(offered: Sequence[tuple[str, Structure]], screened: Sequence[tup
     """Hydrogen per metal atom (H/M) of the candidates offered and screened, and of the
     training structures, with the ``--h_fraction`` range asked for."""
     def h_per_metal(structures):
-        out = []
-        for s in structures:
-            metal = s.composition.num_atoms - s.composition["H"]
-            if metal:
-                out.append(s.composition["H"] / metal)
-        return out
+        values = (hydrogen_per_metal(s) for s in structures)
+        return spread([v for v in values if v is not None])
     return {"h_fraction": list(h_fraction), "offered": len(offered), "screened": len(screened),
-            "h_per_metal_offered": _spread(h_per_metal(s for _, s in offered)),
-            "h_per_metal_screened": _spread(h_per_metal(s for _, s in screened)),
-            "h_per_metal_training": _spread(h_per_metal(training))}
+            "h_per_metal_offered": h_per_metal(s for _, s in offered),
+            "h_per_metal_screened": h_per_metal(s for _, s in screened),
+            "h_per_metal_training": h_per_metal(training)}
 
 
 def grouped_candidates(result: Mapping[str, Any], members: Mapping[str, list[str]]

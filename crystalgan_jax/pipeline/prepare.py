@@ -139,11 +139,10 @@ def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
             ah.structures, bh.structures, spec.element_a, spec.element_b,
             cfg.distance_levels, cfg.d1, cfg.d2)
     if cfg.composition_weight > 0 and not cfg.h_fraction_quantiles:
-        fractions = [s.composition["H"] / s.composition.num_atoms
-                     for s in ah.structures + bh.structures]
-        grid = (np.arange(cfg.distance_levels) + 0.5) / cfg.distance_levels * 100.0
-        changes["h_fraction_quantiles"] = tuple(round(float(q), 4)
-                                                for q in np.percentile(fractions, grid))
+        from crystalgan_jax.materials import candidates
+
+        changes["h_fraction_quantiles"] = candidates.learn_h_fraction_quantiles(
+            ah.structures, bh.structures, cfg.distance_levels)
     if cfg.rescale_volume and not cfg.block_volumes:
         from crystalgan_jax.materials import candidates
 

@@ -20,6 +20,7 @@ from pymatgen.core import Structure
 
 from crystalgan_jax.core import encoding
 from crystalgan_jax.materials import evaluation, io, substitution
+from crystalgan_jax.materials.candidates import hydrogen_fraction
 from crystalgan_jax import locking
 from crystalgan_jax.screening import (compare, plots, relax as screening,
                                       second_opinion as opinions, system_hull, verdicts)
@@ -65,17 +66,13 @@ def select(named: Sequence[tuple[str, Structure]], element_a: str, element_b: st
     return kept
 
 
-def hydrogen_fraction(structure: Structure) -> float:
-    """n_H / n_atoms of one structure."""
-    return structure.composition["H"] / structure.composition.num_atoms
-
-
 def within_h_fraction(named: Sequence[tuple[str, Structure]], h_fraction: tuple[float, float]
                       ) -> list[tuple[str, Structure]]:
     """The structures whose hydrogen fraction n_H / n_atoms lies in [lo, hi] (inclusive):
     how a user asks the screening for a composition range (``--h_fraction``)."""
     lo, hi = h_fraction
-    return [(n, s) for n, s in named if lo - 1e-9 <= hydrogen_fraction(s) <= hi + 1e-9]
+    return [(n, s) for n, s in named
+            if lo - 1e-9 <= hydrogen_fraction(s) <= hi + 1e-9]
 
 
 class Journal(JsonlJournal):
@@ -209,7 +206,7 @@ class System:
             relaxations = journaled(self.relaxer, journal,
                                     [(name, s, True) for name, s in named], log, "screen",
                                     on_done=lambda name, r: self._write_relaxed(out, name, r))
-            passes = {}
+            passes = None  # the pass off: no symmetry_pass in the rows or settings
             if symmetrize > 0:
                 relaxations, passes = self._symmetry_pass(named, relaxations, out, journal,
                                                           symmetrize, log)
