@@ -22,9 +22,7 @@ so only the first run relaxes it), then prints and writes ``discovery.md`` and
 
 from __future__ import annotations
 
-import json
 import shlex
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # common.py
 
 from common import write_results  # noqa: E402
+from crystalgan_jax.pipeline.discovery import summarise  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Folder of the variants' run folders and the table.")
@@ -45,37 +44,6 @@ flags.DEFINE_string("flagfile_for_runs", str(REPO / "experiments" / "pdni.flags"
 flags.DEFINE_bool("collect", False, "Summarise the run folders already in --output_dir.")
 flags.DEFINE_string("out", None, "JSON file to write (default OUTPUT_DIR/discovery.json).")
 flags.mark_flag_as_required("output_dir")
-
-
-def summarise(run: Path) -> dict:
-    """One variant's row from its run folder (see the module docstring)."""
-    screening = json.loads((run / "screening" / "screening.json").read_text())
-    summary = json.loads((run / "screening" / "summary.json").read_text())
-    timing = json.loads((run / "timing.json").read_text())
-    pooled = json.loads((run / "report.json").read_text()).get("counts", {})
-    rows = [r for r in screening["structures"] if r["relaxation"]["converged"]]
-    e_hull = [r["e_hull_eV_per_atom"] for r in rows if r["e_hull_eV_per_atom"] is not None]
-    disp = [r["displacement"] for r in rows if r.get("displacement")]
-    composition = summary["composition"]  # H/M of the pooled candidates and the training
-    c = screening["counts"]
-    return {
-        "pooled_unique": pooled.get("unique", composition["offered"]), "screened": c["screened"],
-        "unique_after_relaxation": c["unique"], "sun": c["sun"], "on_hull": c["on_hull"],
-        "lowest_e_hull": round(min(e_hull), 4) if e_hull else None,
-        "median_e_hull": round(statistics.median(e_hull), 4) if e_hull else None,
-        "formulas": summary["comparison"],
-        "median_steps": statistics.median(r["relaxation"]["steps"] for r in rows) if rows else None,
-        "median_abs_volume_change": round(statistics.median(
-            abs(d["volume_change"]) for d in disp), 3) if disp else None,
-        "median_rms": round(statistics.median(
-            d["rms"] for d in disp if d["rms"] is not None), 3)
-        if any(d["rms"] is not None for d in disp) else None,
-        "rms_matched": sum(d["rms"] is not None for d in disp),
-        "h_per_metal": composition["h_per_metal_offered"] or {},
-        "h_per_metal_training": composition["h_per_metal_training"] or {},
-        "above_p1": sum(d["spacegroup_after"][1] > 1 for d in disp),
-        "training_s": timing.get("training"), "screening_s": timing.get("screening_screening"),
-    }
 
 
 def markdown(rows: dict[str, dict]) -> str:

@@ -50,6 +50,14 @@ flags.DEFINE_bool("screen", False, "After training, screen the candidates: relax
                   "elements, binaries, alloys and the substitution baseline, and 'Candidates "
                   "for DFT' at the top of report.md. The screening flags below apply.")
 cli.define_screen_flags(FLAGS, with_only=False)
+flags.DEFINE_integer("rounds", 0, "With --screen: rounds of learning from the screen after "
+                     "the first. Round k fine-tunes round k-1's stage 3 (--round_epochs) with "
+                     "every earlier round's relaxed candidates within --round_max_e_hull as "
+                     "real examples, then writes, pools and screens it in OUTPUT_DIR/rounds/k; "
+                     "OUTPUT_DIR/rounds.md compares the rounds.")
+flags.DEFINE_integer("round_epochs", 100, "Stage-3 epochs of each round after the first.")
+flags.DEFINE_float("round_max_e_hull", 0.1, "eV/atom: the relaxed candidates a round "
+                   "learns from lie at most this far above the hull.")
 
 
 def is_population() -> bool:
@@ -126,6 +134,39 @@ def screen(out: Path) -> int:
     return 0
 
 
+def learn_from_screen(spec, out: Path) -> int:
+    """Rounds 1..--rounds (crystalgan_jax.pipeline.rounds) after the screened round 0 in
+    ``out``; an exit status."""
+    from crystalgan_jax.pipeline import discovery, rounds
+
+    def train_round(round_spec) -> dict | None:
+        try:
+            result = train(round_spec)
+        except (StructureFileError, FileExistsError, RunError, CheckpointError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return None
+        return None if result is None else result.timing
+
+    def screen_round(folder: Path) -> dict | None:
+        if screen(folder):
+            return None
+        return json.loads((folder / "screening" / "summary.json").read_text())
+
+    table = rounds.run_rounds(spec, FLAGS.rounds, FLAGS.round_epochs, FLAGS.round_max_e_hull,
+                              train_round, screen_round, discovery.summarise,
+                              log=lambda msg: logging.info("%s", msg))
+    if table is None:
+        return 2
+    for row in table["rounds"]:
+        print(f"round {row['round']}: guide {row['guide']}, S.U.N. {row['sun']}, on hull "
+              f"{row['on_hull']}, lowest E_hull {row['lowest_e_hull']}, median steps "
+              f"{row['median_steps']}, formulas gen/sub lower {row['formulas']['generator']}"
+              f"/{row['formulas']['substitution']}")
+    if len(table["rounds"]) > 1:
+        print(f"rounds compared in {out / 'rounds.md'}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     cli.start_script(argv, FLAGS, HERE)
     try:
@@ -135,6 +176,11 @@ def main(argv: list[str]) -> int:
     except ValueError as err:  # a hyperparameter out of range
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if FLAGS.rounds and not FLAGS.screen:
+        raise app.UsageError("--rounds learns from the screening: add --screen")
+    if FLAGS.rounds < 0 or FLAGS.round_epochs < 1:
+        raise app.UsageError(f"--rounds must be >= 0 and --round_epochs >= 1, got "
+                             f"{FLAGS.rounds}, {FLAGS.round_epochs}")
     if FLAGS.screen:  # a wrong --potentials is refused before any training
         try:
             potentials.parse_names(",".join(FLAGS.potentials))
@@ -171,6 +217,10 @@ def main(argv: list[str]) -> int:
             timing.update({f"screening_{k}": v for k, v in data["timing_s"].items()})
             print(f"screened: generator {data['generator']}; substitution "
                   f"{data['substitution']}; {out / 'report.md'}")
+        if code == 0 and FLAGS.rounds:
+            tic = time.perf_counter()
+            code = learn_from_screen(spec, out)
+            timing["rounds"] = round(time.perf_counter() - tic, 2)
     logging.info("wall time by phase (s): %s", ", ".join(f"{k} {v}" for k, v in timing.items()))
     (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     return code

@@ -149,6 +149,48 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     return summary
 
 
+def summarise(run: Path) -> dict:
+    """A screened run's figures in one row (a variant of ``benchmarks/discovery.py``, a
+    round of :mod:`crystalgan_jax.pipeline.rounds`).
+
+    Returns:
+      pooled unique candidates, screened, unique after relaxation, S.U.N., on or below
+      the hull, the lowest and median E_hull (eV/atom), the per-formula comparison with
+      substitution, how far relaxation moved the converged candidates (median FIRE
+      steps, median |dV/V|, median normalised RMS displacement over the pairs that still
+      match, and how many match), H/M of the candidates offered and of the training
+      structures, relaxed candidates above P1 (0.1 A), training and screening seconds.
+    """
+    screening = json.loads((run / "screening" / "screening.json").read_text())
+    summary = json.loads((run / "screening" / "summary.json").read_text())
+    timing = (json.loads((run / "timing.json").read_text())
+              if (run / "timing.json").exists() else {})
+    pooled = json.loads((run / "report.json").read_text()).get("counts", {})
+    rows = [r for r in screening["structures"] if r["relaxation"]["converged"]]
+    e_hull = [r["e_hull_eV_per_atom"] for r in rows if r["e_hull_eV_per_atom"] is not None]
+    disp = [r["displacement"] for r in rows if r.get("displacement")]
+    composition = summary["composition"]  # H/M of the pooled candidates and the training
+    c = screening["counts"]
+    return {
+        "pooled_unique": pooled.get("unique", composition["offered"]), "screened": c["screened"],
+        "unique_after_relaxation": c["unique"], "sun": c["sun"], "on_hull": c["on_hull"],
+        "lowest_e_hull": round(min(e_hull), 4) if e_hull else None,
+        "median_e_hull": round(statistics.median(e_hull), 4) if e_hull else None,
+        "formulas": summary["comparison"],
+        "median_steps": statistics.median(r["relaxation"]["steps"] for r in rows) if rows else None,
+        "median_abs_volume_change": round(statistics.median(
+            abs(d["volume_change"]) for d in disp), 3) if disp else None,
+        "median_rms": round(statistics.median(
+            d["rms"] for d in disp if d["rms"] is not None), 3)
+        if any(d["rms"] is not None for d in disp) else None,
+        "rms_matched": sum(d["rms"] is not None for d in disp),
+        "h_per_metal": composition["h_per_metal_offered"] or {},
+        "h_per_metal_training": composition["h_per_metal_training"] or {},
+        "above_p1": sum(d["spacegroup_after"][1] > 1 for d in disp),
+        "training_s": timing.get("training"), "screening_s": timing.get("screening_screening"),
+    }
+
+
 def spread(values: Sequence[float]) -> dict[str, float] | None:
     """min, median and max of ``values`` (rounded to 1e-3); None where there are none."""
     if not values:

@@ -41,7 +41,7 @@ import jax
 from absl import logging
 
 from crystalgan_jax.core import encoding
-from crystalgan_jax.pipeline import folder, loop, outputs, pooled, provenance
+from crystalgan_jax.pipeline import folder, loop, outputs, pooled, provenance, rounds
 from crystalgan_jax.pipeline.prepare import Prepared, prepare, with_clash_radii
 from crystalgan_jax.pipeline.spec import Member, PopulationSpec, RunSpec
 from crystalgan_jax.pipeline.trainers import PopulationTrainer, SingleTrainer
@@ -147,7 +147,8 @@ def config_json(spec: RunSpec, prepared: Prepared) -> dict:
             "sources_ah": list(ah.sources), "sources_bh": list(bh.sources),
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "versions": provenance.versions(), "code": provenance.git_commit(),
-            "inputs_sha256": provenance.input_hashes(list(ah.sources) + list(bh.sources))}
+            "inputs_sha256": provenance.input_hashes(list(ah.sources) + list(bh.sources)
+                                                     + list(prepared.guide_sources))}
 
 
 def population_config(pop: PopulationSpec, prepared: Prepared,
@@ -206,13 +207,13 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
     barrier("output folder ready")
     local = trainer.local_members()
     member_dirs = {i: pop.member_dir(pop.members[i]) for i in local}
-    stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.stages))]
+    stage_ends = [(i + 1) * cfg.epochs for i in range(len(cfg.trained_stages))]
     ckpt = Checkpoints(out / "checkpoints", every=base.checkpoint_every, stage_ends=stage_ends,
-                       keep=[cfg.epochs] if cfg.stages[0] == "stage1" else [], log=log)
+                       keep=[cfg.epochs] if cfg.trained_stages[0] == "stage1" else [], log=log)
     # a resumed run past a stage's end does not compile that stage (should its newest
     # checkpoint prove damaged, the loop compiles what it then needs)
     resumed = (ckpt.latest_step() or 0) if base.resume else 0
-    todo = [name for name, end in zip(cfg.stages, stage_ends) if resumed < end]
+    todo = [name for name, end in zip(cfg.trained_stages, stage_ends) if resumed < end]
     # before the compile threads start: its git calls and file reads wait for the GIL
     # at every step while another thread traces
     config = (config_json(base, prepared) if pop.single_run
@@ -237,8 +238,11 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
                        for i in local}
             log(f"resumed {'' if pop.single_run else f'{len(pop.members)} members '}"
                 f"from epoch {epoch} in {ckpt.directory}")
-        elif base.resume:
-            log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
+        else:
+            if base.resume:
+                log(f"nothing to resume in {ckpt.directory}: starting from epoch 0")
+            if base.refine_from:
+                state = rounds.start_from(pop, trainer, state, log)
         barrier("resumable checked")
         if jax.process_index() == 0:
             (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -262,7 +266,7 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
         state = loop.train_stages(trainer, cfg, base.checkpoint_every, member_dirs, state,
                                   metrics, ckpt, log, on_trace, compiling, stop, until_epoch,
                                   names)
-        if until_epoch is not None and until_epoch < len(cfg.stages) * cfg.epochs:
+        if until_epoch is not None and until_epoch < len(cfg.trained_stages) * cfg.epochs:
             ckpt.save(state, force=True)  # (a no-op where this epoch is saved already)
             return None
     finally:
@@ -270,7 +274,8 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
 
     epoch = trainer.epoch(state)
     timing = {"training": round(time.perf_counter() - tic, 2)}  # compilation included
-    if base.resume and folder.outputs_written(out) == epoch == len(cfg.stages) * cfg.epochs:
+    end = len(cfg.trained_stages) * cfg.epochs
+    if base.resume and folder.outputs_written(out) == epoch == end:
         log(f"training ended and every output of epoch {epoch} is in {out}: kept")
         result = _written_result(pop, prepared, trainer, state, metrics, member_dirs)
         result.timing = timing

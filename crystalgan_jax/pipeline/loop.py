@@ -161,7 +161,7 @@ def train_stages(trainer, cfg: train.TrainConfig, every: int, member_dirs: dict[
     compiling = dict(compiling or {})
     files = {i: (d / "metrics.jsonl").open("a") for i, d in member_dirs.items()}
     try:
-        for s_index, stage_name in enumerate(cfg.stages):
+        for s_index, stage_name in enumerate(cfg.trained_stages):
             start = s_index * cfg.epochs
             end = start + cfg.epochs if until is None else min(start + cfg.epochs, until)
             if trainer.epoch(state) >= end:
@@ -171,7 +171,7 @@ def train_stages(trainer, cfg: train.TrainConfig, every: int, member_dirs: dict[
             data = trainer.stage_data(stage_name, state)
             # not started by the caller (or a resume fell back to an older checkpoint):
             # this stage and the later ones start compiling now
-            missing = [name for name in cfg.stages[s_index:] if name not in compiling]
+            missing = [name for name in cfg.trained_stages[s_index:] if name not in compiling]
             if missing:
                 compiling.update(compile_stages(trainer, missing, state, chunk, on_trace))
             fn, compile_s, quick = compiling[stage_name].result()

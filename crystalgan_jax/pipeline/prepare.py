@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -30,6 +31,9 @@ class Prepared:
       x, y: the encoded domains, host float32 arrays ``[N, ...]``.
       nets: the networks for this layout.
       shifts: the geometric penalty's lattice shifts (:func:`train.penalty_shifts`).
+      guide: ``spec.guide``'s structures encoded in the layout, host float32 ``[K, ...]``
+        (they join both stage-3 domains: :func:`train.stage_data`), or None.
+      guide_sources: their files.
     """
 
     spec: RunSpec
@@ -40,6 +44,8 @@ class Prepared:
     y: encoding.Crystal
     nets: train.Networks
     shifts: jax.Array
+    guide: encoding.Crystal | None = None
+    guide_sources: tuple[str, ...] = ()
 
 
 def covalent_radii(element_a: str, element_b: str) -> tuple[float, float, float]:
@@ -113,8 +119,35 @@ def prepare(spec: RunSpec, log: Callable[[str], None] | None = None) -> Prepared
             for d in (ah, bh))
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])
     nets = train.Networks.build(layout.rows, train.length_scale(lattices), spec.train)
+    guide, guide_sources = None, ()
+    if spec.guide:
+        structures, guide_sources = read_guide(spec.guide)
+        # the layout stays the training data's: a guide structure that does not fit is
+        # refused (naming its file), not allowed to change the networks
+        guide = encoding.encode_batch(structures, layout, sources=guide_sources,
+                                      dtype=np.float32)
     return Prepared(spec, ah, bh, layout, x, y, nets,
-                    train.penalty_shifts(lattices, spec.train))
+                    train.penalty_shifts(lattices, spec.train), guide, guide_sources)
+
+
+def read_guide(folder: str) -> tuple[list, tuple[str, ...]]:
+    """The structures of a guide folder (every structure file in it, sorted by name).
+
+    Raises:
+      io.StructureFileError: no such folder, no structure file in it, or a bad file.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise io.StructureFileError(path, "no such folder (--guide)")
+    files = sorted(p for p in path.iterdir() if io.is_structure_file(p))
+    if not files:
+        raise io.StructureFileError(path, "holds no structure files (--guide)")
+    structures = []
+    for f in files:
+        structure = io.read_structure(f)
+        io.check_training_structure(structure, str(f))
+        structures.append(structure)
+    return structures, tuple(str(f) for f in files)
 
 
 def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:

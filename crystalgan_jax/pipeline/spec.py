@@ -54,6 +54,12 @@ class RunSpec:
       output_workers: processes that write a population's members after training, each
         member in one (None: one per CPU core, at most one per member; 1: all in this
         process). A single run writes in its own process.
+      refine_from: a finished run's folder (a single run, or a population with the same
+        members) whose trained state this run starts from: it then trains stage 3 only,
+        for ``train.epochs`` epochs (``train.refine``), with the same data and settings.
+      guide: a folder of ternary structures (e.g. a screening's relaxed low-E_hull
+        candidates) that join both stage-3 training domains as real examples
+        (:func:`crystalgan_jax.train.stage_data`); each must fit the data's layout.
     """
 
     data_ah: str
@@ -72,6 +78,8 @@ class RunSpec:
     write_files: str = "auto"
     member_figures: bool = False
     output_workers: int | None = None
+    refine_from: str | None = None
+    guide: str | None = None
 
     def __post_init__(self):
         if self.output_workers is not None and self.output_workers < 1:
@@ -94,6 +102,14 @@ class RunSpec:
         check_elements(self.element_a, self.element_b)
         if not str(self.output_dir).strip():
             raise ValueError("output_dir must not be empty")
+        if self.refine_from and not self.train.refine:
+            object.__setattr__(self, "train", dataclasses.replace(self.train, refine=True))
+        if self.train.refine and not self.refine_from:
+            raise ValueError("refine needs refine_from (--refine_from=RUN): the run whose "
+                             "trained state it starts from")
+        if self.refine_from and Path(self.refine_from).resolve() == Path(
+                self.output_dir).resolve():
+            raise ValueError("refine_from must be another run's folder than output_dir")
 
 
 def check_elements(element_a: str, element_b: str) -> None:

@@ -61,6 +61,8 @@ class SingleTrainer:
         self.nets = prepared.nets
         self.x, self.y = (jax.tree_util.tree_map(jnp.asarray, c)
                           for c in (prepared.x, prepared.y))
+        self.guide = (None if prepared.guide is None
+                      else jax.tree_util.tree_map(jnp.asarray, prepared.guide))
         self.key = jax.random.PRNGKey(pop.members[0].seed)
 
     def local_members(self) -> list[int]:
@@ -75,8 +77,12 @@ class SingleTrainer:
     def epoch(self, state: train.TrainState) -> int:
         return int(state.epoch)
 
+    def restart(self, state: train.TrainState) -> train.TrainState:
+        """A trained state as the start of a new run: epoch 0, all else kept."""
+        return state.replace(epoch=jnp.zeros_like(state.epoch))
+
     def stage_data(self, stage_name: str, state) -> tuple:
-        return train.stage_data(stage_name, state, self.nets, self.x, self.y)
+        return train.stage_data(stage_name, state, self.nets, self.x, self.y, self.guide)
 
     def lower_stage(self, stage_name: str, state, chunk: int, on_trace=None) -> Lowered:
         """The stage's chunk runner lowered for its data's shapes; needs no trained
@@ -118,6 +124,8 @@ class PopulationTrainer:
         self.sharding = population.MemberSharding.over(len(pop.members), devices)
         self.x, self.y = (self.sharding.put(c, self.sharding.replicated)
                           for c in (prepared.x, prepared.y))
+        self.guide = (None if prepared.guide is None
+                      else self.sharding.put(prepared.guide, self.sharding.replicated))
         self.weights = self.sharding.put(
             self.sharding.pad(population.weight_rows([m.weights for m in pop.members])),
             self.sharding.members)
@@ -135,16 +143,23 @@ class PopulationTrainer:
     def epoch(self, state: population.PopulationState) -> int:
         return int(state.epoch)
 
+    def restart(self, state: population.PopulationState) -> population.PopulationState:
+        """A trained population as the start of a new run: epoch 0, all else kept."""
+        members = state.members.replace(epoch=jnp.zeros_like(state.members.epoch))
+        return population.PopulationState(
+            members, self.sharding.put(np.int32(0), self.sharding.replicated))
+
     def stage_data(self, stage_name: str, state) -> tuple:
         return population.stage_data(stage_name, state.members, self.nets, self.x, self.y,
-                                     self.sharding)
+                                     self.sharding, self.guide)
 
     def lower_stage(self, stage_name: str, state, chunk: int, on_trace=None) -> Lowered:
         """The stage's population program, compiled at its first call (the member axis'
         shardings are those of the concrete arrays)."""
         data = jax.eval_shape(
             jax.vmap(lambda s: train.stage_data(stage_name, s, self.nets, self.prepared.x,
-                                                   self.prepared.y)), state.members)
+                                                self.prepared.y, self.prepared.guide)),
+            state.members)
         sizes = [d.lattice.shape[1] for d in data]
         options = train.stage_compiler_options(  # each device trains all its members
             self.cfg, sizes, self.sharding.mesh.devices.flat[0].platform,

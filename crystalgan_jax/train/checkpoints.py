@@ -374,6 +374,22 @@ class Checkpoints:
             raise ValueError("it holds NaN or inf")
         return unpack(stored, meta["layout"], template) if "layout" in meta else stored
 
+    def read(self, step: int, template):
+        """The state of ``step``, shaped like ``template``, leaving the folder as it is
+        (nothing is moved aside: e.g. another run's checkpoint that a run starts from).
+
+        Raises:
+          CheckpointError: no such step, or it is damaged or does not fit ``template``.
+        """
+        self.wait()
+        if step not in self._manager.all_steps():
+            raise CheckpointError(f"no checkpoint of step {step} under {self.directory}")
+        self._hush_closed_loop_noise()
+        try:
+            return self._read(step, template)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {self.directory / str(step)}: {err}") from None
+
     def read_as_dicts(self, step: int | None = None) -> dict:
         """The state of ``step`` (default: the newest) as nested dicts of NumPy arrays,
         without a template and on one device, whatever devices or processes wrote it.
@@ -419,9 +435,7 @@ class Checkpoints:
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
             raise CheckpointError(f"no checkpoint under {self.directory}")
-        if self._unraisablehook is None:  # until close(): the noise can come late
-            self._unraisablehook = sys.unraisablehook
-            sys.unraisablehook = _drop_closed_loop_noise(self._unraisablehook)
+        self._hush_closed_loop_noise()
         problems = 0
         for i, candidate in enumerate(candidates):
             try:
@@ -436,6 +450,11 @@ class Checkpoints:
         raise CheckpointError(f"no intact checkpoint under {self.directory} (all "
                               f"{problems} damaged, see above); start again with "
                               "--overwrite")
+
+    def _hush_closed_loop_noise(self) -> None:
+        if self._unraisablehook is None:  # until close(): the noise can come late
+            self._unraisablehook = sys.unraisablehook
+            sys.unraisablehook = _drop_closed_loop_noise(self._unraisablehook)
 
     def _set_aside(self, step: int) -> None:
         path = self.directory / str(step)

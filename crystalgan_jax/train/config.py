@@ -98,6 +98,8 @@ class TrainConfig:
         sample 0 is the final generators' and ``samples_per_input`` stays the total.
         Long training collapses the stage-3 samples onto a few structures; the earlier
         states keep their spread.
+      refine: train stage 3 only, from a trained run's state (a fine-tuning round; set by
+        ``--refine_from``, :mod:`crystalgan_jax.pipeline.rounds`).
 
     The crystalgan_plus ingredients (plus_clash ... snapshots; issue 13) left at
     ``None`` take the method's default: :data:`PLUS_DEFAULTS` for crystalgan_plus,
@@ -142,6 +144,7 @@ class TrainConfig:
     random_pairings: bool | None = None
     snap_symprec: float | None = None
     snapshots: int | None = None
+    refine: bool = False
 
     def __post_init__(self):
         defaults = PLUS_DEFAULTS if self.method == "crystalgan_plus" else PLUS_OFF
@@ -167,6 +170,8 @@ class TrainConfig:
                              f"{self.block_volumes}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.refine and "stage3" not in self.stages:
+            raise ValueError(f"refine trains stage 3, which method {self.method!r} has not")
         for name in ("epochs", "batch_size", "generator_steps", "width", "chunk_epochs",
                      "latent_dim", "max_images", "distance_levels"):
             if getattr(self, name) < 1:
@@ -192,10 +197,16 @@ class TrainConfig:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        """Names of the trained stages, in order."""
+        """Names of the method's stages, in order (their networks make up the state)."""
         return {"crystalgan": ("stage1", "stage3"), "nocons": ("stage1", "stage3"),
                 "crystalgan_plus": ("stage1", "stage3"),
                 "discogan": ("stage1",), "gan": ("gan",)}[self.method]
+
+    @property
+    def trained_stages(self) -> tuple[str, ...]:
+        """The stages a run trains, in order, ``epochs`` each: the method's stages, or
+        stage 3 alone where ``refine``."""
+        return ("stage3",) if self.refine else self.stages
 
 
 def _check_config_ranges(cfg: "TrainConfig") -> None:

@@ -138,12 +138,21 @@ def sampled_inputs(x1: Crystal, y1: Crystal, x_g: Crystal, y_g: Crystal, key: ja
 
 @functools.partial(quick_jit, static_argnames=("stage", "nets"))  # one program, not op by op
 def stage_data(stage: str, state: TrainState, nets: Networks, x_ah: Crystal,
-               y_bh: Crystal) -> tuple:
-    """The domains a stage trains on: metal views, transferred domains, or their union."""
+               y_bh: Crystal, guide: Crystal | None = None) -> tuple:
+    """The domains a stage trains on: metal views, transferred domains, or their union.
+
+    ``guide`` ``[K]``: ternary structures (encoded in the run's layout) that join both
+    stage-3 domains, ``[max(n_x, n_y) + K]`` each: the discriminators then take them for
+    real ternaries and the cycle terms map them back onto themselves. A screened run's
+    relaxed low-E_hull candidates are such a guide (:mod:`crystalgan_jax.pipeline.rounds`).
+    """
     if stage == "stage1":
         return (metal_view(x_ah, A_BLOCK), metal_view(y_bh, B_BLOCK))
     if stage == "stage3":
-        return feature_transfer(state.params, nets, x_ah, y_bh)
+        x_g, y_g = feature_transfer(state.params, nets, x_ah, y_bh)
+        if guide is None:
+            return x_g, y_g
+        return concat_crystals(x_g, guide), concat_crystals(y_g, guide)
     if stage == "gan":
         return (concat_crystals(x_ah, y_bh),)
     raise ValueError(f"unknown stage {stage!r}")

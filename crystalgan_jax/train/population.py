@@ -210,11 +210,13 @@ def init_population(seeds: Sequence[int], nets: train.Networks,
 
 
 def stage_data(stage: str, states: train.TrainState, nets: train.Networks,
-                x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding) -> tuple:
-    """Each member's domains for ``stage`` ``[P, ...]`` (stage 3's depend on its stage 1)."""
-    fn = jax.vmap(lambda s, x, y: train.stage_data(stage, s, nets, x, y),
-                  in_axes=(0, None, None))
-    return jax.jit(fn, out_shardings=sharding.members)(states, x, y)
+               x: encoding.Crystal, y: encoding.Crystal, sharding: MemberSharding,
+               guide: encoding.Crystal | None = None) -> tuple:
+    """Each member's domains for ``stage`` ``[P, ...]`` (stage 3's depend on its stage 1;
+    ``guide`` joins every member's stage-3 domains: :func:`train.stage_data`)."""
+    fn = jax.vmap(lambda s, x, y, g: train.stage_data(stage, s, nets, x, y, g),
+                  in_axes=(0, None, None, None))
+    return jax.jit(fn, out_shardings=sharding.members)(states, x, y, guide)
 
 
 def generate(states: train.TrainState, nets: train.Networks, cfg: train.TrainConfig,

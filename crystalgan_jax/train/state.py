@@ -146,7 +146,7 @@ def snapshot_epochs(cfg: TrainConfig) -> np.ndarray:
 
 def record_snapshots(state: TrainState, stage: Stage, cfg: TrainConfig) -> TrainState:
     """Copies the stage's generators into their snapshot slot after a snapshot epoch."""
-    done = state.epoch - cfg.stages.index(stage.name) * cfg.epochs  # this stage's epochs
+    done = state.epoch - cfg.trained_stages.index(stage.name) * cfg.epochs  # this stage's epochs
     hit = done == jnp.asarray(snapshot_epochs(cfg))  # [K - 1], at most one True
 
     def keep(stack: jax.Array, current: jax.Array) -> jax.Array:
