@@ -251,3 +251,18 @@ def test_train_py_rounds_stop_where_nothing_is_near_the_hull(discovery_run, tmp_
     proc = subprocess.run(cmd[:-2] + ["--noscreen", "--rounds=1"], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env=job_env(tmp))
     assert proc.returncode != 0 and "--rounds learns from the screening" in proc.stderr
+
+
+def test_a_run_made_before_a_setting_existed_resumes_while_it_is_off(tmp_path):
+    from crystalgan_jax.pipeline import folder
+    from crystalgan_jax.pipeline.errors import ResumeMismatchError
+
+    now = {"spec": {"train": {"epochs": 2, "refine": False}, "seed": 0}, "layout": [1]}
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"spec": {"train": {"epochs": 2}, "seed": 0}, "layout": [1]}))
+    folder.check_resumable(saved, now)  # "refine" is newer than the run, and off
+    on = {**now, "spec": {**now["spec"], "train": {"epochs": 2, "refine": True}}}
+    with pytest.raises(ResumeMismatchError, match="spec.train"):
+        folder.check_resumable(saved, on)
+    with pytest.raises(ResumeMismatchError, match="spec.guide"):
+        folder.check_resumable(saved, {**now, "spec": {**now["spec"], "guide": "g"}})

@@ -160,7 +160,15 @@ def signals_interrupt() -> Iterator[None]:
 
 # What must agree between a run and its resumption; the rest (resume, overwrite,
 # evaluate, checkpoint_every, output_dir) may change.
-_RESUME_KEYS = ("train", "seed", "element_a", "element_b", "n_h", "n_metal")
+_RESUME_KEYS = ("train", "seed", "element_a", "element_b", "n_h", "n_metal", "refine_from",
+                "guide")
+
+
+def _added_since(saved: dict, now: dict) -> dict:
+    """``now`` without the settings that ``saved`` (an earlier version's config) lacks
+    and that are at their off value here (None, False, 0, empty): a run made before a
+    setting existed resumes under a version that has it, as long as it stays off."""
+    return {k: v for k, v in now.items() if k in saved or v not in (None, False, 0, [], {})}
 
 
 def check_resumable(path: Path, current: dict) -> None:
@@ -171,6 +179,8 @@ def check_resumable(path: Path, current: dict) -> None:
         return
     saved = json.loads(path.read_text())
     now = json.loads(json.dumps(current))  # tuples -> lists, as saved
+    if isinstance(saved["spec"].get("train"), dict) and isinstance(now["spec"].get("train"), dict):
+        now["spec"]["train"] = _added_since(saved["spec"]["train"], now["spec"]["train"])
     differ = [f"spec.{k}" for k in _RESUME_KEYS if saved["spec"].get(k) != now["spec"].get(k)]
     differ += [k for k in ("layout", "sources_ah", "sources_bh") if saved.get(k) != now.get(k)]
     if differ:
