@@ -154,13 +154,19 @@ def test_refining_refuses_an_unfinished_or_different_parent(small_data, tmp_path
 def _row(name, e_hull, group, converged=True, strict=True, ternary=True):
     return {"name": f"{name}.vasp", "e_hull_eV_per_atom": e_hull, "unique_group": group,
             "relaxation": {"converged": converged}, "relaxed_file": f"relaxed/{name}.vasp",
-            "after": {"good_strict": strict, "ternary": ternary}}
+            "after": {"good_strict": strict, "ternary": ternary},
+            "stable": e_hull is not None and e_hull <= 0.1, "novel": True}
 
 
-def _screened(folder, rows):
+def _other_ternary() -> Structure:
+    return Structure(Lattice.cubic(4.0), ["Pd", "Ni", "Ni", "H"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0.5, 0.5, 0.5]])
+
+
+def _screened(folder, rows, structure=None):
     (folder / "screening" / "relaxed").mkdir(parents=True, exist_ok=True)
     for r in rows:
-        io.write_poscar(_ternary(), folder / "screening" / r["relaxed_file"])
+        io.write_poscar(structure or _ternary(), folder / "screening" / r["relaxed_file"])
     (folder / "screening" / "screening.json").write_text(json.dumps({"structures": rows}))
 
 
@@ -207,7 +213,7 @@ def test_rounds_chain_training_and_screening(small_data, tmp_path):
 
     def screen_round(folder):
         screened.append(folder)
-        _screened(folder, [_row(f"c{len(screened)}", 0.02, 0)])
+        _screened(folder, [_row(f"c{len(screened)}", 0.02, 0)], _other_ternary())
         return {"timing_s": {"hull": 0.0, "screening": 1.0}}
 
     def summarise(folder):
@@ -223,6 +229,8 @@ def test_rounds_chain_training_and_screening(small_data, tmp_path):
                               screen_round, summarise, log=lambda m: None)
     assert [r["round"] for r in table["rounds"]] == [0, 1, 2]
     assert [(r["guide"], r["guide_new"]) for r in table["rounds"]] == [(0, 0), (1, 1), (2, 1)]
+    # round 1 finds a structure round 0 did not; round 2 only that one again
+    assert [r["new_sun"] for r in table["rounds"]] == [1, 1, 0]
     assert [t.refine_from for t in trained] == [str(tmp_path / "run"),
                                                 str(tmp_path / "run" / "rounds" / "1")]
     assert all(t.train.epochs == 3 and t.train.refine for t in trained)
@@ -231,7 +239,7 @@ def test_rounds_chain_training_and_screening(small_data, tmp_path):
     for k in (1, 2):
         timing = json.loads((tmp_path / "run" / "rounds" / str(k) / "timing.json").read_text())
         assert timing["screening_screening"] == 1.0 and timing["training"] > 0
-    assert "| 2 | 2 (1) |" in (tmp_path / "run" / "rounds.md").read_text()
+    assert "| 2 | 2 (1) | 1 | 1 | 0 | 0 | 0 |" in (tmp_path / "run" / "rounds.md").read_text()
 
 
 def test_train_py_rounds_stop_where_nothing_is_near_the_hull(discovery_run, tmp_path):

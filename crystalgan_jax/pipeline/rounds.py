@@ -14,7 +14,8 @@ after relaxation (its lowest E_hull).
 - :func:`select_guide`: the guide of the next round from a screened run;
 - :func:`round_spec`: the spec of round k;
 - :func:`start_from`: a run's starting state from the run it refines;
-- :func:`rounds_table`: each round's counts, written as ``RUN/rounds.md`` / ``.json``;
+- :func:`rounds_table`: each round's counts, and its S.U.N. structures that no earlier
+  round found (:func:`new_sun`), written as ``RUN/rounds.md`` / ``.json``;
 - :func:`run_rounds`: the rounds after a screened round 0, one after the other.
 """
 
@@ -156,6 +157,32 @@ def start_from(pop: PopulationSpec, trainer, template, log: Callable[[str], None
     return trainer.restart(state)
 
 
+def sun_structures(run_dir: str | Path) -> list:
+    """The relaxed S.U.N. structures of a screened run: stable and novel, one per
+    StructureMatcher group after relaxation."""
+    from crystalgan_jax.materials import io
+
+    screened = Path(run_dir) / "screening"
+    rows = json.loads((screened / "screening.json").read_text())["structures"]
+    groups = {}
+    for row in rows:
+        if row.get("stable") and row.get("novel") and row.get("relaxed_file"):
+            groups.setdefault(row.get("unique_group", row["name"]), row)
+    return [io.read_structure(screened / r["relaxed_file"]) for r in groups.values()]
+
+
+def new_sun(run_dir: str | Path, k: int) -> int:
+    """Round k's S.U.N. structures that match none of the earlier rounds' (StructureMatcher,
+    default tolerances, relaxed against relaxed): what round k adds."""
+    from crystalgan_jax.materials import evaluation
+
+    earlier = [s for j in range(k) for s in sun_structures(round_dir(run_dir, j))]
+    ours = sun_structures(round_dir(run_dir, k))
+    labels = evaluation.unique_groups(earlier + ours)
+    seen = set(labels[:len(earlier)])
+    return len({g for g in labels[len(earlier):] if g not in seen})
+
+
 def rounds_table(run_dir: str | Path, rounds: int, guides: Sequence[tuple[int, int]],
                  summarise: Callable[[Path], dict]) -> dict[str, Any]:
     """Each round's screened counts, side by side: ``RUN/rounds.json`` and ``rounds.md``.
@@ -169,22 +196,24 @@ def rounds_table(run_dir: str | Path, rounds: int, guides: Sequence[tuple[int, i
     for k in range(rounds + 1):
         row = {"round": k, **summarise(round_dir(run_dir, k))}
         row["guide"], row["guide_new"] = guides[k - 1] if k else (0, 0)
+        row["new_sun"] = new_sun(run_dir, k)
         rows.append(row)
     table = {"rounds": rows}
     (run_dir / "rounds.json").write_text(json.dumps(table, indent=1) + "\n")
-    head = ("| round | guide (new) | screened | unique after relaxation | S.U.N. | on hull | "
+    head = ("| round | guide (new) | screened | unique after relaxation | S.U.N. | S.U.N. no "
+            "earlier round found | on hull | "
             "lowest / median E_hull | formulas gen lower / sub lower / only gen | median "
             "steps | median abs dV/V | H/M median |")
     lines = ["# Rounds of learning from the screen", "",
              "Round 0 is the discovery job; round k fine-tunes round k-1's stage 3 with the "
              "guide (every earlier round's relaxed candidates within the stated E_hull) as "
              "real examples, and is screened against the same hull.", "", head,
-             "|" + " --- |" * 11]
+             "|" + " --- |" * 12]
     for r in rows:
         f = r["formulas"]
         lines.append(
             f"| {r['round']} | {r['guide']} ({r['guide_new']}) | {r['screened']} | "
-            f"{r['unique_after_relaxation']} | {r['sun']} | {r['on_hull']} | "
+            f"{r['unique_after_relaxation']} | {r['sun']} | {r['new_sun']} | {r['on_hull']} | "
             f"{r['lowest_e_hull']} / {r['median_e_hull']} | {f['generator']} / "
             f"{f['substitution']} / {f['only generator']} | {r['median_steps']} | "
             f"{r['median_abs_volume_change']} | {r['h_per_metal'].get('median')} |")
