@@ -21,7 +21,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
@@ -258,8 +258,11 @@ def check_binary(structure: Structure, metal: str, source: str) -> None:
         raise StructureFileError(source, f"holds no {metal} atom")
 
 
-def read_folder(folder: str | os.PathLike, metal: str) -> Domain:
-    """Reads every structure file of ``folder`` (sorted by name) as domain ``metal``-H.
+def read_structure_files(folder: str | os.PathLike,
+                         check: Callable[[Structure, str], None] = check_training_structure
+                         ) -> tuple[list[Structure], tuple[str, ...]]:
+    """Every structure file of ``folder`` (sorted by name), each passed to
+    ``check(structure, path)`` as it is read; returns (structures, their paths).
 
     Raises:
       StructureFileError: missing or empty folder, or any bad file in it.
@@ -274,10 +277,22 @@ def read_folder(folder: str | os.PathLike, metal: str) -> Domain:
     structures = []
     for path in files:
         structure = read_structure(path)
-        check_binary(structure, metal, str(path))
-        check_training_structure(structure, str(path))
+        check(structure, str(path))
         structures.append(structure)
-    sources = tuple(str(p) for p in files)
+    return structures, tuple(str(p) for p in files)
+
+
+def read_folder(folder: str | os.PathLike, metal: str) -> Domain:
+    """Reads every structure file of ``folder`` (sorted by name) as domain ``metal``-H.
+
+    Raises:
+      StructureFileError: missing or empty folder, or any bad file in it.
+    """
+    def check(structure: Structure, source: str) -> None:
+        check_binary(structure, metal, source)
+        check_training_structure(structure, source)
+
+    structures, sources = read_structure_files(folder, check)
     warn_duplicates(structures, sources)
     return Domain(metal, tuple(structures), sources)
 

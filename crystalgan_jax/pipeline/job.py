@@ -266,7 +266,7 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
         state = loop.train_stages(trainer, cfg, base.checkpoint_every, member_dirs, state,
                                   metrics, ckpt, log, on_trace, compiling, stop, until_epoch,
                                   names)
-        if until_epoch is not None and until_epoch < len(cfg.trained_stages) * cfg.epochs:
+        if until_epoch is not None and until_epoch < stage_ends[-1]:
             ckpt.save(state, force=True)  # (a no-op where this epoch is saved already)
             return None
     finally:
@@ -274,8 +274,7 @@ def _run_locked(pop: PopulationSpec, prepared: Prepared, trainer, log: Callable[
 
     epoch = trainer.epoch(state)
     timing = {"training": round(time.perf_counter() - tic, 2)}  # compilation included
-    end = len(cfg.trained_stages) * cfg.epochs
-    if base.resume and folder.outputs_written(out) == epoch == end:
+    if base.resume and folder.outputs_written(out) == epoch == stage_ends[-1]:
         log(f"training ended and every output of epoch {epoch} is in {out}: kept")
         result = _written_result(pop, prepared, trainer, state, metrics, member_dirs)
         result.timing = timing

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import jax
@@ -121,33 +120,13 @@ def prepare(spec: RunSpec, log: Callable[[str], None] | None = None) -> Prepared
     nets = train.Networks.build(layout.rows, train.length_scale(lattices), spec.train)
     guide, guide_sources = None, ()
     if spec.guide:
-        structures, guide_sources = read_guide(spec.guide)
+        structures, guide_sources = io.read_structure_files(spec.guide)
         # the layout stays the training data's: a guide structure that does not fit is
         # refused (naming its file), not allowed to change the networks
         guide = encoding.encode_batch(structures, layout, sources=guide_sources,
                                       dtype=np.float32)
     return Prepared(spec, ah, bh, layout, x, y, nets,
                     train.penalty_shifts(lattices, spec.train), guide, guide_sources)
-
-
-def read_guide(folder: str) -> tuple[list, tuple[str, ...]]:
-    """The structures of a guide folder (every structure file in it, sorted by name).
-
-    Raises:
-      io.StructureFileError: no such folder, no structure file in it, or a bad file.
-    """
-    path = Path(folder)
-    if not path.is_dir():
-        raise io.StructureFileError(path, "no such folder (--guide)")
-    files = sorted(p for p in path.iterdir() if io.is_structure_file(p))
-    if not files:
-        raise io.StructureFileError(path, "holds no structure files (--guide)")
-    structures = []
-    for f in files:
-        structure = io.read_structure(f)
-        io.check_training_structure(structure, str(f))
-        structures.append(structure)
-    return structures, tuple(str(f) for f in files)
 
 
 def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:

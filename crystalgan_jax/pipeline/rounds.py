@@ -135,12 +135,13 @@ def start_from(pop: PopulationSpec, trainer, template, log: Callable[[str], None
             f"; this run has {'members ' + ', '.join(ours) if ours else 'one'}: "
             "a refining run keeps its parent's members")
     trained = config["spec"]["train"]
-    ours = pop.base.train
-    if trained["snapshots"] != ours.snapshots:
+    cfg = pop.base.train
+    if trained["snapshots"] != cfg.snapshots:
         raise CheckpointError(f"{parent} keeps {trained['snapshots']} stage-3 generator "
-                              f"snapshots, this run {ours.snapshots}: pass "
+                              f"snapshots, this run {cfg.snapshots}: pass "
                               f"--snapshots={trained['snapshots']}")
-    end = trained["epochs"] * (1 if trained.get("refine") else 2)
+    # the same method as ours (the state fits): its stages, or stage 3 alone if it refined
+    end = trained["epochs"] * len(("stage3",) if trained.get("refine") else cfg.stages)
     ckpt = Checkpoints(parent / "checkpoints")
     try:
         if end not in ckpt.steps():
