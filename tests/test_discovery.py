@@ -48,6 +48,25 @@ def test_workers_give_what_one_process_gives_in_input_order():
         assert r2.initial == r1.initial
 
 
+def test_an_optimizer_asked_for_one_call_reaches_the_workers():
+    """The hull's phases use their own optimizer (BFGS) on the same workers: each
+    relaxation takes the steps BFGS takes in this process, not FIRE's."""
+    jobs = jittered(4)
+    with Relaxer("emt", fmax=0.05, max_steps=60, workers=1) as one:
+        fire = one.relax(jobs)
+        bfgs = one.relax(jobs, optimizer="BFGS")
+    assert [r.steps for r in fire] != [r.steps for r in bfgs]
+    with Relaxer("emt", fmax=0.05, max_steps=60, workers=2, hull_optimizer="BFGS") as two:
+        assert two.hull_settings == {**two.settings, "optimizer": "BFGS"}
+        assert two.settings["optimizer"] == "FIRE"
+        got = two.relax(jobs, optimizer=two.hull_optimizer)
+    assert [r.steps for r in got] == [r.steps for r in bfgs]
+    for r1, r2 in zip(bfgs, got):
+        assert r2.energy_per_atom == pytest.approx(r1.energy_per_atom, abs=1e-6)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        Relaxer("emt", fmax=0.05, max_steps=60, hull_optimizer="MDMin")
+
+
 def test_missing_extra_ends_the_run_with_a_hint_and_status_0(tmp_path):
     blocked = tmp_path / "blocked" / "chgnet"
     blocked.mkdir(parents=True)
@@ -84,6 +103,12 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     sub = json.loads((out / "screening" / "substitution" / "screening.json").read_text())
     assert summary["substitution"]["screened"] == sub["counts"]["screened"] > 0
     assert "substitution" in result["settings"]["hull_phases"]
+    # the hull's phases relaxed with the hull's optimizer, the candidates with their own
+    head = (out / "screening" / "hull_relaxations.jsonl").read_text().splitlines()[0]
+    assert json.loads(head)["settings"]["optimizer"] == result["settings"][
+        "hull_optimizer"] == "BFGS"
+    head = (out / "screening" / "relaxations.jsonl").read_text().splitlines()[0]
+    assert json.loads(head)["settings"]["optimizer"] == result["settings"]["optimizer"] == "FIRE"
     # the E_hull of every candidate is against the hull that holds substitution's structures
     assert any(e["name"].startswith("substitution: ") for e in result["settings"]["hull"]["entries"])
     lines = (out / "report.md").read_text().splitlines()

@@ -495,7 +495,12 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
     flags.DEFINE_integer("max_steps", screening.DEFAULT_MAX_STEPS, "Optimizer steps at most.",
                          flag_values=flag_values)
     flags.DEFINE_enum("optimizer", screening.DEFAULT_OPTIMIZER, list(screening.OPTIMIZERS),
-                      "ASE optimizer of the relaxations (cell and positions).",
+                      "ASE optimizer of the candidates' relaxations (cell and positions).",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("hull_optimizer", screening.DEFAULT_HULL_OPTIMIZER,
+                      list(screening.OPTIMIZERS), "ASE optimizer of the hull's phases "
+                      "(elements, training binaries, alloys, substitution structures: they "
+                      "start near a minimum, where BFGS takes about half FIRE's steps).",
                       flag_values=flag_values)
     flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "Relaxations at once, one "
                          "process each (default: up to 2, this machine's cores).",
@@ -553,4 +558,5 @@ def relaxers_from_flags(flag_values: flags.FlagValues = flags.FLAGS, log=None) -
     if len(names) > 2:
         raise UsageError(f"--potentials takes one or two potentials, got {len(names)}")
     return [Relaxer(name, fmax=fv.fmax, max_steps=fv.max_steps, optimizer=fv.optimizer,
-                    workers=fv.workers, threads=fv.threads, log=log) for name in names]
+                    hull_optimizer=fv.hull_optimizer, workers=fv.workers,
+                    threads=fv.threads, log=log) for name in names]

@@ -128,7 +128,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     grouped = grouped_candidates(result, found_by(run_dir))
     (out / "candidates_for_dft.json").write_text(json.dumps(grouped, indent=1))
     summary = {"system": f"{a}-{b}-H", "potential": sys_.potential,
-               "settings": {**relaxer.settings, "workers": relaxer.workers,
+               "settings": {**relaxer.settings, "hull_optimizer": relaxer.hull_optimizer,
+                            "workers": relaxer.workers,
                             "stability_threshold_eV_per_atom": stability_threshold},
                "hull_phases": sys_.hull_phases, "hull_cached": sys_.system_hull.cached,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
@@ -285,7 +286,9 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
     lines = [START, "## Candidates for DFT", "",
              f"Relaxed with {summary['potential']} ({s['optimizer']}, cell and positions, "
              f"fmax {s['fmax']:g} eV/A, at most {s['max_steps']} steps). E_hull (eV/atom) "
-             f"against {summary['hull_phases']}, all relaxed the same way. Stable: converged "
+             f"against {summary['hull_phases']}, relaxed with the same potential and fmax "
+             f"({s.get('hull_optimizer', s['optimizer'])}: they start near a minimum). "
+             "Stable: converged "
              f"and E_hull <= {t:g}; on the hull: E_hull <= 0. Novel: matches no training or "
              "substitution structure, as given or relaxed (StructureMatcher). Space groups "
              f"after relaxation at symprec {evaluation.SYMPREC:g} A. Counts are of distinct "

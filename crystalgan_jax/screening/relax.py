@@ -55,6 +55,11 @@ MAX_ANGLES = 20_000
 BOND_CUTOFF = 3.0  # Angstrom, CHGNet's bond-graph cutoff
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 DEFAULT_OPTIMIZER = "FIRE"  # chosen by benchmarks/screening.py (docs/performance.md)
+# The hull's phases (elements, training binaries, alloys, substitution structures) start
+# near a minimum, where BFGS takes about half FIRE's steps to the same energy; generated
+# candidates start far from one, where BFGS is slower and lands elsewhere
+# (benchmarks/optimizers.py, docs/performance.md).
+DEFAULT_HULL_OPTIMIZER = "BFGS"
 
 Progress = Callable[[str], None]
 

@@ -100,11 +100,12 @@ class Journal(JsonlJournal):
 
 
 def journaled(relaxer: Relaxer, journal: Journal, jobs: Sequence[Job], log: Log, tag: str,
-              on_done: Callable[[str, screening.Relaxation], None] | None = None
-              ) -> list[screening.Relaxation]:
+              on_done: Callable[[str, screening.Relaxation], None] | None = None,
+              optimizer: str | None = None) -> list[screening.Relaxation]:
     """The relaxation of every ``(name, structure, relax_cell)``: from the journal where it
     holds the same structure under the same name, the others by ``relaxer`` (all its
-    workers at once), each journaled as it ends. Names must be distinct."""
+    workers at once; ``optimizer``, default the relaxer's), each journaled as it ends.
+    Names must be distinct."""
     done = journal.done([(name, structure) for name, structure, _ in jobs])
     todo = [job for job in jobs if job[0] not in done]
 
@@ -114,7 +115,8 @@ def journaled(relaxer: Relaxer, journal: Journal, jobs: Sequence[Job], log: Log,
             on_done(name, r)
 
     new = dict(zip((name for name, _, _ in todo),
-                   relaxer.relax(todo, on_done=save, progress=log, tag=tag)))
+                   relaxer.relax(todo, on_done=save, progress=log, tag=tag,
+                                 optimizer=optimizer)))
     return [done[name] if name in done else new[name] for name, _, _ in jobs]
 
 
@@ -150,11 +152,12 @@ class System:
         named = [(f"{d.sources[i] if i < len(d.sources) else i}", s)
                  for d in (ah, bh) for i, s in enumerate(d.structures)]
         named = [(f"{k:03d} {n}", s) for k, (n, s) in enumerate(named)]
-        journal = Journal(hull_journal, {**self.settings, "hull": "v3"}, log)
+        journal = Journal(hull_journal, {**relaxer.hull_settings, "hull": "v3"}, log)
         self.system_hull = system_hull.build_system_hull(
             element_a, element_b, named,
-            lambda jobs: journaled(relaxer, journal, jobs, log, "hull"),
-            potential=self.potential, settings=self.settings,
+            lambda jobs: journaled(relaxer, journal, jobs, log, "hull",
+                                   optimizer=relaxer.hull_optimizer),
+            potential=self.potential, settings=relaxer.hull_settings,
             substitution=self.substitution_named if substitution_in_hull else None,
             use_cache=use_cache, log=log,
             start_from=start_from.system_hull if start_from is not None else None)
@@ -299,7 +302,8 @@ class System:
                 row["relaxed_file"] = str(path.relative_to(out))
                 sym = path.with_name(path.stem + "_symmetrized.cif")
                 row["symmetrized_cif"] = str(sym.relative_to(out)) if sym.exists() else None
-        settings = {**self.settings, "model_version": self.settings["model"],
+        settings = {**self.settings, "hull_optimizer": self.relaxer.hull_optimizer,
+                    "model_version": self.settings["model"],
                     "data": self.data, "novelty_references":
                     list(self.novelty_references(with_substitution)),
                     "elemental_references": {s: screening.relaxation_json(r)

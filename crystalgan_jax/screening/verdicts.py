@@ -201,9 +201,11 @@ def markdown(result: Mapping[str, Any], title: str, settings: Mapping[str, Any])
     c = result["counts"]
     t = result["stability_threshold_eV_per_atom"]
     lines = [f"# Screening: {title}", "",
-             f"Relaxed with CHGNet {settings.get('model_version', '')} (FIRE, cell and "
-             f"positions, fmax {settings['fmax']:g} eV/A, at most {settings['max_steps']} "
-             f"steps). E_hull against {settings.get('hull_phases', 'the elements and the relaxed training binaries')}. "
+             f"Relaxed with CHGNet {settings.get('model_version', '')} "
+             f"({settings.get('optimizer', 'FIRE')}, cell and positions, fmax "
+             f"{settings['fmax']:g} eV/A, at most {settings['max_steps']} steps; the hull's "
+             f"phases with {settings.get('hull_optimizer', settings.get('optimizer', 'FIRE'))}"
+             f"). E_hull against {settings.get('hull_phases', 'the elements and the relaxed training binaries')}. "
              f"Stable: converged and E_hull <= {t:g} eV/atom; unique: StructureMatcher "
              f"groups among the relaxed; novel: matches no structure of "
              f"{', '.join(settings.get('novelty_references', [])) or 'no reference set'}; "

@@ -34,7 +34,8 @@ from typing import Any, BinaryIO, Callable, Sequence
 from pymatgen.core import Structure
 
 from crystalgan_jax.screening import potentials
-from crystalgan_jax.screening.relax import DEFAULT_OPTIMIZER, Relaxation, progress_line, relax
+from crystalgan_jax.screening.relax import (DEFAULT_OPTIMIZER, OPTIMIZERS, Relaxation,
+                                            progress_line, relax)
 
 # (name, structure, relax_cell)
 Job = tuple[str, Structure, bool]
@@ -70,7 +71,7 @@ class _Worker:
     def start(self) -> str:
         r = self.relaxer
         args = [sys.executable, "-m", "crystalgan_jax.screening.workers", r.potential,
-                str(r.threads), repr(r.fmax), str(r.max_steps), r.optimizer]
+                str(r.threads), repr(r.fmax), str(r.max_steps)]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=env, start_new_session=True)
@@ -91,12 +92,12 @@ class _Worker:
             item = jobs.get()
             if item is None:
                 return
-            index, (name, structure, cell) = item
+            index, (name, structure, cell), optimizer = item
             tic = time.perf_counter()
             try:
                 if self.process is None or self.process.poll() is not None:
                     self.start()
-                _send(self.process.stdin, (structure, cell))
+                _send(self.process.stdin, (structure, cell, optimizer))
                 results.put((index, _receive(self.process.stdout)))
             except (EOFError, BrokenPipeError, OSError) as err:
                 code = self.process.poll() if self.process else None
@@ -125,6 +126,8 @@ class Relaxer:
       fmax: convergence, largest force (eV/A; stress x cell through the cell filter).
       max_steps: optimizer steps at most.
       optimizer: ASE optimizer (:data:`crystalgan_jax.screening.relax.OPTIMIZERS`).
+      hull_optimizer: the optimizer of hull phases (structures that start near a minimum:
+        :meth:`relax` with ``optimizer=relaxer.hull_optimizer``); None: ``optimizer``.
       workers: processes relaxing at once (1: in this process).
       threads: PyTorch / BLAS threads of each process.
 
@@ -133,13 +136,17 @@ class Relaxer:
     """
 
     def __init__(self, potential: str = "chgnet", *, fmax: float, max_steps: int,
-                 optimizer: str = DEFAULT_OPTIMIZER, workers: int = 1, threads: int = 1,
-                 log: Log | None = None):
+                 optimizer: str = DEFAULT_OPTIMIZER, hull_optimizer: str | None = None,
+                 workers: int = 1, threads: int = 1, log: Log | None = None):
         if workers < 1 or threads < 1:
             raise ValueError(f"workers and threads must be >= 1, got {workers}, {threads}")
+        for name in (optimizer, hull_optimizer or optimizer):
+            if name not in OPTIMIZERS:
+                raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name}")
         potentials.check_installed(potential)
         self.potential, self.fmax, self.max_steps = potential, fmax, max_steps
         self.optimizer, self.workers, self.threads = optimizer, workers, threads
+        self.hull_optimizer = hull_optimizer or optimizer
         self.log = log
         self.calculator = None  # in-process potential (workers == 1)
         self._label: str | None = None
@@ -157,6 +164,11 @@ class Relaxer:
         """What the relaxations depend on: fmax, max_steps, optimizer and the model."""
         return {"fmax": self.fmax, "max_steps": self.max_steps, "optimizer": self.optimizer,
                 "model": self.label.split(" ", 1)[-1]}
+
+    @property
+    def hull_settings(self) -> dict[str, Any]:
+        """:attr:`settings` of the hull's relaxations (their optimizer the hull's)."""
+        return {**self.settings, "optimizer": self.hull_optimizer}
 
     def _start(self) -> None:
         tic = time.perf_counter()
@@ -178,13 +190,19 @@ class Relaxer:
         return self.calculator
 
     def relax(self, jobs: Sequence[Job], on_done: Callable[[str, Relaxation], None] | None
-              = None, progress: Log | None = None, tag: str = "relax") -> list[Relaxation]:
+              = None, progress: Log | None = None, tag: str = "relax",
+              optimizer: str | None = None) -> list[Relaxation]:
         """Relaxes every ``(name, structure, relax_cell)``; relaxations in input order.
 
-        ``on_done(name, relaxation)`` is called in this thread as each one ends.
+        ``on_done(name, relaxation)`` is called in this thread as each one ends;
+        ``optimizer`` (default: the relaxer's) is that of these relaxations.
         """
         if not jobs:
             return []
+        optimizer = optimizer or self.optimizer
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {optimizer}")
         if self._label is None or (self.workers > 1 and not self._pool):
             self._start()
         out: list[Relaxation | None] = [None] * len(jobs)
@@ -202,12 +220,12 @@ class Relaxer:
             for k, (name, structure, cell) in enumerate(jobs):
                 finished(k, relax(structure, self.calculator, fmax=self.fmax,
                                   max_steps=self.max_steps, relax_cell=cell,
-                                  optimizer=self.optimizer), k + 1)
+                                  optimizer=optimizer), k + 1)
             return out
         todo: queue.Queue = queue.Queue()
         results: queue.Queue = queue.Queue()
-        for item in enumerate(jobs):
-            todo.put(item)
+        for index, job in enumerate(jobs):
+            todo.put((index, job, optimizer))
         threads = []
         for worker in self._pool:
             todo.put(None)
@@ -245,7 +263,7 @@ class Relaxer:
         self.close()
 
 
-def _serve(potential: str, threads: int, fmax: float, max_steps: int, optimizer: str) -> None:
+def _serve(potential: str, threads: int, fmax: float, max_steps: int) -> None:
     """A worker's loop: loads the potential, then relaxes what arrives until stdin closes."""
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what libraries print goes to stderr, not into the frames
@@ -261,7 +279,7 @@ def _serve(potential: str, threads: int, fmax: float, max_steps: int, optimizer:
     _send(channel, {"label": label})
     while True:
         try:
-            structure, cell = _receive(requests)
+            structure, cell, optimizer = _receive(requests)
         except EOFError:
             return
         _send(channel, relax(structure, calculator, fmax=fmax, max_steps=max_steps,
@@ -272,5 +290,5 @@ if __name__ == "__main__":
     import warnings
 
     warnings.simplefilter("ignore")
-    name, n_threads, f_max, steps, opt = sys.argv[1:6]
-    _serve(name, int(n_threads), float(f_max), int(steps), opt)
+    name, n_threads, f_max, steps = sys.argv[1:5]
+    _serve(name, int(n_threads), float(f_max), int(steps))
