@@ -75,6 +75,10 @@ def test_benchmark_tiny(name, tmp_path, request):
     assert report["environment"]["cpu_count"] == os.cpu_count()
     if name not in ("dataset_volumes", "screening", "optimizers", *ON_DISCOVERY_RUN):
         assert "jax" in report["environment"]  # the benchmarks that run JAX say its version
+    if name == "optimizers":  # each optimizer against FIRE on the same structure
+        summary = report["summary"]["perturbed"]
+        assert list(summary) == ["FIRE", "BFGS", "LBFGS", "BFGS_alpha20"]
+        assert summary["FIRE"]["dE_vs_FIRE_eV_per_atom"]["within_5meV"] == 1
     if name == "preselection":  # the toy run's candidates ranked at steps 0 and 2
         assert report["candidates"] >= 2 and set(report["estimates"]) == {"step_0", "step_2"}
     if name == "discovery":  # one row, the toy run's, with its counts

@@ -106,7 +106,7 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     # the hull's phases relaxed with the hull's optimizer, the candidates with their own
     head = (out / "screening" / "hull_relaxations.jsonl").read_text().splitlines()[0]
     assert json.loads(head)["settings"]["optimizer"] == result["settings"][
-        "hull_optimizer"] == "BFGS"
+        "hull_optimizer"] == "BFGS_alpha20"
     head = (out / "screening" / "relaxations.jsonl").read_text().splitlines()[0]
     assert json.loads(head)["settings"]["optimizer"] == result["settings"]["optimizer"] == "FIRE"
     # the E_hull of every candidate is against the hull that holds substitution's structures
