@@ -153,10 +153,20 @@ class System:
                  for d in (ah, bh) for i, s in enumerate(d.structures)]
         named = [(f"{k:03d} {n}", s) for k, (n, s) in enumerate(named)]
         journal = Journal(hull_journal, {**relaxer.hull_settings, "hull": "v3"}, log)
+        def relax_hull(jobs):
+            # H2 in its box (positions only) with the candidates' optimizer: its bond is
+            # stiffer than a soft initial Hessian, whose first BFGS step would overshoot it
+            molecule = [job for job in jobs if not job[2]]
+            solids = [job for job in jobs if job[2]]
+            done = dict(zip((job[0] for job in molecule),
+                            journaled(relaxer, journal, molecule, log, "hull")))
+            done.update(zip((job[0] for job in solids),
+                            journaled(relaxer, journal, solids, log, "hull",
+                                      optimizer=relaxer.hull_optimizer)))
+            return [done[job[0]] for job in jobs]
+
         self.system_hull = system_hull.build_system_hull(
-            element_a, element_b, named,
-            lambda jobs: journaled(relaxer, journal, jobs, log, "hull",
-                                   optimizer=relaxer.hull_optimizer),
+            element_a, element_b, named, relax_hull,
             potential=self.potential, settings=relaxer.hull_settings,
             substitution=self.substitution_named if substitution_in_hull else None,
             use_cache=use_cache, log=log,
