@@ -498,10 +498,11 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
                       "ASE optimizer of the candidates' relaxations (cell and positions).",
                       flag_values=flag_values)
     flags.DEFINE_enum("hull_optimizer", screening.DEFAULT_HULL_OPTIMIZER,
-                      list(screening.OPTIMIZERS), "ASE optimizer of the hull's phases "
-                      "(elements, training binaries, alloys, substitution structures: they "
-                      "start near a minimum, where BFGS with a soft initial Hessian takes 0.4 of "
-                      "FIRE's time; benchmarks/optimizers.py).",
+                      list(screening.OPTIMIZERS), "ASE optimizer of the hull's solid phases "
+                      "(metals, training binaries, alloys, substitution structures); they "
+                      "start near a minimum, where BFGS with a soft initial Hessian takes 0.4 "
+                      "of FIRE's time (benchmarks/optimizers.py). H2 in its box keeps "
+                      "--optimizer.",
                       flag_values=flag_values)
     flags.DEFINE_integer("workers", min(2, os.cpu_count() or 1), "Relaxations at once, one "
                          "process each (default: up to 2, this machine's cores).",

@@ -60,13 +60,20 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, float]]] = {
     "FIRE": ("FIRE", {}), "BFGS": ("BFGS", {}), "LBFGS": ("LBFGS", {}),
     "BFGS_alpha20": ("BFGS", {"alpha": 20.0})}
 DEFAULT_OPTIMIZER = "FIRE"  # chosen by benchmarks/screening.py (docs/performance.md)
-# The hull's phases (elements, training binaries, alloys, substitution structures) start
-# near a minimum, where BFGS with a soft initial Hessian takes 0.4 of FIRE's time to the
+# The hull's solid phases (metals, training binaries, alloys, substitution structures;
+# H2 in its box keeps DEFAULT_OPTIMIZER, screening.runs.System) start near a minimum, where BFGS with a soft initial Hessian takes 0.4 of FIRE's time to the
 # same energy; generated candidates start far from one, where BFGS is slower and lands
 # elsewhere (benchmarks/optimizers.py, docs/performance.md).
 DEFAULT_HULL_OPTIMIZER = "BFGS_alpha20"
 
 Progress = Callable[[str], None]
+
+
+def check_optimizer(name: str) -> str:
+    """``name`` where it is one of :data:`OPTIMIZERS`; ValueError naming them otherwise."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name}")
+    return name
 
 # --------------------------------------------------------------------------------------
 # The potential
@@ -273,8 +280,7 @@ def relax(structure: Structure, calculator, *, fmax: float = DEFAULT_FMAX,
         return Relaxation(status, reason, max(len(energies) - 1, 0), energies, e, max_force,
                           structure, final, time.perf_counter() - tic)
 
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer}")
+    check_optimizer(optimizer)
     v = structure.volume / max(len(structure), 1)
     low, high = VOLUME_PER_ATOM_RANGE
     if len(structure) == 0 or v < low or (relax_cell and v > high):

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 from pymatgen.core import Structure
 
 from crystalgan_jax.screening import potentials
-from crystalgan_jax.screening.relax import (DEFAULT_OPTIMIZER, OPTIMIZERS, Relaxation,
+from crystalgan_jax.screening.relax import (DEFAULT_OPTIMIZER, Relaxation, check_optimizer,
                                             progress_line, relax)
 
 # (name, structure, relax_cell)
@@ -126,8 +126,9 @@ class Relaxer:
       fmax: convergence, largest force (eV/A; stress x cell through the cell filter).
       max_steps: optimizer steps at most.
       optimizer: ASE optimizer (:data:`crystalgan_jax.screening.relax.OPTIMIZERS`).
-      hull_optimizer: the optimizer of hull phases (structures that start near a minimum:
-        :meth:`relax` with ``optimizer=relaxer.hull_optimizer``); None: ``optimizer``.
+      hull_optimizer: the optimizer of the hull's solid phases (structures that start near
+        a minimum: :meth:`relax` with ``optimizer=relaxer.hull_optimizer``); None:
+        ``optimizer``.
       workers: processes relaxing at once (1: in this process).
       threads: PyTorch / BLAS threads of each process.
 
@@ -140,13 +141,11 @@ class Relaxer:
                  workers: int = 1, threads: int = 1, log: Log | None = None):
         if workers < 1 or threads < 1:
             raise ValueError(f"workers and threads must be >= 1, got {workers}, {threads}")
-        for name in (optimizer, hull_optimizer or optimizer):
-            if name not in OPTIMIZERS:
-                raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name}")
+        self.optimizer = check_optimizer(optimizer)
+        self.hull_optimizer = check_optimizer(hull_optimizer or optimizer)
         potentials.check_installed(potential)
         self.potential, self.fmax, self.max_steps = potential, fmax, max_steps
-        self.optimizer, self.workers, self.threads = optimizer, workers, threads
-        self.hull_optimizer = hull_optimizer or optimizer
+        self.workers, self.threads = workers, threads
         self.log = log
         self.calculator = None  # in-process potential (workers == 1)
         self._label: str | None = None
@@ -167,7 +166,8 @@ class Relaxer:
 
     @property
     def hull_settings(self) -> dict[str, Any]:
-        """:attr:`settings` of the hull's relaxations (their optimizer the hull's)."""
+        """:attr:`settings` of the hull's relaxations (the hull's journal and cache key):
+        its solid phases are relaxed with :attr:`hull_optimizer`."""
         return {**self.settings, "optimizer": self.hull_optimizer}
 
     def _start(self) -> None:
@@ -199,10 +199,7 @@ class Relaxer:
         """
         if not jobs:
             return []
-        optimizer = optimizer or self.optimizer
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                             f"got {optimizer}")
+        optimizer = check_optimizer(optimizer or self.optimizer)
         if self._label is None or (self.workers > 1 and not self._pool):
             self._start()
         out: list[Relaxation | None] = [None] * len(jobs)
