@@ -156,10 +156,6 @@ def epoch_flops(epochs: int) -> dict[str, float]:
     """XLA's FLOP count of one epoch of one member, per stage (see the module docstring)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-
-    from crystalgan_jax.core import encoding
-    from crystalgan_jax.pipeline.prepare import load_domains
     from crystalgan_jax import train
 
     from crystalgan_jax.pipeline.prepare import prepare, with_clash_radii

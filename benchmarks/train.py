@@ -97,7 +97,7 @@ def jaxpr_matmul_flops(jaxpr) -> float:
         name = eqn.primitive.name
         if name == "dot_general":
             (lc, _), (lb, _) = eqn.params["dimension_numbers"]
-            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            lhs = eqn.invars[0].aval.shape
             out = eqn.outvars[0].aval.shape
             contracted = float(np.prod([lhs[d] for d in lc])) if lc else 1.0
             total += 2.0 * float(np.prod(out)) * contracted

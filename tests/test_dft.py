@@ -13,7 +13,7 @@ import time
 
 import pytest
 from ase.build import bulk
-from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from crystalgan_jax.materials import io

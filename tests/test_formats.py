@@ -14,7 +14,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from crystalgan_jax.materials import export, io, report
 from crystalgan_jax.pipeline import provenance
-from tests.conftest import REPO, small_domain
+from tests.conftest import small_domain
 
 ASE_DB = [sys.executable, "-m", "ase", "db"]  # the `ase db` command line
 

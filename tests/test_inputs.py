@@ -9,7 +9,6 @@ property-based test that every reader raises only StructureFileError on damaged 
 import dataclasses
 import random
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,3 @@
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +83,7 @@ def test_bad_cif_and_empty_folder(tmp_path):
         io.read_folder(tmp_path, "Pd")
     with pytest.raises(io.StructureFileError, match="no such folder"):
         io.read_folder(tmp_path / "missing", "Pd")
-    path = _write(tmp_path, "broken.cif", "data_x\n_cell_length_a 4\nloop_\n_atom_site_label\n")
+    _write(tmp_path, "broken.cif", "data_x\n_cell_length_a 4\nloop_\n_atom_site_label\n")
     with pytest.raises(io.StructureFileError, match="broken.cif: malformed CIF"):
         io.read_folder(tmp_path, "Pd")
 

@@ -1,7 +1,6 @@
 """Populations at scale: members written without a file per sample pool the same
 candidates and counts as with them, and their one file per member reads back with ASE."""
 
-import dataclasses
 import json
 import subprocess
 import sys

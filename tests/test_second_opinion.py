@@ -153,7 +153,7 @@ def test_screen_script_with_two_potentials(tmp_path, sevennet):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
-    first = run()
+    run()
     out = folder / "screening"
     result = json.loads((out / "screening.json").read_text())
     primary, second = result["settings"]["potentials"]

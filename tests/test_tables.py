@@ -1,6 +1,5 @@
 """crystalgan_jax.pipeline.tables: what experiments/table2.py and ablation.py share."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from crystalgan_jax.materials.io import StructureFileError
 from crystalgan_jax.pipeline import errors, tables
 from crystalgan_jax import train
 from crystalgan_jax.train.checkpoints import CheckpointError
-from tests.conftest import REPO, small_domain
+from tests.conftest import REPO
 
 
 def counts(generated, ternary, good_paper, good_strict, unique, **more):
