@@ -20,7 +20,7 @@ TINY = {
     "population": ["--sizes=1,2", "--epochs=2", "--repeats=1", "--cpu_devices=1",
                    "--depth=1", "--width=16"],
     "screening": ["--structures=1", "--repeats=1", "--steps=1", "--candidates=2",
-                  "--configs=FIRE:1,FIRE:2", "--max_steps=3"],
+                  "--configs=FIRE:1:shipped,FIRE:1,FIRE:2", "--max_steps=3"],
     "optimizers": ["--structures=1", "--max_steps=2"],
     # on the toy discovery job of tests/conftest.py ({run}: its run folder)
     # (its generator has no candidate at 4 epochs: the substitution side's)
@@ -29,8 +29,9 @@ TINY = {
     "symmetrize": ["--run_dir={run}", "--side=substitution", "--potential=emt",
                    "--workers=1", "--symprecs=0.5"],
     "discovery": ["--output_dir={runs}", "--collect"],
+    "start_volume": ["--run_dir={run}", "--workers=1", "--potential=emt"],
 }
-ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery")
+ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery", "start_volume")
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
 
 
@@ -79,6 +80,15 @@ def test_benchmark_tiny(name, tmp_path, request):
         summary = report["summary"]["perturbed"]
         assert list(summary) == ["FIRE", "BFGS", "LBFGS", "BFGS_alpha20"]
         assert summary["FIRE"]["dE_vs_FIRE_eV_per_atom"]["within_5meV"] == 1
+    if name == "screening":  # the screening before its speed-ups is the baseline
+        configs = report["throughput"]["configs"]
+        assert list(configs) == ["FIRE:1:shipped", "FIRE:1", "FIRE:2"]
+        assert all(0 <= c["converged"] <= 2 and c["wall_s"] > 0 for c in configs.values())
+        assert "speedup_vs_FIRE:1:shipped" in configs["FIRE:2"]
+    if name == "start_volume":  # every converged generator candidate, or none
+        screened = json.loads((run / "screening" / "screening.json").read_text())
+        converged = sum(r["relaxation"]["converged"] for r in screened["structures"])
+        assert report["candidates"] == converged
     if name == "preselection":  # the toy run's candidates ranked at steps 0 and 2
         assert report["candidates"] >= 2 and set(report["estimates"]) == {"step_0", "step_2"}
     if name == "discovery":  # one row, the toy run's, with its counts
