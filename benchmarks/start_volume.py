@@ -7,8 +7,8 @@ Generated cells are far from the potential's volume (relaxation changes it by a 
 (``RUN_DIR/candidates/``) is scaled isotropically to the volume its composition has in the
 training data (``V = n_H v_H + n_A v_A + n_B v_B``, least squares over the training cells:
 :func:`crystalgan_jax.materials.candidates.learn_block_volumes`) and relaxed again with the
-screening's settings (CHGNet or ``--potential``, FIRE, fmax 0.1 eV/A, two worker processes). Prints and writes
-(``benchmarks/results/start_volume.json``, or ``--out``): FIRE steps (median, generated
+screening's settings (CHGNet or ``--potential``, FIRE, fmax 0.1 eV/A, two worker
+processes). Prints and writes (``benchmarks/results/start_volume.json``, or ``--out``): FIRE steps (median, generated
 start against rescaled), the volume change of each relaxation, how many final energies
 agree within 5 meV/atom, the E_hull change (against the screening's own hull) and the
 stable count either way. Seconds are printed too, comparable only when nothing else runs.
