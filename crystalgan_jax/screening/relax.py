@@ -62,8 +62,9 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, float]]] = {
 DEFAULT_OPTIMIZER = "FIRE"  # chosen by benchmarks/screening.py (docs/performance.md)
 # The hull's solid phases (metals, training binaries, alloys, substitution structures;
 # H2 in its box keeps DEFAULT_OPTIMIZER, screening.runs.System) start near a minimum,
-# where BFGS with a soft initial Hessian takes 0.4 of FIRE's time to the same energy; generated candidates start far from one, where BFGS is slower and lands
-# elsewhere (benchmarks/optimizers.py, docs/performance.md).
+# where BFGS with a soft initial Hessian takes 0.4 of FIRE's time to the same energy;
+# generated candidates start far from one, where BFGS is slower and lands elsewhere
+# (benchmarks/optimizers.py, docs/performance.md).
 DEFAULT_HULL_OPTIMIZER = "BFGS_alpha20"
 
 Progress = Callable[[str], None]
