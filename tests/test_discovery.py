@@ -209,11 +209,23 @@ def test_h_fraction_selects_by_hydrogen_content_and_bad_ranges_are_refused(tmp_p
     assert comp["h_per_metal_screened"] == {"min": 0.5, "median": 0.75, "max": 1.0}
     assert comp["h_per_metal_training"] == {"min": 1.0, "median": 2.0, "max": 3.0}
     assert [n for n, _ in runs.within_h_fraction(named, (0.0, 1.0))] == ["h0", "h1", "h2", "h4"]
+    # "data": the training structures' range of hydrogen fractions (here 1/3 .. 1/2)
+    training = [cell(2), cell(1), cell(2)]
+    lo, hi = runs.resolve_h_fraction(runs.H_FRACTION_DATA, training)
+    assert lo == pytest.approx(1 / 3) and hi == pytest.approx(1 / 2)
+    assert [n for n, _ in runs.within_h_fraction(named, (lo, hi))] == ["h1", "h2"]
+    assert runs.resolve_h_fraction((0.1, 0.2), training) == (0.1, 0.2)
+    with pytest.raises(ValueError, match="h_fraction"):
+        runs.resolve_h_fraction("training", training)
+    comp = discovery.composition(named, named[1:3], (lo, hi), training, from_data=True)
+    assert comp["h_fraction_from_data"] and comp["h_fraction"] == [round(lo, 6), 0.5]
     fv = flags.FlagValues()
     cli.define_screen_flags(fv)
     fv(["prog", "--h_fraction=0.4,0.7"])
     assert cli.h_fraction_from_flags(fv) == (0.4, 0.7)
-    for bad in ("0.7,0.4", "0.2", "a,b", "0,1.5"):
+    fv(["prog", "--h_fraction=data"])
+    assert cli.h_fraction_from_flags(fv) == runs.H_FRACTION_DATA
+    for bad in ("0.7,0.4", "0.2", "a,b", "0,1.5", "data,1"):
         fv(["prog", f"--h_fraction={bad}"])
         with pytest.raises(cli.UsageError, match="--h_fraction"):
             cli.h_fraction_from_flags(fv)

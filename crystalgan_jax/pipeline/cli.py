@@ -518,24 +518,32 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
                        flag_values=flag_values)
     flags.DEFINE_list("h_fraction", ["0", "1"], "lo,hi: screen only the candidates whose "
                       "hydrogen fraction n_H / n_atoms lies in [lo, hi] (e.g. 0.4,0.7 for "
-                      "hydrogen-rich ones); the report gives the range asked for and the "
-                      "H/M of what was screened.", flag_values=flag_values)
+                      "hydrogen-rich ones); 'data': in the training structures' range. The "
+                      "report gives the range asked for and the H/M of what was screened.",
+                      flag_values=flag_values)
     flags.DEFINE_bool("hull_cache", True, "Read and write the system's relaxed hull in the "
                       "cache ($CRYSTALGAN_CACHE, else ~/.cache/crystalgan_jax).",
                       flag_values=flag_values)
 
 
-def h_fraction_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[float, float]:
-    """--h_fraction as (lo, hi) with 0 <= lo <= hi <= 1.
+def h_fraction_from_flags(flag_values: flags.FlagValues = flags.FLAGS
+                          ) -> tuple[float, float] | str:
+    """--h_fraction as (lo, hi) with 0 <= lo <= hi <= 1, or ``"data"`` (the training
+    structures' range, :func:`crystalgan_jax.screening.runs.resolve_h_fraction`).
 
     Raises:
-      UsageError: not two numbers in that order and range.
+      UsageError: not ``data`` nor two numbers in that order and range.
     """
+    from crystalgan_jax.screening.runs import H_FRACTION_DATA
+
     items = list(flag_values.h_fraction)
+    if items == [H_FRACTION_DATA]:
+        return H_FRACTION_DATA
     try:
         lo, hi = (float(v) for v in items)
     except ValueError:
-        raise UsageError(f"--h_fraction takes two numbers lo,hi, got {','.join(items)}") from None
+        raise UsageError(f"--h_fraction takes two numbers lo,hi or {H_FRACTION_DATA}, got "
+                         f"{','.join(items)}") from None
     if not 0.0 <= lo <= hi <= 1.0:
         raise UsageError(f"--h_fraction needs 0 <= lo <= hi <= 1, got {lo:g},{hi:g}")
     return lo, hi

@@ -80,7 +80,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                use_cache: bool = True, log: Log = runs.log_line,
                candidates: Sequence[tuple[str, Structure]] | None = None,
                second: Relaxer | None = None, second_mode: str = "relax",
-               h_fraction: tuple[float, float] = (0.0, 1.0), symmetrize: float = 0.0
+               h_fraction: tuple[float, float] | str = (0.0, 1.0), symmetrize: float = 0.0
                ) -> dict[str, Any]:
     """Screens ``run_dir``'s candidates and the substitution baseline on one hull.
 
@@ -93,7 +93,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
         own hull of the same phases (:mod:`crystalgan_jax.screening.second_opinion`,
         ``second_mode``), and the candidates are ranked by the consensus.
       h_fraction: (lo, hi): only candidates with n_H / n_atoms in [lo, hi] are screened
-        (:func:`crystalgan_jax.screening.runs.within_h_fraction`).
+        (:func:`crystalgan_jax.screening.runs.within_h_fraction`); ``"data"``: the range
+        of the training structures (:func:`crystalgan_jax.screening.runs.resolve_h_fraction`).
       symmetrize: the symmetry pass's tolerance (A; 0: off), :meth:`runs.System.screen`.
     Returns:
       The summary (also ``RUN/screening/summary.json``).
@@ -106,16 +107,19 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     a, b = system["element_a"], system["element_b"]
     out = run_dir / SCREENING
     offered = list(candidates) if candidates is not None else run_candidates(run_dir, system)
-    named = runs.within_h_fraction(offered, h_fraction)
-    if len(named) < len(offered):
-        log(f"{len(named)} of {len(offered)} candidates have a hydrogen fraction in "
-            f"[{h_fraction[0]:g}, {h_fraction[1]:g}] (--h_fraction)")
-    log(f"screening {len(named)} candidates of {run_dir} with {relaxer.label} "
-        f"({relaxer.workers} worker(s))")
     sys_ = runs.System(a, b, system["data_ah"], system["data_bh"], system["options"], relaxer,
                        out / runs.HULL_JOURNAL, log, substitution_in_hull=True,
                        use_cache=use_cache)
     hull_s = time.perf_counter() - tic
+    asked = h_fraction
+    h_fraction = runs.resolve_h_fraction(h_fraction, sys_.training)
+    named = runs.within_h_fraction(offered, h_fraction)
+    if len(named) < len(offered):
+        log(f"{len(named)} of {len(offered)} candidates have a hydrogen fraction in "
+            f"[{h_fraction[0]:.3g}, {h_fraction[1]:.3g}] (--h_fraction"
+            f"{', the training range' if asked == runs.H_FRACTION_DATA else ''})")
+    log(f"screening {len(named)} candidates of {run_dir} with {relaxer.label} "
+        f"({relaxer.workers} worker(s))")
     title = f"{a}-{b}-H, {run_dir}"
     tic = time.perf_counter()
     result = sys_.screen(named, out, title, stability_threshold, log, symmetrize=symmetrize)
@@ -135,7 +139,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
                "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
                "comparison": cmp["counts"], "mixing": mixing(sys_),
-               "composition": composition(offered, named, h_fraction, sys_.training),
+               "composition": composition(offered, named, h_fraction, sys_.training,
+                                          from_data=asked == runs.H_FRACTION_DATA),
                "second_opinion": (None if second is None else {
                    "potential": second.label, "mode": second_mode,
                    "agreement": result["second_opinion"]["agreement"]}),
@@ -201,13 +206,16 @@ def spread(values: Sequence[float]) -> dict[str, float] | None:
 
 
 def composition(offered: Sequence[tuple[str, Structure]], screened: Sequence[tuple[str, Structure]],
-                h_fraction: tuple[float, float], training: Sequence[Structure]) -> dict[str, Any]:
+                h_fraction: tuple[float, float], training: Sequence[Structure],
+                from_data: bool = False) -> dict[str, Any]:
     """Hydrogen per metal atom (H/M) of the candidates offered and screened, and of the
-    training structures, with the ``--h_fraction`` range asked for."""
+    training structures, with the ``--h_fraction`` range asked for (``from_data``: the
+    training structures' range, ``--h_fraction=data``)."""
     def h_per_metal(structures):
         values = (hydrogen_per_metal(s) for s in structures)
         return spread([v for v in values if v is not None])
-    return {"h_fraction": list(h_fraction), "offered": len(offered), "screened": len(screened),
+    return {"h_fraction": [round(x, 6) for x in h_fraction], "h_fraction_from_data": from_data,
+            "offered": len(offered), "screened": len(screened),
             "h_per_metal_offered": h_per_metal(s for _, s in offered),
             "h_per_metal_screened": h_per_metal(s for _, s in screened),
             "h_per_metal_training": h_per_metal(training)}
@@ -306,9 +314,11 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
     comp = summary.get("composition")
     if comp and comp["h_per_metal_screened"] and comp["h_per_metal_training"]:
         got, ref = comp["h_per_metal_screened"], comp["h_per_metal_training"]
+        whose = ", the training structures' range" if comp.get("h_fraction_from_data") else ""
         asked = ("" if comp["h_fraction"] == [0.0, 1.0] else
                  f"; {comp['screened']} of {comp['offered']} candidates have the hydrogen "
-                 f"fraction asked for ({comp['h_fraction'][0]:g}-{comp['h_fraction'][1]:g})")
+                 f"fraction asked for ({comp['h_fraction'][0]:.3g}-{comp['h_fraction'][1]:.3g}"
+                 f"{whose})")
         lines += ["", f"Hydrogen per metal atom (H/M) of the screened candidates: median "
                   f"{got['median']:g} (range {got['min']:g}-{got['max']:g}), against the "
                   f"training structures' {ref['median']:g} ({ref['min']:g}-{ref['max']:g})"

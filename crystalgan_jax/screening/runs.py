@@ -66,6 +66,25 @@ def select(named: Sequence[tuple[str, Structure]], element_a: str, element_b: st
     return kept
 
 
+# --h_fraction=data: the hydrogen fractions the training structures span
+H_FRACTION_DATA = "data"
+
+
+def resolve_h_fraction(h_fraction: tuple[float, float] | str, training: Sequence[Structure]
+                       ) -> tuple[float, float]:
+    """``h_fraction`` as (lo, hi): itself, or for :data:`H_FRACTION_DATA` the lowest and
+    highest hydrogen fraction n_H / n_atoms of the ``training`` structures (a candidate
+    outside it has a hydrogen content no training structure shows)."""
+    if h_fraction == H_FRACTION_DATA:
+        fractions = [hydrogen_fraction(s) for s in training]
+        if not fractions:
+            raise ValueError("--h_fraction=data needs training structures")
+        return min(fractions), max(fractions)
+    if isinstance(h_fraction, str):
+        raise ValueError(f"h_fraction is (lo, hi) or {H_FRACTION_DATA!r}, got {h_fraction!r}")
+    return h_fraction
+
+
 def within_h_fraction(named: Sequence[tuple[str, Structure]], h_fraction: tuple[float, float]
                       ) -> list[tuple[str, Structure]]:
     """The structures whose hydrogen fraction n_H / n_atoms lies in [lo, hi] (inclusive):
