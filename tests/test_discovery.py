@@ -15,6 +15,8 @@ import pytest
 from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from crystalgan_jax.materials import io
+from crystalgan_jax.materials.candidates import hydrogen_fraction
 from crystalgan_jax.pipeline import discovery
 from crystalgan_jax.screening.workers import Relaxer
 from tests.conftest import REPO, SMALL_DISCOVERY, TRAIN_SCRIPT, job_env
@@ -126,10 +128,20 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     # the comparison with substitution and the pictures
     for name in ("comparison.md", "phase_diagram.png", "e_hull_histogram.png"):
         assert (out / "screening" / name).exists()
-    # hydrogen content: all offered candidates screened (no --h_fraction), H/M reported
+    # hydrogen content: pdni.flags screens the candidates within the training structures'
+    # range of hydrogen fractions (--h_fraction=data), and H/M is reported
     comp = summary["composition"]
-    assert comp["offered"] == comp["screened"] == summary["generator"]["screened"]
+    assert comp["h_fraction_from_data"] and comp["screened"] == summary["generator"]["screened"]
     assert comp["h_per_metal_training"]["min"] <= comp["h_per_metal_training"]["max"]
+    lo, hi = comp["h_fraction"]
+    pooled_fractions = [hydrogen_fraction(io.read_structure(p))
+                        for p in sorted((out / "candidates").glob("*.vasp"))]
+    assert comp["offered"] == len(pooled_fractions)
+    assert comp["screened"] == sum(lo - 1e-6 <= f <= hi + 1e-6 for f in pooled_fractions)
+    if comp["screened"]:
+        h_m = comp["h_per_metal_screened"]
+        train = comp["h_per_metal_training"]
+        assert train["min"] - 1e-3 <= h_m["min"] <= h_m["max"] <= train["max"] + 1e-3
     # the toy run may have no candidate: the H/M line is there exactly when some were screened
     assert ("Hydrogen per metal atom (H/M) of the screened candidates" in "\n".join(lines)) \
         == bool(comp["screened"])
