@@ -56,3 +56,13 @@ def test_a_broken_block_is_caught():
     code = python_blocks((REPO / "README.md").read_text())[0]
     proc = _run(code + "\nprint(lattice_never_defined)\n")
     assert proc.returncode != 0 and "NameError" in proc.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run ends with the test command the README gives (CI runs exactly that one)."""
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"^python -m pytest [^\n]*$", readme, re.M)
+    assert len(commands) == 1, commands
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == commands[0]
