@@ -10,8 +10,11 @@ def F(formula):
     return Composition(formula).reduced_formula
 
 
-def row(name, formula, e):
-    return {"name": name, "formula": formula, "e_hull_eV_per_atom": e}
+def row(name, formula, e, atoms=None, spacegroup=None):
+    out = {"name": name, "formula": formula, "e_hull_eV_per_atom": e}
+    if atoms is not None:
+        out.update(n_atoms=atoms, displacement={"spacegroup_after": spacegroup})
+    return out
 
 
 def test_per_formula_lowest_winners_ties_and_one_sided():
@@ -41,6 +44,30 @@ def test_per_formula_lowest_winners_ties_and_one_sided():
     md = compare.markdown(result)
     assert f"| {F('PdNiH2')} | 0.020 | 0.040 | generator |" in md
     assert "| 1 | 1 | 1 | 1 | 1 |" in md
+    # how many structures each side has in a formula, and what its lowest one is
+    assert (by[F("PdNiH2")]["generator_tries"], by[F("PdNiH2")]["substitution_tries"]) == (2, 1)
+    assert (by[F("PdNi3H")]["substitution_tries"], by[F("Pd5NiH6")]["generator_tries"]) == (2, 0)
+    assert by[F("Pd5NiH6")]["generator_best"] is None
+
+
+def test_formulas_both_reach_show_each_sides_best_cell():
+    generator = [row("g1", "PdNiH2", 0.05, 4, ["P1", 1]), row("g2", "PdNiH2", 0.09, 8, ["Cm", 8]),
+                 row("g3", "Pd2NiH", 0.01, 4, ["P1", 1])]
+    substitution = [row("s1", "Pd2Ni2H4", 0.02, 8, ["Pmmm", 47]),
+                    row("s2", "PdNi3H", 0.0, 5, ["Pm-3m", 221])]
+    result = compare.compare_formulas(generator, substitution)
+    by = {r["formula"]: r for r in result["formulas"]}
+    assert by[F("PdNiH2")]["generator_best"] == {"atoms": 4, "spacegroup": ["P1", 1]}
+    assert by[F("PdNiH2")]["substitution_best"] == {"atoms": 8, "spacegroup": ["Pmmm", 47]}
+    md = compare.markdown(result)
+    assert "### The formulas both reach" in md
+    shared = md.split("### The formulas both reach")[1]
+    assert (f"| {F('PdNiH2')} | 0.050 | 4 atoms, P1 (1) | 2 | 0.020 | 8 atoms, Pmmm (47) | 1 "
+            "| substitution |") in shared
+    assert F("Pd2NiH") not in shared and F("PdNi3H") not in shared  # one side only
+    # no shared formula: no such section
+    assert "formulas both reach" not in compare.markdown(
+        compare.compare_formulas(generator[2:], substitution[1:]))
 
 
 def test_empty_sides():

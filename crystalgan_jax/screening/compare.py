@@ -17,18 +17,27 @@ TIE = 1e-3  # eV/atom
 E_HULL = "e_hull_eV_per_atom"
 
 
-def lowest_by_formula(rows: Iterable[Mapping[str, Any]], key: str = E_HULL
-                      ) -> dict[str, tuple[float, str]]:
-    """Reduced formula -> (lowest E_hull, name of the row that has it); rows without one skipped."""
-    out: dict[str, tuple[float, str]] = {}
+def _by_formula(rows: Iterable[Mapping[str, Any]], key: str
+                ) -> dict[str, tuple[float, Mapping[str, Any], int]]:
+    """Reduced formula -> (lowest E_hull, the first row that has it, rows with a finite
+    E_hull in that formula)."""
+    out: dict[str, tuple[float, Mapping[str, Any], int]] = {}
     for row in rows:
         e = row.get(key)
         if e is None or not math.isfinite(e):
             continue
         formula = Composition(row["formula"]).reduced_formula
-        if formula not in out or e < out[formula][0]:
-            out[formula] = (float(e), str(row.get("name", "")))
+        lowest, kept, tries = out.get(formula, (math.inf, row, 0))
+        out[formula] = (float(e), row, tries + 1) if e < lowest else (lowest, kept, tries + 1)
     return out
+
+
+def structure_summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reader compares between two sides' best structures in one formula: the
+    atoms in the cell and the space group after relaxation (``[symbol, number]`` of the
+    row's ``displacement``; None where the row has none)."""
+    after = (row.get("displacement") or {}).get("spacegroup_after")
+    return {"atoms": row.get("n_atoms"), "spacegroup": list(after) if after else None}
 
 
 def compare_formulas(generator: Iterable[Mapping[str, Any]],
@@ -39,11 +48,13 @@ def compare_formulas(generator: Iterable[Mapping[str, Any]],
     Returns:
       ``{"formulas": [...], "counts": {...}, "tie_eV_per_atom": tie}``; each formula row has
       ``formula``, ``generator`` and ``substitution`` (lowest E_hull or None), their
-      structures' names, and ``lower``: "generator", "substitution", "tie",
+      structures' names, ``*_tries`` (how many of each side's rows have that formula),
+      ``*_best`` (:func:`structure_summary` of each side's lowest structure, or None),
+      and ``lower``: "generator", "substitution", "tie",
       "only generator" or "only substitution". Counts are of each ``lower`` value.
       Formulas sorted by the lowest E_hull either side reaches.
     """
-    gen, sub = lowest_by_formula(generator, key), lowest_by_formula(substitution, key)
+    gen, sub = _by_formula(generator, key), _by_formula(substitution, key)
     rows = []
     for formula in set(gen) | set(sub):
         g, s = gen.get(formula), sub.get(formula)
@@ -56,7 +67,12 @@ def compare_formulas(generator: Iterable[Mapping[str, Any]],
         else:
             lower = "generator" if g[0] < s[0] else "substitution"
         rows.append({"formula": formula, "generator": g and g[0], "substitution": s and s[0],
-                     "generator_name": g and g[1], "substitution_name": s and s[1],
+                     "generator_name": g and str(g[1].get("name", "")),
+                     "substitution_name": s and str(s[1].get("name", "")),
+                     "generator_tries": g[2] if g else 0,
+                     "substitution_tries": s[2] if s else 0,
+                     "generator_best": g and structure_summary(g[1]),
+                     "substitution_best": s and structure_summary(s[1]),
                      "lower": lower})
     rows.sort(key=lambda r: (min(x for x in (r["generator"], r["substitution"])
                                  if x is not None), r["formula"]))
@@ -86,4 +102,25 @@ def markdown(comparison: Mapping[str, Any]) -> str:
              "| --- | ---: | ---: | --- |"]
     lines += [f"| {r['formula']} | {_fmt(r['generator'])} | {_fmt(r['substitution'])} | "
               f"{r['lower']} |" for r in comparison["formulas"]]
+    shared = [r for r in comparison["formulas"] if r["lower"] in ("generator", "substitution",
+                                                                  "tie")]
+    if shared:
+        lines += ["", "### The formulas both reach", "",
+                  "Each side's lowest structure (atoms in the cell, space group after "
+                  "relaxation) and how many of its relaxed structures have the formula.", "",
+                  "| formula | generator E_hull | its cell | tries | substitution E_hull | "
+                  "its cell | tries | lower |", "| --- | ---: | --- | ---: | ---: | --- | ---: "
+                  "| --- |"]
+        lines += [f"| {r['formula']} | {_fmt(r['generator'])} | {_cell(r.get('generator_best'))}"
+                  f" | {r.get('generator_tries', '-')} | {_fmt(r['substitution'])} | "
+                  f"{_cell(r.get('substitution_best'))} | {r.get('substitution_tries', '-')} | "
+                  f"{r['lower']} |" for r in shared]
     return "\n".join(lines) + "\n"
+
+
+def _cell(summary: Mapping[str, Any] | None) -> str:
+    if not summary:
+        return "-"
+    group = summary.get("spacegroup")
+    where = f"{group[0]} ({group[1]})" if group else "?"
+    return f"{summary.get('atoms', '?')} atoms, {where}"
