@@ -50,7 +50,7 @@ def test_per_formula_lowest_winners_ties_and_one_sided():
     assert by[F("Pd5NiH6")]["generator_best"] is None
 
 
-def test_formulas_both_reach_show_each_sides_best_cell():
+def test_formulas_both_reach_show_each_sides_best_cell(tmp_path):
     generator = [row("g1", "PdNiH2", 0.05, 4, ["P1", 1]), row("g2", "PdNiH2", 0.09, 8, ["Cm", 8]),
                  row("g3", "Pd2NiH", 0.01, 4, ["P1", 1])]
     substitution = [row("s1", "Pd2Ni2H4", 0.02, 8, ["Pmmm", 47]),
@@ -68,6 +68,20 @@ def test_formulas_both_reach_show_each_sides_best_cell():
     # no shared formula: no such section
     assert "formulas both reach" not in compare.markdown(
         compare.compare_formulas(generator[2:], substitution[1:]))
+    assert compare.shared_table(compare.compare_formulas(generator[2:], substitution[1:])) == []
+    # the report's "Candidates for DFT" carries the same table
+    from crystalgan_jax.pipeline import discovery
+
+    summary = {"settings": {"stability_threshold_eV_per_atom": 0.1, "optimizer": "FIRE",
+                            "fmax": 0.1, "max_steps": 10},
+               "potential": "EMT", "hull_phases": "the elements",
+               "mixing": {"lowest_alloy_formation_eV_per_atom": None, "metals_mix": True},
+               "generator": {k: 0 for k, _ in discovery.COUNTS},
+               "substitution": {k: 0 for k, _ in discovery.COUNTS}, "comparison": result["counts"],
+               "shared_formulas": [r for r in result["formulas"] if r["lower"] in compare.SHARED]}
+    section = discovery.dft_markdown(summary, [], tmp_path)
+    assert "The formulas both reach" in section
+    assert "| 4 atoms, P1 (1) | 2 | 0.020 | 8 atoms, Pmmm (47) | 1 | substitution |" in section
 
 
 def test_empty_sides():

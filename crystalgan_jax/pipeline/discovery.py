@@ -37,7 +37,7 @@ from pymatgen.core import Composition, Structure
 
 from crystalgan_jax.materials import evaluation, io
 from crystalgan_jax.materials.candidates import hydrogen_per_metal
-from crystalgan_jax.screening import runs
+from crystalgan_jax.screening import compare, runs
 from crystalgan_jax.screening.consensus import VERDICTS
 from crystalgan_jax.screening.hull import energetics
 from crystalgan_jax.screening.verdicts import ON_HULL_TOLERANCE
@@ -138,7 +138,9 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "hull_phases": sys_.hull_phases, "hull_cached": sys_.system_hull.cached,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
                "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
-               "comparison": cmp["counts"], "mixing": mixing(sys_),
+               "comparison": cmp["counts"],
+               "shared_formulas": [r for r in cmp["formulas"] if r["lower"] in compare.SHARED],
+               "mixing": mixing(sys_),
                "composition": composition(offered, named, h_fraction, sys_.training,
                                           from_data=asked == runs.H_FRACTION_DATA),
                "second_opinion": (None if second is None else {
@@ -327,8 +329,11 @@ def dft_markdown(summary: Mapping[str, Any], grouped: Sequence[Mapping[str, Any]
               f"[screening/comparison.md](screening/comparison.md)): the generator is lower "
               f"in {c.get('generator', 0)}, substitution in {c.get('substitution', 0)}, "
               f"{c.get('tie', 0)} ties; {c.get('only generator', 0)} formulas only the "
-              f"generator reaches, {c.get('only substitution', 0)} only substitution.", "",
-              "![phase diagram](screening/phase_diagram.png) "
+              f"generator reaches, {c.get('only substitution', 0)} only substitution.", ""]
+    shared = compare.shared_table({"formulas": summary.get("shared_formulas", [])})
+    if shared:
+        lines += ["**The formulas both reach.** " + shared[0], *shared[1:], ""]
+    lines += ["![phase diagram](screening/phase_diagram.png) "
               "![E_hull histogram](screening/e_hull_histogram.png)", ""]
     if not grouped:
         lines += ["No candidate relaxed.", END]

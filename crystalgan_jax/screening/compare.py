@@ -102,20 +102,30 @@ def markdown(comparison: Mapping[str, Any]) -> str:
              "| --- | ---: | ---: | --- |"]
     lines += [f"| {r['formula']} | {_fmt(r['generator'])} | {_fmt(r['substitution'])} | "
               f"{r['lower']} |" for r in comparison["formulas"]]
-    shared = [r for r in comparison["formulas"] if r["lower"] in ("generator", "substitution",
-                                                                  "tie")]
+    shared = shared_table(comparison)
     if shared:
-        lines += ["", "### The formulas both reach", "",
-                  "Each side's lowest structure (atoms in the cell, space group after "
-                  "relaxation) and how many of its relaxed structures have the formula.", "",
-                  "| formula | generator E_hull | its cell | tries | substitution E_hull | "
-                  "its cell | tries | lower |", "| --- | ---: | --- | ---: | ---: | --- | ---: "
-                  "| --- |"]
-        lines += [f"| {r['formula']} | {_fmt(r['generator'])} | {_cell(r.get('generator_best'))}"
-                  f" | {r.get('generator_tries', '-')} | {_fmt(r['substitution'])} | "
-                  f"{_cell(r.get('substitution_best'))} | {r.get('substitution_tries', '-')} | "
-                  f"{r['lower']} |" for r in shared]
+        lines += ["", "### The formulas both reach", ""] + shared
     return "\n".join(lines) + "\n"
+
+
+SHARED = ("generator", "substitution", "tie")  # ``lower`` of a formula both sides reach
+
+
+def shared_table(comparison: Mapping[str, Any]) -> list[str]:
+    """The formulas both sides reach as markdown lines (none where there are none): each
+    side's lowest E_hull, its cell (:func:`structure_summary`) and its tries."""
+    shared = [r for r in comparison["formulas"] if r["lower"] in SHARED]
+    if not shared:
+        return []
+    lines = ["Each side's lowest structure (atoms in the cell, space group after relaxation) "
+             "and how many of its relaxed structures have the formula.", "",
+             "| formula | generator E_hull | its cell | tries | substitution E_hull | "
+             "its cell | tries | lower |", "| --- | ---: | --- | ---: | ---: | --- | ---: "
+             "| --- |"]
+    return lines + [f"| {r['formula']} | {_fmt(r['generator'])} | "
+                    f"{_cell(r.get('generator_best'))} | {r.get('generator_tries', '-')} | "
+                    f"{_fmt(r['substitution'])} | {_cell(r.get('substitution_best'))} | "
+                    f"{r.get('substitution_tries', '-')} | {r['lower']} |" for r in shared]
 
 
 def _cell(summary: Mapping[str, Any] | None) -> str:
