@@ -69,6 +69,7 @@ def test_formulas_both_reach_show_each_sides_best_cell(tmp_path):
     assert "formulas both reach" not in compare.markdown(
         compare.compare_formulas(generator[2:], substitution[1:]))
     assert compare.shared_table(compare.compare_formulas(generator[2:], substitution[1:])) == []
+    assert [r["formula"] for r in compare.shared_formulas(result)] == [F("PdNiH2")]
     # the report's "Candidates for DFT" carries the same table
     from crystalgan_jax.pipeline import discovery
 
@@ -78,7 +79,7 @@ def test_formulas_both_reach_show_each_sides_best_cell(tmp_path):
                "mixing": {"lowest_alloy_formation_eV_per_atom": None, "metals_mix": True},
                "generator": {k: 0 for k, _ in discovery.COUNTS},
                "substitution": {k: 0 for k, _ in discovery.COUNTS}, "comparison": result["counts"],
-               "shared_formulas": [r for r in result["formulas"] if r["lower"] in compare.SHARED]}
+               "shared_formulas": compare.shared_formulas(result)}
     section = discovery.dft_markdown(summary, [], tmp_path)
     assert "The formulas both reach" in section
     assert "| 4 atoms, P1 (1) | 2 | 0.020 | 8 atoms, Pmmm (47) | 1 | substitution |" in section

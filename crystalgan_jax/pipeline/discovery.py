@@ -111,13 +111,13 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                        out / runs.HULL_JOURNAL, log, substitution_in_hull=True,
                        use_cache=use_cache)
     hull_s = time.perf_counter() - tic
-    asked = h_fraction
+    from_data = h_fraction == runs.H_FRACTION_DATA
     h_fraction = runs.resolve_h_fraction(h_fraction, sys_.training)
     named = runs.within_h_fraction(offered, h_fraction)
     if len(named) < len(offered):
         log(f"{len(named)} of {len(offered)} candidates have a hydrogen fraction in "
             f"[{h_fraction[0]:.3g}, {h_fraction[1]:.3g}] (--h_fraction"
-            f"{', the training range' if asked == runs.H_FRACTION_DATA else ''})")
+            f"{', the training range' if from_data else ''})")
     log(f"screening {len(named)} candidates of {run_dir} with {relaxer.label} "
         f"({relaxer.workers} worker(s))")
     title = f"{a}-{b}-H, {run_dir}"
@@ -139,10 +139,10 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
                "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
                "comparison": cmp["counts"],
-               "shared_formulas": [r for r in cmp["formulas"] if r["lower"] in compare.SHARED],
+               "shared_formulas": compare.shared_formulas(cmp),
                "mixing": mixing(sys_),
                "composition": composition(offered, named, h_fraction, sys_.training,
-                                          from_data=asked == runs.H_FRACTION_DATA),
+                                          from_data=from_data),
                "second_opinion": (None if second is None else {
                    "potential": second.label, "mode": second_mode,
                    "agreement": result["second_opinion"]["agreement"]}),

@@ -111,10 +111,15 @@ def markdown(comparison: Mapping[str, Any]) -> str:
 SHARED = ("generator", "substitution", "tie")  # ``lower`` of a formula both sides reach
 
 
+def shared_formulas(comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of :func:`compare_formulas`'s "formulas" that both sides reach."""
+    return [r for r in comparison["formulas"] if r["lower"] in SHARED]
+
+
 def shared_table(comparison: Mapping[str, Any]) -> list[str]:
     """The formulas both sides reach as markdown lines (none where there are none): each
     side's lowest E_hull, its cell (:func:`structure_summary`) and its tries."""
-    shared = [r for r in comparison["formulas"] if r["lower"] in SHARED]
+    shared = shared_formulas(comparison)
     if not shared:
         return []
     lines = ["Each side's lowest structure (atoms in the cell, space group after relaxation) "
