@@ -136,7 +136,8 @@ def test_plus_with_matching_terms_learns_and_logs_them(tmp_path):
     ah, bh = small_domain(tmp_path, "PdH", 5), small_domain(tmp_path, "NiH", 5)
     cfg = train.TrainConfig(method="crystalgan_plus", epochs=2, batch_size=5, depth=1,
                             width=16, chunk_epochs=1, generator_steps=1, distance_weight=1.0,
-                            composition_weight=1.0, distance_levels=4, rescale_volume=True)
+                            composition_weight=1.0, distance_levels=4, rescale_volume=True,
+                            composition_sampling=True)
     result = run(RunSpec(data_ah=str(ah), data_bh=str(bh), element_a="Pd", element_b="Ni",
                          output_dir=str(tmp_path / "run"), train=cfg, checkpoint_every=1),
                  log=lambda m: None)
@@ -159,6 +160,15 @@ def test_plus_with_matching_terms_learns_and_logs_them(tmp_path):
         s = Structure.from_file(path)
         target = sum(v[e.symbol] * n for e, n in s.composition.items())
         assert s.volume == pytest.approx(target, rel=0.02), path
+    # composition sampling: every final structure has one of the compositions learned
+    # from the training cells' metal sites split between Pd and Ni
+    from crystalgan_jax.materials import io
+
+    structures = [io.read_structure_files(str(d))[0] for d in (ah, bh)]
+    assert learned.target_compositions == candidates.learn_compositions(*structures, "Pd", "Ni")
+    counts = {(int(s.composition["H"]), int(s.composition["Pd"]), int(s.composition["Ni"]))
+              for s in map(Structure.from_file, finals)}
+    assert counts and counts <= set(learned.target_compositions)
     # off by default: the paper's method learns none of it
     assert train.TrainConfig().distance_weight == 0.0
     assert train.TrainConfig().composition_weight == 0.0
@@ -334,3 +344,51 @@ def test_ablation_tiny(tmp_path):
                        .read_text())["spec"]["train"]
     assert paper["method"] == "crystalgan" and paper["window_weight"] == 0.0
     assert "novel" in json.loads((Path(plus_dir) / "report.json").read_text())["counts"]
+
+
+def test_occupy_takes_the_likeliest_rows_of_each_block():
+    probs = (jnp.array([0.9, 0.1, 0.6, 0.4]), jnp.array([0.2, 0.7, 0.1]),
+             jnp.array([0.3, 0.8, 0.5]))
+    c = encoding.Crystal(jnp.eye(3), tuple(jnp.zeros((len(m), 3)) for m in probs), probs)
+    out = train.occupy(c, jnp.array([2, 1, 3]))
+    assert [np.asarray(m).tolist() for m in out.masks] == [[1, 0, 1, 0], [0, 1, 0], [1, 1, 1]]
+    # the generator's own occupancies (rows above 0.5) would give one B atom, not three
+    assert [int((np.asarray(m) > 0.5).sum()) for m in probs] == [2, 1, 1]
+    assert out.positions[0] is c.positions[0]  # positions untouched
+
+
+def test_sample_compositions_gives_each_structure_a_target_and_covers_them():
+    n, rows = 400, (6, 4, 4)
+    key = jax.random.PRNGKey(0)
+    probs = tuple(jax.random.uniform(jax.random.fold_in(key, b), (n, r))
+                  for b, r in enumerate(rows))
+    c = encoding.Crystal(jnp.tile(jnp.eye(3), (n, 1, 1)),
+                         tuple(jnp.zeros((n, r, 3)) for r in rows), probs)
+    targets = jnp.array([[1, 1, 1], [4, 1, 3], [6, 2, 2]], jnp.int32)
+    out = train.sample_compositions(c, targets, jax.random.PRNGKey(1))
+    counts = np.stack([np.asarray(m).sum(axis=1) for m in out.masks], axis=1).astype(int)
+    seen = {tuple(row) for row in counts}
+    assert seen == {(1, 1, 1), (4, 1, 3), (6, 2, 2)}
+    share = [np.mean((counts == t).all(axis=1)) for t in np.asarray(targets)]
+    assert min(share) > 0.25  # uniform: a third each, within sampling noise
+    # each occupied row is one of the likeliest of its block
+    for b in range(3):
+        p, m = np.asarray(probs[b]), np.asarray(out.masks[b])
+        for i in range(20):
+            if 0 < m[i].sum() < rows[b]:
+                assert p[i][m[i] == 1].min() >= p[i][m[i] == 0].max()
+
+
+def test_learn_compositions_splits_each_training_cells_metals():
+    pd = _rocksalt_pdh(4.0)  # 1 Pd, 1 H: no split keeps both metals
+    pd2 = Structure(Lattice.cubic(4.0), ["Pd"] * 3 + ["H"] * 2,
+                    [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0.5, 0.5, 0.5], [0, 0, 0.5]])
+    ni = Structure(Lattice.cubic(3.0), ["Ni", "Ni", "H"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0, 0]])
+    got = candidates.learn_compositions([pd, pd2], [ni], "Pd", "Ni")
+    assert got == ((1, 1, 1), (2, 1, 2), (2, 2, 1))
+    cfg = train.TrainConfig(method="crystalgan_plus", composition_sampling=True,
+                            target_compositions=[[2, 1, 2]])
+    assert cfg.target_compositions == ((2, 1, 2),)
+    with pytest.raises(ValueError, match="target_compositions"):
+        train.TrainConfig(target_compositions=((2, 0, 0),))
+    assert train.TrainConfig(method="crystalgan_plus").composition_sampling is False

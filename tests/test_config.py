@@ -76,6 +76,19 @@ def test_flags_and_flagfiles_override(tmp_path):
     assert spec.n_h == 9 and spec.n_metal is None and spec.evaluate is False
 
 
+def test_target_compositions_flag_reads_h_a_b_counts():
+    fv, _ = _defined()
+    fv(["prog", *REQUIRED, "--composition_sampling", "--target_compositions=4:1:3,2:2:0"])
+    spec = cli.spec_from_flags(fv)
+    assert spec.train.composition_sampling is True
+    assert spec.train.target_compositions == ((4, 1, 3), (2, 2, 0))
+    for bad in ("4:1", "4:x:3", "1:-1:2"):
+        fv, _ = _defined()
+        fv(["prog", *REQUIRED, f"--target_compositions={bad}"])
+        with pytest.raises(cli.UsageError, match="not H:A:B atom counts"):
+            cli.spec_from_flags(fv)
+
+
 def test_missing_required_flag_and_bad_list_are_refused():
     fv, _ = _defined()
     with pytest.raises(flags.IllegalFlagValueError, match="data_ah"):

@@ -139,6 +139,23 @@ def learn_h_fraction_quantiles(ah: Sequence[Structure], bh: Sequence[Structure],
     return quantiles([hydrogen_fraction(s) for s in list(ah) + list(bh)], levels)
 
 
+def learn_compositions(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
+                       element_b: str) -> tuple[tuple[int, int, int], ...]:
+    """The ternary compositions the training binaries suggest, as ``(n_H, n_A, n_B)``.
+
+    Each training cell's hydrogen count with its metal sites split between A and B in
+    every way that keeps both (n_A = 1 .. n_M - 1): a PdH cell of 4 Pd and 2 H gives
+    (2, 1, 3), (2, 2, 2) and (2, 3, 1). Hydrogen per metal stays the training cells', and
+    every composition fits the layout the same cells set. Sorted, without repeats.
+    """
+    out = set()
+    for s, metal in [(s, element_a) for s in ah] + [(s, element_b) for s in bh]:
+        c = s.composition
+        n_h, n_m = int(round(c[HYDROGEN])), int(round(c[metal]))
+        out.update((n_h, k, n_m - k) for k in range(1, n_m))
+    return tuple(sorted(out))
+
+
 def learn_block_volumes(ah: Sequence[Structure], bh: Sequence[Structure], element_a: str,
                         element_b: str) -> tuple[float, float, float]:
     """Volume per atom of H, A and B (Angstrom^3) that best explains the training cells.

@@ -156,6 +156,26 @@ def _classes_from_flag(items: Sequence[str]) -> tuple[tuple[int, ...], ...]:
     return tuple(classes)  # empty: refused by TrainConfig's checks, never a silent default
 
 
+def _compositions_to_flag(compositions: Sequence[Sequence[int]]) -> list[str]:
+    return [":".join(str(n) for n in c) for c in compositions]
+
+
+def _compositions_from_flag(items: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """["4:1:3"] -> ((4, 1, 3),): atom counts of H, A and B."""
+    out = []
+    for item in items:
+        parts = item.strip().split(":")
+        try:
+            counts = tuple(int(p) for p in parts)
+        except ValueError:
+            counts = ()
+        if len(counts) != 3 or min(counts) < 0:
+            raise UsageError(f"--target_compositions: {item!r} is not H:A:B atom counts "
+                             "(three integers >= 0, e.g. 4:1:3)")
+        out.append(counts)
+    return tuple(out)
+
+
 def _without_none(hint: Any) -> Any:
     """``int | None`` -> ``int``; other hints unchanged."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -169,6 +189,8 @@ def _converters(item: FlagField, hint: Any) -> tuple[Callable, Callable[[Any], A
     """(absl DEFINE function, value -> flag default, flag value -> field value)."""
     if item.key == "TrainConfig.classes":
         return flags.DEFINE_list, _classes_to_flag, _classes_from_flag
+    if item.key == "TrainConfig.target_compositions":
+        return flags.DEFINE_list, _compositions_to_flag, _compositions_from_flag
     base = _without_none(hint)
     identity = lambda v: v  # noqa: E731
     if base is bool:

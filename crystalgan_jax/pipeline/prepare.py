@@ -155,6 +155,11 @@ def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
 
         changes["h_fraction_quantiles"] = candidates.learn_h_fraction_quantiles(
             ah.structures, bh.structures, cfg.distance_levels)
+    if cfg.composition_sampling and not cfg.target_compositions:
+        from crystalgan_jax.materials import candidates
+
+        changes["target_compositions"] = candidates.learn_compositions(
+            ah.structures, bh.structures, spec.element_a, spec.element_b)
     if cfg.rescale_volume and not cfg.block_volumes:
         from crystalgan_jax.materials import candidates
 

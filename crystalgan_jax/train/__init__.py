@@ -30,8 +30,9 @@ from crystalgan_jax.train.compile import (QUICK_COMPILE, QUICK_COMPILE_STEPS,
                                           quick_compile_options, quick_jit)
 from crystalgan_jax.train.config import (GEOMETRY_FORMS, METHODS, PLUS_DEFAULTS, PLUS_OFF,
                                          TrainConfig)
-from crystalgan_jax.train.generation import (feature_transfer, generate, harden,
-                                             sampled_inputs, stage1_outputs, stage_data)
+from crystalgan_jax.train.generation import (feature_transfer, generate, harden, occupy,
+                                             sample_compositions, sampled_inputs,
+                                             stage1_outputs, stage_data)
 from crystalgan_jax.train.objectives import (concat_crystals, cross_domain_discriminator_loss,
                                              cross_domain_generator_loss,
                                              gan_discriminator_loss, gan_generator_loss,
@@ -67,6 +68,7 @@ __all__ = [
     "make_chunk_runner", "make_epoch", "make_train_step", "sample_minibatches",
     "stage_compiler_options", "steps_per_epoch", "tree_all_finite",
     # generation
-    "feature_transfer", "generate", "harden", "sampled_inputs", "stage1_outputs",
+    "feature_transfer", "generate", "harden", "occupy", "sample_compositions",
+    "sampled_inputs", "stage1_outputs",
     "stage_data",
 ]

@@ -16,12 +16,14 @@ METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
 PLUS_DEFAULTS = {"plus_clash": True, "window_weight": 1.0, "spacing_weight": 1.0,
                  "input_noise": 0.3, "samples_per_input": 10, "random_pairings": True,
                  "snap_symprec": 0.1, "snapshots": 5, "distance_weight": 0.0,
-                 "composition_weight": 0.0, "rescale_volume": False}
+                 "composition_weight": 0.0, "rescale_volume": False,
+                 "composition_sampling": False}
 # The same fields for every other method: off, so the paper's method is unchanged.
 PLUS_OFF = {"plus_clash": False, "window_weight": 0.0, "spacing_weight": 0.0,
             "input_noise": 0.0, "samples_per_input": 1, "random_pairings": False,
             "snap_symprec": 0.0, "snapshots": 1, "distance_weight": 0.0,
-            "composition_weight": 0.0, "rescale_volume": False}
+            "composition_weight": 0.0, "rescale_volume": False,
+            "composition_sampling": False}
 GEOMETRY_FORMS = ("hinge", "paper")
 
 
@@ -77,6 +79,14 @@ class TrainConfig:
         the occupancy probabilities) and the training structures' (``h_fraction_quantiles``).
       h_fraction_quantiles: the training structures' hydrogen fractions at levels
         (k + 1/2) / K; empty: the runner learns them.
+      composition_sampling: each stage-3 sample gets a composition drawn uniformly from
+        ``target_compositions`` and, in each block, exactly that many atoms: the rows the
+        generator finds likeliest occupied (:func:`~.generation.occupy`), instead of the
+        generator's own occupancies (which collapse onto a few atom counts per state).
+      target_compositions: ``(n_H, n_A, n_B)`` atom counts composition sampling draws
+        from; on the command line ``H:A:B`` each (e.g. ``4:1:3``); empty: the runner
+        takes the training cells' compositions with their metal sites split between A
+        and B in every way (:func:`crystalgan_jax.materials.candidates.learn_compositions`).
       rescale_volume: each generated structure is scaled isotropically to the volume its
         composition has in the training data (:func:`crystalgan_jax.core.geometry.scale_to_volume`
         with ``block_volumes``), before snapping and the criteria.
@@ -135,6 +145,8 @@ class TrainConfig:
     distance_levels: int = 32
     composition_weight: float | None = None
     h_fraction_quantiles: tuple[float, ...] = ()
+    composition_sampling: bool | None = None
+    target_compositions: tuple[tuple[int, int, int], ...] = ()
     rescale_volume: bool | None = None
     block_volumes: tuple[float, ...] = ()
     spacing_weight: float | None = None
@@ -165,6 +177,12 @@ class TrainConfig:
         object.__setattr__(self, "h_fraction_quantiles",
                            tuple(map(float, self.h_fraction_quantiles)))
         object.__setattr__(self, "block_volumes", tuple(map(float, self.block_volumes)))
+        object.__setattr__(self, "target_compositions",
+                           tuple(tuple(map(int, c)) for c in self.target_compositions))
+        for c in self.target_compositions:
+            if len(c) != 3 or min(c) < 0 or c[1] + c[2] == 0:
+                raise ValueError(f"target_compositions takes (n_H, n_A, n_B) atom counts "
+                                 f"with at least one metal, got {c}")
         if self.block_volumes and len(self.block_volumes) != 3:
             raise ValueError(f"block_volumes takes three values (H, A, B), got "
                              f"{self.block_volumes}")

@@ -37,6 +37,28 @@ def harden(crystal: Crystal) -> Crystal:
     return crystal.replace(masks=tuple((m > 0.5).astype(jnp.float32) for m in crystal.masks))
 
 
+def occupy(crystal: Crystal, counts: jax.Array) -> Crystal:
+    """One structure with exactly ``counts[b]`` atoms in block b (H, A, B; ``[3]`` ints).
+
+    In each block the rows whose occupancy probability is highest become atoms (mask 1),
+    the rest padding (0); ties go to the earlier row. A count above the block's rows
+    occupies every row. Lift over a batch with ``jax.vmap``.
+    """
+    masks = []
+    for b, m in enumerate(crystal.masks):
+        rank = jnp.argsort(jnp.argsort(-m, stable=True), stable=True)  # 0 = likeliest row
+        masks.append((rank < counts[b]).astype(m.dtype))
+    return crystal.replace(masks=tuple(masks))
+
+
+def sample_compositions(crystals: Crystal, compositions: jax.Array, key: jax.Array
+                        ) -> Crystal:
+    """Each structure of a batch ``[n]`` occupied (:func:`occupy`) with a composition drawn
+    uniformly from ``compositions`` ``[C, 3]`` (n_H, n_A, n_B atom counts)."""
+    pick = jax.random.randint(key, (crystals.lattice.shape[0],), 0, compositions.shape[0])
+    return jax.vmap(occupy)(crystals, compositions[pick])
+
+
 def feature_transfer(params: dict, nets: Networks, x_ah: Crystal, y_bh: Crystal
                      ) -> tuple[Crystal, Crystal]:
     """Step 2 of the spec: the stage-3 domains (x_AHB_g, y_BHA_g), each ``[max(n_x, n_y)]``.
@@ -78,6 +100,15 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
         x_g, y_g = sampled_inputs(x1, y1, x_g, y_g, key, cfg)
     out["final"] = {"AHB": _apply_snapshots(gen, state, "G_AHB2", x_g, cfg),
                     "BHA": _apply_snapshots(gen, state, "G_BHA2", y_g, cfg)}
+    if cfg.composition_sampling:
+        if not cfg.target_compositions:
+            raise ValueError("composition_sampling needs target_compositions (the runner "
+                             "learns them from the training cells)")
+        targets = jnp.asarray(cfg.target_compositions, jnp.int32)
+        # its own stream: the inputs' noise and pairings stay those of a run without it
+        ckey = jax.random.fold_in(key if key is not None else state.key, 0x636f6d70)
+        out["final"] = {d: sample_compositions(c, targets, jax.random.fold_in(ckey, i))
+                        for i, (d, c) in enumerate(sorted(out["final"].items()))}
     if cfg.rescale_volume and cfg.block_volumes:
         scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))
         out["final"] = {k: scale(c) for k, c in out["final"].items()}
