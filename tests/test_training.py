@@ -271,11 +271,10 @@ def test_reconstruction_loss_falls(small_data):
     assert rec[-5:].mean() < 0.5 * rec[:5].mean()
 
 
-@pytest.mark.parametrize("method", ["crystalgan", "nocons"])
-def test_geometric_gradient_reaches_stage3_generators(small_data, method):
+def _stage3_at_start(small_data, cfg):
+    """Freshly drawn networks and stage 3's inputs: (layout, nets, x_g, y_g, stage,
+    generator params, discriminator params, penalty shifts)."""
     layout, x, y = _encoded(small_data)
-    cfg = dataclasses.replace(SMALL, method=method)
-    cfg = train.TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     lat = np.concatenate([x.lattice, y.lattice])
     nets = train.Networks.build(layout.rows, train.length_scale(lat), cfg)
     state = train.init_state(jax.random.PRNGKey(1), nets, cfg)
@@ -283,7 +282,14 @@ def test_geometric_gradient_reaches_stage3_generators(small_data, method):
     stage = train.STAGES["stage3"]
     gp = {k: state.params[k] for k in stage.generators}
     dp = {k: state.params[k] for k in stage.discriminators}
-    shifts = train.penalty_shifts(lat, cfg)
+    return layout, nets, xg, yg, stage, gp, dp, train.penalty_shifts(lat, cfg)
+
+
+@pytest.mark.parametrize("method", ["crystalgan", "nocons"])
+def test_geometric_gradient_reaches_stage3_generators(small_data, method):
+    cfg = dataclasses.replace(SMALL, method=method)
+    cfg = train.TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    _, nets, xg, yg, stage, gp, dp, shifts = _stage3_at_start(small_data, cfg)
 
     def geo_part(gparams):
         _, terms = train.cross_domain_generator_loss(
@@ -442,3 +448,27 @@ def test_run_exports_its_structures_for_ase_db_and_records_provenance(full_run):
 
     some = sorted(config["inputs_sha256"])[0]
     assert config["inputs_sha256"][some] == provenance.file_sha256(some)
+
+
+def test_composition_sampling_judges_the_occupied_structures(small_data):
+    # With composition sampling the stage-3 geometric terms see the generated structures
+    # occupied as generation occupies them: with one target that fills every row, all
+    # masks are 1, against the generator's own probabilities without it.
+    base = train.TrainConfig(**{f.name: getattr(SMALL, f.name) for f in dataclasses.fields(SMALL)})
+    layout, nets, xg, yg, stage, gp, dp, shifts = _stage3_at_start(small_data, base)
+    full = tuple(int(r) for r in layout.rows)
+    gen = nets.stage3_generator
+    generated = train.concat_crystals(train.apply_generator(gen, gp["G_AHB2"], xg)[0],
+                                      train.apply_generator(gen, gp["G_BHA2"], yg)[0])
+    ones = generated.replace(masks=tuple(jnp.ones_like(m) for m in generated.masks))
+    for cfg, crystals in ((base, generated),
+                          (dataclasses.replace(base, composition_sampling=True,
+                                               target_compositions=(full,)), ones)):
+        _, terms = jax.jit(lambda g, c=cfg: train.cross_domain_generator_loss(
+            g, dp, xg, yg, stage=stage, nets=nets, cfg=c, shifts=shifts,
+            key=jax.random.PRNGKey(2)))(gp)
+        want = losses.geometric(crystals, shifts, cfg.d1, cfg.d2, cfg.classes, cfg.geometry_form)
+        np.testing.assert_allclose(np.asarray(terms[-2:]), np.asarray(want), rtol=1e-4, atol=1e-6)
+    soft = losses.geometric(generated, shifts, base.d1, base.d2, base.classes, base.geometry_form)
+    hard = losses.geometric(ones, shifts, base.d1, base.d2, base.classes, base.geometry_form)
+    assert not np.allclose(np.asarray(soft), np.asarray(hard), rtol=1e-3)

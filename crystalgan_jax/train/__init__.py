@@ -30,13 +30,13 @@ from crystalgan_jax.train.compile import (QUICK_COMPILE, QUICK_COMPILE_STEPS,
                                           quick_compile_options, quick_jit)
 from crystalgan_jax.train.config import (GEOMETRY_FORMS, METHODS, PLUS_DEFAULTS, PLUS_OFF,
                                          TrainConfig)
-from crystalgan_jax.train.generation import (feature_transfer, generate, harden, occupy,
-                                             sample_compositions, sampled_inputs,
-                                             stage1_outputs, stage_data)
+from crystalgan_jax.train.generation import (feature_transfer, generate, harden,
+                                             sampled_inputs, stage1_outputs, stage_data)
 from crystalgan_jax.train.objectives import (concat_crystals, cross_domain_discriminator_loss,
                                              cross_domain_generator_loss,
                                              gan_discriminator_loss, gan_generator_loss,
-                                             perturb, perturb_batch, sample_crystals,
+                                             occupy, perturb, perturb_batch,
+                                             sample_compositions, sample_crystals,
                                              sample_noise, stage_losses)
 from crystalgan_jax.train.stages import (STAGES, Stage, length_scale, metric_names,
                                          penalty_shifts, uses_clash, uses_windows)
@@ -62,13 +62,12 @@ __all__ = [
     "snapshot_epochs",
     # objectives
     "concat_crystals", "cross_domain_discriminator_loss", "cross_domain_generator_loss",
-    "gan_discriminator_loss", "gan_generator_loss", "perturb", "perturb_batch",
-    "sample_crystals", "sample_noise", "stage_losses",
+    "gan_discriminator_loss", "gan_generator_loss", "occupy", "perturb", "perturb_batch",
+    "sample_compositions", "sample_crystals", "sample_noise", "stage_losses",
     # steps
     "make_chunk_runner", "make_epoch", "make_train_step", "sample_minibatches",
     "stage_compiler_options", "steps_per_epoch", "tree_all_finite",
     # generation
-    "feature_transfer", "generate", "harden", "occupy", "sample_compositions",
-    "sampled_inputs", "stage1_outputs",
+    "feature_transfer", "generate", "harden", "sampled_inputs", "stage1_outputs",
     "stage_data",
 ]

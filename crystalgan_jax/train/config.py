@@ -81,7 +81,8 @@ class TrainConfig:
         (k + 1/2) / K; empty: the runner learns them.
       composition_sampling: each stage-3 sample gets a composition drawn uniformly from
         ``target_compositions`` and, in each block, exactly that many atoms: the rows the
-        generator finds likeliest occupied (:func:`~.generation.occupy`), instead of the
+        generator finds likeliest occupied (:func:`~.objectives.occupy`; the
+        stage-3 geometric terms judge them occupied the same way in training), instead of the
         generator's own occupancies (which collapse onto a few atom counts per state).
       target_compositions: ``(n_H, n_A, n_B)`` atom counts composition sampling draws
         from; on the command line ``H:A:B`` each (e.g. ``4:1:3``); empty: the runner

@@ -18,7 +18,8 @@ from crystalgan_jax.core.encoding import replace_block
 from crystalgan_jax.core.models import Generator
 from crystalgan_jax.train.compile import quick_jit
 from crystalgan_jax.train.config import TrainConfig
-from crystalgan_jax.train.objectives import concat_crystals, perturb_batch, sample_crystals
+from crystalgan_jax.train.objectives import (concat_crystals, perturb_batch, sample_compositions,
+                                             sample_crystals)
 from crystalgan_jax.train.state import Networks, TrainState, apply_generator
 
 
@@ -35,28 +36,6 @@ def stage1_outputs(params: dict, nets: Networks, x_ah: Crystal, y_bh: Crystal
 def harden(crystal: Crystal) -> Crystal:
     """Occupancy probabilities -> {0, 1} masks, as decoding reads them (threshold 0.5)."""
     return crystal.replace(masks=tuple((m > 0.5).astype(jnp.float32) for m in crystal.masks))
-
-
-def occupy(crystal: Crystal, counts: jax.Array) -> Crystal:
-    """One structure with exactly ``counts[b]`` atoms in block b (H, A, B; ``[3]`` ints).
-
-    In each block the rows whose occupancy probability is highest become atoms (mask 1),
-    the rest padding (0); ties go to the earlier row. A count above the block's rows
-    occupies every row. Lift over a batch with ``jax.vmap``.
-    """
-    masks = []
-    for b, m in enumerate(crystal.masks):
-        rank = jnp.argsort(jnp.argsort(-m, stable=True), stable=True)  # 0 = likeliest row
-        masks.append((rank < counts[b]).astype(m.dtype))
-    return crystal.replace(masks=tuple(masks))
-
-
-def sample_compositions(crystals: Crystal, compositions: jax.Array, key: jax.Array
-                        ) -> Crystal:
-    """Each structure of a batch ``[n]`` occupied (:func:`occupy`) with a composition drawn
-    uniformly from ``compositions`` ``[C, 3]`` (n_H, n_A, n_B atom counts)."""
-    pick = jax.random.randint(key, (crystals.lattice.shape[0],), 0, compositions.shape[0])
-    return jax.vmap(occupy)(crystals, compositions[pick])
 
 
 def feature_transfer(params: dict, nets: Networks, x_ah: Crystal, y_bh: Crystal

@@ -24,8 +24,15 @@ def concat_crystals(a: Crystal, b: Crystal) -> Crystal:
 
 def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Crystal, *,
                                 stage: Stage, nets: Networks, cfg: TrainConfig,
-                                shifts: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """L_G1 (stage 1) or L_G2 (stage 3) on minibatches x, y; returns (loss, logged terms)."""
+                                shifts: jax.Array, key: jax.Array | None = None
+                                ) -> tuple[jax.Array, jax.Array]:
+    """L_G1 (stage 1) or L_G2 (stage 3) on minibatches x, y; returns (loss, logged terms).
+
+    With ``cfg.composition_sampling`` the stage-3 geometric terms judge the generated
+    structures occupied as generation will occupy them (:func:`sample_compositions`, with
+    ``key``): every row a target composition may fill gets its positions trained, not
+    only the rows the generator's own occupancies keep.
+    """
     gen = nets.generator(stage.name)
     scale = gen.length_scale
     g_xy, g_yx = stage.generators
@@ -44,6 +51,12 @@ def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Cry
     if stage.geometric:
         # The penalty runs on both generated directions: these are the final x_AHB2, y_BHA2.
         generated = concat_crystals(fake_y, fake_x)
+        if cfg.composition_sampling:
+            if key is None or not cfg.target_compositions:
+                raise ValueError("composition_sampling needs a key and target_compositions")
+            soft = generated
+            generated = sample_compositions(generated, jnp.asarray(
+                cfg.target_compositions, jnp.int32), jax.random.fold_in(key, 0x636f6d70))
         geo1, geo2 = losses.geometric(generated, shifts, cfg.d1, cfg.d2, cfg.classes,
                                       cfg.geometry_form)
         terms += [geo1, geo2]
@@ -52,14 +65,19 @@ def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Cry
             terms += [clash]
     total = losses.generator_objective(gan_fwd, rec_xv, gan_bwd, rec_yv, geo1, geo2, w, clash)
     if stage.geometric and cfg.method == "crystalgan_plus":
-        total, plus_terms = _plus_terms(total, generated, cfg, shifts)
+        total, plus_terms = _plus_terms(total, generated, cfg, shifts,
+                                        soft if cfg.composition_sampling else generated)
         terms += plus_terms
     return total, jnp.stack([total] + terms)
 
 
 def _plus_terms(total: jax.Array, generated: Crystal, cfg: TrainConfig,
-                shifts: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-    """crystalgan_plus's additions to L_G2 and what they log (:func:`~.stages.metric_names`)."""
+                shifts: jax.Array, occupancies: Crystal) -> tuple[jax.Array, list[jax.Array]]:
+    """crystalgan_plus's additions to L_G2 and what they log (:func:`~.stages.metric_names`).
+
+    ``occupancies``: the same structures with the generator's own occupancy
+    probabilities, which the composition term reads (``generated`` may be occupied by
+    composition sampling instead)."""
     terms = []
     if uses_windows(cfg):
         win = losses.windows(generated, shifts, cfg.pair_windows)
@@ -70,7 +88,7 @@ def _plus_terms(total: jax.Array, generated: Crystal, cfg: TrainConfig,
         total = total + cfg.distance_weight * dist
         terms.append(dist)
     if uses_composition(cfg):
-        comp = losses.composition_matching(generated, cfg.h_fraction_quantiles)
+        comp = losses.composition_matching(occupancies, cfg.h_fraction_quantiles)
         total = total + cfg.composition_weight * comp
         terms.append(comp)
     if cfg.spacing_weight > 0:
@@ -93,6 +111,28 @@ def cross_domain_discriminator_loss(dparams: dict, gparams: dict, x: Crystal, y:
     return losses.discriminator_objective(
         apply_discriminator(disc, dparams[d_x], x), apply_discriminator(disc, dparams[d_x], fake_x),
         apply_discriminator(disc, dparams[d_y], y), apply_discriminator(disc, dparams[d_y], fake_y))
+
+
+def occupy(crystal: Crystal, counts: jax.Array) -> Crystal:
+    """One structure with exactly ``counts[b]`` atoms in block b (H, A, B; ``[3]`` ints).
+
+    In each block the rows whose occupancy probability is highest become atoms (mask 1),
+    the rest padding (0); ties go to the earlier row. A count above the block's rows
+    occupies every row. Lift over a batch with ``jax.vmap``.
+    """
+    masks = []
+    for b, m in enumerate(crystal.masks):
+        rank = jnp.argsort(jnp.argsort(-m, stable=True), stable=True)  # 0 = likeliest row
+        masks.append((rank < counts[b]).astype(m.dtype))
+    return crystal.replace(masks=tuple(masks))
+
+
+def sample_compositions(crystals: Crystal, compositions: jax.Array, key: jax.Array
+                        ) -> Crystal:
+    """Each structure of a batch ``[n]`` occupied (:func:`occupy`) with a composition drawn
+    uniformly from ``compositions`` ``[C, 3]`` (n_H, n_A, n_B atom counts)."""
+    pick = jax.random.randint(key, (crystals.lattice.shape[0],), 0, compositions.shape[0])
+    return jax.vmap(occupy)(crystals, compositions[pick])
 
 
 def sample_noise(key: jax.Array, count: int, cfg: TrainConfig) -> jax.Array:
@@ -140,7 +180,7 @@ def stage_losses(stage: Stage, nets: Networks, cfg: TrainConfig, shifts: jax.Arr
     def g_loss(gp, dp, batch, key):
         batch = perturb_batch(batch, key, cfg.input_noise) if noisy else batch
         return cross_domain_generator_loss(gp, dp, *batch, stage=stage, nets=nets, cfg=cfg,
-                                           shifts=shifts)
+                                           shifts=shifts, key=key)
 
     def d_loss(dp, gp, batch, key):
         batch = perturb_batch(batch, key, cfg.input_noise) if noisy else batch
