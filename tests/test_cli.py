@@ -43,7 +43,10 @@ def test_wrong_metal_and_unknown_flagfile_from_experiments_dir(tmp_path):
 
 
 def test_bad_hyperparameters_are_refused(tmp_path):
-    for args, message in ((["--d1=3.5"], "need 0 < d1 < d2"), (["--epochs=0"], "epochs must be")):
+    for args, message in ((["--d1=3.5"], "need 0 < d1 < d2"), (["--epochs=0"], "epochs must be"),
+                          (["--method=crystalgan_plus", "--composition_sampling",
+                            "--target_compositions=20:1:1"], "asks for 20 H atoms, the layout "
+                           "has 12 rows for H; pass --n_h=20")):
         proc = _train(["--flagfile=pdni_paper.flags", f"--output_dir={tmp_path}", *args], cwd=REPO)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
 

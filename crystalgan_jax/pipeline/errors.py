@@ -21,6 +21,10 @@ class ResumeMismatchError(RunError, ValueError):
     """``--resume`` with settings that differ from those the checkpoint was made with."""
 
 
+class SettingsError(RunError, ValueError):
+    """Settings that do not fit the data (e.g. a target composition larger than its rows)."""
+
+
 class DivergenceError(RunError):
     """Training produced NaN or inf; the last finite state is checkpointed.
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from crystalgan_jax.core import cells, encoding
 from crystalgan_jax.materials import io
+from crystalgan_jax.pipeline.errors import SettingsError
 from crystalgan_jax.pipeline.spec import MAX_BLOCK_ROWS, PopulationSpec, RunSpec
 from crystalgan_jax import train
 
@@ -95,6 +96,25 @@ def check_sizes(domains: tuple[io.Domain, ...], spec: RunSpec) -> None:
                         "to allow it (memory and time grow with it)")
 
 
+def check_compositions(spec: RunSpec, layout: encoding.Layout) -> None:
+    """Refuses a target composition (composition sampling) with more atoms in a block than
+    the layout's rows: the generator has no rows to put them in.
+
+    Raises:
+      SettingsError: naming the composition, the block and the flag that allows it.
+    """
+    if not spec.train.composition_sampling:
+        return
+    for counts in spec.train.target_compositions:
+        for count, rows, symbol, flag in zip(counts, layout.rows, layout.symbols,
+                                             ("n_h", "n_metal", "n_metal")):
+            if count > rows:
+                raise SettingsError(
+                    f"--target_compositions: {':'.join(map(str, counts))} asks for {count} "
+                    f"{symbol} atoms, the layout has {rows} rows for {symbol}; pass "
+                    f"--{flag}={count} to allow it")
+
+
 def with_clash_radii(pop: PopulationSpec) -> PopulationSpec:
     """Fills in the covalent radii of H, A and B where some member uses the clash term
     (l7 > 0) and none are given."""
@@ -114,6 +134,7 @@ def prepare(spec: RunSpec, log: Callable[[str], None] | None = None) -> Prepared
     spec = learned_settings(spec, ah, bh)
     layout = encoding.Layout.fit(spec.element_a, spec.element_b, ah.structures + bh.structures,
                                  n_h=spec.n_h, n_a=spec.n_metal, n_b=spec.n_metal)
+    check_compositions(spec, layout)
     x, y = (encoding.encode_batch(d.structures, layout, sources=d.sources, dtype=np.float32)
             for d in (ah, bh))
     lattices = np.concatenate([np.asarray(x.lattice), np.asarray(y.lattice)])

@@ -18,8 +18,8 @@ from crystalgan_jax.core.encoding import replace_block
 from crystalgan_jax.core.models import Generator
 from crystalgan_jax.train.compile import quick_jit
 from crystalgan_jax.train.config import TrainConfig
-from crystalgan_jax.train.objectives import (concat_crystals, perturb_batch, sample_compositions,
-                                             sample_crystals)
+from crystalgan_jax.train.objectives import (composition_key, concat_crystals, perturb_batch,
+                                             sample_compositions, sample_crystals)
 from crystalgan_jax.train.state import Networks, TrainState, apply_generator
 
 
@@ -80,13 +80,9 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
     out["final"] = {"AHB": _apply_snapshots(gen, state, "G_AHB2", x_g, cfg),
                     "BHA": _apply_snapshots(gen, state, "G_BHA2", y_g, cfg)}
     if cfg.composition_sampling:
-        if not cfg.target_compositions:
-            raise ValueError("composition_sampling needs target_compositions (the runner "
-                             "learns them from the training cells)")
-        targets = jnp.asarray(cfg.target_compositions, jnp.int32)
-        # its own stream: the inputs' noise and pairings stay those of a run without it
-        ckey = jax.random.fold_in(key if key is not None else state.key, 0x636f6d70)
-        out["final"] = {d: sample_compositions(c, targets, jax.random.fold_in(ckey, i))
+        ckey = composition_key(key if key is not None else state.key)
+        out["final"] = {d: sample_compositions(c, cfg.target_compositions,
+                                               jax.random.fold_in(ckey, i))
                         for i, (d, c) in enumerate(sorted(out["final"].items()))}
     if cfg.rescale_volume and cfg.block_volumes:
         scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))

@@ -50,13 +50,12 @@ def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Cry
     geo1 = geo2 = clash = jnp.zeros((), jnp.float32)
     if stage.geometric:
         # The penalty runs on both generated directions: these are the final x_AHB2, y_BHA2.
-        generated = concat_crystals(fake_y, fake_x)
+        generated = soft = concat_crystals(fake_y, fake_x)
         if cfg.composition_sampling:
-            if key is None or not cfg.target_compositions:
-                raise ValueError("composition_sampling needs a key and target_compositions")
-            soft = generated
-            generated = sample_compositions(generated, jnp.asarray(
-                cfg.target_compositions, jnp.int32), jax.random.fold_in(key, 0x636f6d70))
+            if key is None:
+                raise ValueError("composition_sampling needs a key")
+            generated = sample_compositions(generated, cfg.target_compositions,
+                                            composition_key(key))
         geo1, geo2 = losses.geometric(generated, shifts, cfg.d1, cfg.d2, cfg.classes,
                                       cfg.geometry_form)
         terms += [geo1, geo2]
@@ -65,8 +64,7 @@ def cross_domain_generator_loss(gparams: dict, dparams: dict, x: Crystal, y: Cry
             terms += [clash]
     total = losses.generator_objective(gan_fwd, rec_xv, gan_bwd, rec_yv, geo1, geo2, w, clash)
     if stage.geometric and cfg.method == "crystalgan_plus":
-        total, plus_terms = _plus_terms(total, generated, cfg, shifts,
-                                        soft if cfg.composition_sampling else generated)
+        total, plus_terms = _plus_terms(total, generated, cfg, shifts, soft)
         terms += plus_terms
     return total, jnp.stack([total] + terms)
 
@@ -127,12 +125,22 @@ def occupy(crystal: Crystal, counts: jax.Array) -> Crystal:
     return crystal.replace(masks=tuple(masks))
 
 
-def sample_compositions(crystals: Crystal, compositions: jax.Array, key: jax.Array
-                        ) -> Crystal:
+def sample_compositions(crystals: Crystal, compositions, key: jax.Array) -> Crystal:
     """Each structure of a batch ``[n]`` occupied (:func:`occupy`) with a composition drawn
-    uniformly from ``compositions`` ``[C, 3]`` (n_H, n_A, n_B atom counts)."""
-    pick = jax.random.randint(key, (crystals.lattice.shape[0],), 0, compositions.shape[0])
-    return jax.vmap(occupy)(crystals, compositions[pick])
+    uniformly from ``compositions`` ``[C, 3]`` (n_H, n_A, n_B atom counts; a config's
+    ``target_compositions``)."""
+    if len(compositions) == 0:
+        raise ValueError("composition sampling needs target compositions (the runner "
+                         "learns them from the training cells)")
+    targets = jnp.asarray(compositions, jnp.int32)
+    pick = jax.random.randint(key, (crystals.lattice.shape[0],), 0, targets.shape[0])
+    return jax.vmap(occupy)(crystals, targets[pick])
+
+
+def composition_key(key: jax.Array) -> jax.Array:
+    """The stream composition sampling draws from, apart from ``key``'s other uses (the
+    inputs' noise and pairings stay those of a run without it)."""
+    return jax.random.fold_in(key, 0x636F6D70)  # "comp"
 
 
 def sample_noise(key: jax.Array, count: int, cfg: TrainConfig) -> jax.Array:
