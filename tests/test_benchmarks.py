@@ -22,6 +22,8 @@ TINY = {
     "screening": ["--structures=1", "--repeats=1", "--steps=1", "--candidates=2",
                   "--configs=FIRE:1:shipped,FIRE:1,FIRE:2", "--max_steps=3"],
     "optimizers": ["--structures=1", "--max_steps=2"],
+    "chgnet_batch": ["--structures_dir=data/PdH", "--structures=2", "--batch_sizes=1,2",
+                     "--repeats=1"],
     # on the toy discovery job of tests/conftest.py ({run}: its run folder)
     # (its generator has no candidate at 4 epochs: the substitution side's)
     "preselection": ["--run_dir={run}", "--side=substitution", "--include_unconverged",
@@ -59,7 +61,8 @@ def test_stamp(tmp_path):
 def test_benchmark_tiny(name, tmp_path, request):
     if name in NEEDS_REFERENCE:
         request.getfixturevalue("reference_dir")  # skips where ../shared is absent
-    if name in ("screening", "optimizers") and importlib.util.find_spec("chgnet") is None:
+    if (name in ("screening", "optimizers", "chgnet_batch")
+            and importlib.util.find_spec("chgnet") is None):
         pytest.skip("chgnet is not installed (the screen extra)")
     args = TINY[name]
     if name in ON_DISCOVERY_RUN:
@@ -74,11 +77,12 @@ def test_benchmark_tiny(name, tmp_path, request):
     report = json.loads(out.read_text())
     assert {"git_commit", "git_dirty", "date", "environment"} <= set(report)
     assert report["environment"]["cpu_count"] == os.cpu_count()
-    if name not in ("dataset_volumes", "screening", "optimizers", *ON_DISCOVERY_RUN):
+    if name not in ("dataset_volumes", "screening", "optimizers", "chgnet_batch",
+                    *ON_DISCOVERY_RUN):
         assert "jax" in report["environment"]  # the benchmarks that run JAX say its version
     if name == "optimizers":  # each optimizer against FIRE on the same structure
         summary = report["summary"]["perturbed"]
-        assert list(summary) == ["FIRE", "BFGS", "LBFGS", "BFGS_alpha20"]
+        assert list(summary) == ["FIRE", "BFGS", "LBFGS", "BFGS_alpha20", "FIRE2"]
         assert summary["FIRE"]["dE_vs_FIRE_eV_per_atom"]["within_5meV"] == 1
     if name == "screening":  # the screening before its speed-ups is the baseline
         configs = report["throughput"]["configs"]

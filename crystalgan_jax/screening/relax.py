@@ -58,7 +58,7 @@ BOND_CUTOFF = 3.0  # Angstrom, CHGNet's bond-graph cutoff
 # takes fewer steps to the same energy (benchmarks/optimizers.py).
 OPTIMIZERS: dict[str, tuple[str, dict[str, float]]] = {
     "FIRE": ("FIRE", {}), "BFGS": ("BFGS", {}), "LBFGS": ("LBFGS", {}),
-    "BFGS_alpha20": ("BFGS", {"alpha": 20.0})}
+    "BFGS_alpha20": ("BFGS", {"alpha": 20.0}), "FIRE2": ("FIRE2", {})}
 DEFAULT_OPTIMIZER = "FIRE"  # chosen by benchmarks/screening.py (docs/performance.md)
 # The hull's solid phases (metals, training binaries, alloys, substitution structures;
 # H2 in its box keeps DEFAULT_OPTIMIZER, screening.runs.System) start near a minimum,
