@@ -128,6 +128,8 @@ def test_scripts_define_no_config_flag_by_hand_and_import_no_script():
                 if name in TRAIN_ONLY:  # the discovery jobs' population and screening
                     assert flagfile.name in ("pdni.flags", "mgti.flags"), (flagfile.name, line)
                     continue
+                if not value and isinstance(fv[name], flags.BooleanFlag):
+                    value = "true"  # a bare --name sets a boolean flag
                 fv[name].parse(value)
                 assert fv[name].value != fv[name].default, (flagfile.name, line)
                 fv[name].unparse()
