@@ -17,7 +17,7 @@ TINY = {
     "finite_check": ["--chunk=1", "--repeats=1"],
     "geometry": ["--repeats=1"],
     "train": ["--epochs=1", "--skip_wall", "--matmul_repeats=1", "--depth=1"],
-    "population": ["--sizes=1,2", "--epochs=2", "--repeats=1", "--cpu_devices=1",
+    "population": ["--sizes=2", "--epochs=2", "--repeats=1", "--cpu_devices=1",
                    "--depth=1", "--width=16"],
     "screening": ["--structures=1", "--repeats=1", "--steps=1", "--candidates=2",
                   "--configs=FIRE:1:shipped,FIRE:1,FIRE:2", "--max_steps=3"],
