@@ -128,9 +128,9 @@ def shared_table(comparison: Mapping[str, Any]) -> list[str]:
              "its cell | tries | lower |", "| --- | ---: | --- | ---: | ---: | --- | ---: "
              "| --- |"]
     return lines + [f"| {r['formula']} | {_fmt(r['generator'])} | "
-                    f"{_cell(r.get('generator_best'))} | {r.get('generator_tries', '-')} | "
-                    f"{_fmt(r['substitution'])} | {_cell(r.get('substitution_best'))} | "
-                    f"{r.get('substitution_tries', '-')} | {r['lower']} |" for r in shared]
+                    f"{_cell(r['generator_best'])} | {r['generator_tries']} | "
+                    f"{_fmt(r['substitution'])} | {_cell(r['substitution_best'])} | "
+                    f"{r['substitution_tries']} | {r['lower']} |" for r in shared]
 
 
 def _cell(summary: Mapping[str, Any] | None) -> str:
