@@ -30,14 +30,14 @@ from absl import logging as absl_logging
 
 from crystalgan_jax.core.encoding import BLOCKS
 from crystalgan_jax.pipeline.spec import WRITE_FILES, RunSpec
-from crystalgan_jax.train import GEOMETRY_FORMS, METHODS
+from crystalgan_jax.train import GEOMETRY_FORMS, METHODS, SITE_PROJECTIONS
 
 # Flag names that differ from their field's name (kept for existing flagfiles and
 # commands): the field path "Class.field" -> flag name.
 FLAG_NAMES = {"Weights.occupancy": "occupancy_weight", "TrainConfig.classes": "constrained"}
 # Fields whose value is one of a fixed set: enum flags.
 CHOICES = {"TrainConfig.method": METHODS, "TrainConfig.geometry_form": GEOMETRY_FORMS,
-           "RunSpec.write_files": WRITE_FILES}
+           "TrainConfig.site_projection": SITE_PROJECTIONS, "RunSpec.write_files": WRITE_FILES}
 
 
 class UsageError(ValueError):

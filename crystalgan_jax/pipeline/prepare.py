@@ -181,7 +181,7 @@ def learned_settings(spec: RunSpec, ah: io.Domain, bh: io.Domain) -> RunSpec:
 
         changes["target_compositions"] = candidates.learn_compositions(
             ah.structures, bh.structures, spec.element_a, spec.element_b)
-    if cfg.rescale_volume and not cfg.block_volumes:
+    if (cfg.rescale_volume or cfg.site_projection != "off") and not cfg.block_volumes:
         from crystalgan_jax.materials import candidates
 
         changes["block_volumes"] = candidates.learn_block_volumes(

@@ -29,9 +29,10 @@ The three steps of the method (spec, "The three steps"):
 from crystalgan_jax.train.compile import (QUICK_COMPILE, QUICK_COMPILE_STEPS,
                                           quick_compile_options, quick_jit)
 from crystalgan_jax.train.config import (GEOMETRY_FORMS, METHODS, PLUS_DEFAULTS, PLUS_OFF,
-                                         TrainConfig)
+                                         SITE_PROJECTIONS, TrainConfig)
 from crystalgan_jax.train.generation import (feature_transfer, generate, harden,
-                                             sampled_inputs, stage1_outputs, stage_data)
+                                             input_pairs, project_to_template, sampled_inputs,
+                                             stage1_outputs, stage_data)
 from crystalgan_jax.train.objectives import (concat_crystals, cross_domain_discriminator_loss,
                                              cross_domain_generator_loss,
                                              gan_discriminator_loss, gan_generator_loss,
@@ -52,7 +53,8 @@ __all__ = [
     # compile
     "QUICK_COMPILE", "QUICK_COMPILE_STEPS", "quick_compile_options", "quick_jit",
     # config
-    "GEOMETRY_FORMS", "METHODS", "PLUS_DEFAULTS", "PLUS_OFF", "TrainConfig",
+    "GEOMETRY_FORMS", "METHODS", "PLUS_DEFAULTS", "PLUS_OFF", "SITE_PROJECTIONS",
+    "TrainConfig",
     # stages
     "STAGES", "Stage", "length_scale", "metric_names", "penalty_shifts", "uses_clash",
     "uses_windows",
@@ -68,6 +70,6 @@ __all__ = [
     "make_chunk_runner", "make_epoch", "make_train_step", "sample_minibatches",
     "stage_compiler_options", "steps_per_epoch", "tree_all_finite",
     # generation
-    "feature_transfer", "generate", "harden", "sampled_inputs", "stage1_outputs",
-    "stage_data",
+    "feature_transfer", "generate", "harden", "input_pairs", "project_to_template",
+    "sampled_inputs", "stage1_outputs", "stage_data",
 ]

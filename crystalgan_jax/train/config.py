@@ -10,6 +10,7 @@ from crystalgan_jax.core import geometry, losses
 
 
 METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
+SITE_PROJECTIONS = ("off", "nearest", "shuffled")
 
 # What "crystalgan_plus" switches on where a field is left at None (issue 13). Each can be
 # switched off alone (0 / 1 / False), which is how experiments/ablation.py measures it.
@@ -93,6 +94,12 @@ class TrainConfig:
         with ``block_volumes``), before snapping and the criteria.
       block_volumes: volume per atom of H, A and B (Angstrom^3); empty: the runner fits
         them on the training cells.
+      site_projection: symmetry-aware generation: "off"; "nearest" puts each final
+        stage-3 sample on the sites of the training binary it came from (that cell's
+        lattice, H sites and metal sites, DFT-relaxed and symmetric), each metal site
+        taking the metal of the nearest generated metal atom, and scales the cell to the
+        data's volume (``block_volumes``) (:func:`~.generation.project_to_template`);
+        "shuffled" is its control: the same A:B counts on randomly chosen sites.
       spacing_weight: weight of L_cell = sum relu(min_plane_spacing - h_m)^2 on the
         generated cells, which keeps them inside the penalty's compiled image range.
       min_plane_spacing: Angstrom; 0: the runner takes the training cells' smallest.
@@ -150,6 +157,7 @@ class TrainConfig:
     target_compositions: tuple[tuple[int, int, int], ...] = ()
     rescale_volume: bool | None = None
     block_volumes: tuple[float, ...] = ()
+    site_projection: str = "off"
     spacing_weight: float | None = None
     min_plane_spacing: float = 0.0
     input_noise: float | None = None
@@ -187,8 +195,14 @@ class TrainConfig:
         if self.block_volumes and len(self.block_volumes) != 3:
             raise ValueError(f"block_volumes takes three values (H, A, B), got "
                              f"{self.block_volumes}")
+        if self.site_projection not in SITE_PROJECTIONS:
+            raise ValueError(f"site_projection must be one of {SITE_PROJECTIONS}, got "
+                             f"{self.site_projection!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.site_projection != "off" and "stage3" not in self.stages:
+            raise ValueError(f"site_projection works on stage 3's samples, which method "
+                             f"{self.method!r} has not")
         if self.refine and "stage3" not in self.stages:
             raise ValueError(f"refine trains stage 3, which method {self.method!r} has not")
         for name in ("epochs", "batch_size", "generator_steps", "width", "chunk_epochs",

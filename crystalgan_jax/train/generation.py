@@ -14,7 +14,7 @@ import numpy as np
 
 from crystalgan_jax.core import geometry
 from crystalgan_jax.core.encoding import A_BLOCK, B_BLOCK, Crystal, from_metal_view, metal_view
-from crystalgan_jax.core.encoding import replace_block
+from crystalgan_jax.core.encoding import replace_block, to_fractional
 from crystalgan_jax.core.models import Generator
 from crystalgan_jax.train.compile import quick_jit
 from crystalgan_jax.train.config import TrainConfig
@@ -84,7 +84,10 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
         out["final"] = {d: sample_compositions(c, cfg.target_compositions,
                                                jax.random.fold_in(ckey, i))
                         for i, (d, c) in enumerate(sorted(out["final"].items()))}
-    if cfg.rescale_volume and cfg.block_volumes:
+    if cfg.site_projection != "off":
+        out["final"] = _projected(out["final"], x_ah, y_bh,
+                                  key if key is not None else state.key, cfg)
+    elif cfg.rescale_volume and cfg.block_volumes:
         scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))
         out["final"] = {k: scale(c) for k, c in out["final"].items()}
     return out
@@ -113,33 +116,143 @@ def _apply_snapshots(gen: Generator, state: TrainState, name: str, inputs: Cryst
     return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
 
 
+def input_pairs(n_x: int, n_y: int, key: jax.Array, cfg: TrainConfig
+                ) -> tuple[jax.Array, jax.Array]:
+    """The (A-H, B-H) input indices behind each stage-3 sample, ``[K n]`` each.
+
+    Block 0 is step 2's fixed pairing (sample i: ``i mod n_x``, ``i mod n_y``), as are
+    later blocks unless ``cfg.random_pairings``, where each later block draws both
+    partners uniformly from ``key``'s pairing stream (the one :func:`sampled_inputs`
+    pairs by, so the two agree). ``K = cfg.samples_per_input``, ``n = max(n_x, n_y)``.
+    """
+    n = max(n_x, n_y)
+    fixed = (jnp.arange(n) % n_x, jnp.arange(n) % n_y)
+    pair_key = jax.random.split(key)[0]
+    ix, iy = [fixed[0]], [fixed[1]]
+    for k in range(1, cfg.samples_per_input):
+        if cfg.random_pairings:
+            kx, ky = jax.random.split(jax.random.fold_in(pair_key, k))
+            ix.append(jax.random.randint(kx, (n,), 0, n_x))
+            iy.append(jax.random.randint(ky, (n,), 0, n_y))
+        else:
+            ix.append(fixed[0])
+            iy.append(fixed[1])
+    return jnp.concatenate(ix), jnp.concatenate(iy)
+
+
 def sampled_inputs(x1: Crystal, y1: Crystal, x_g: Crystal, y_g: Crystal, key: jax.Array,
                     cfg: TrainConfig) -> tuple[Crystal, Crystal]:
     """crystalgan_plus: ``samples_per_input`` noisy copies of the stage-3 inputs, ``[K n]``.
 
     Sample 0 keeps step 2's fixed pairing; later samples pair stage-1 outputs at random
-    where ``random_pairings`` is set. Each sample gets its own input noise.
+    where ``random_pairings`` is set (:func:`input_pairs`). Each sample gets its own input
+    noise.
     """
     n_x, n_y = x1.lattice.shape[0], y1.lattice.shape[0]
     n = x_g.lattice.shape[0]
+    ix, iy = input_pairs(n_x, n_y, key, cfg)
+    xh, yh = harden(x1), harden(y1)
     xs, ys = [x_g], [y_g]
-    pair_key, noise_key = jax.random.split(key)
     for k in range(1, cfg.samples_per_input):
         if cfg.random_pairings:
-            kx, ky = jax.random.split(jax.random.fold_in(pair_key, k))
-            ix, iy = jax.random.randint(kx, (n,), 0, n_x), jax.random.randint(ky, (n,), 0, n_y)
-            xh = jax.tree_util.tree_map(lambda a: a[ix], harden(x1))
-            yh = jax.tree_util.tree_map(lambda a: a[iy], harden(y1))
-            xs.append(replace_block(xh, B_BLOCK, yh))
-            ys.append(replace_block(yh, A_BLOCK, xh))
+            xk = jax.tree_util.tree_map(lambda a: a[ix[k * n:(k + 1) * n]], xh)
+            yk = jax.tree_util.tree_map(lambda a: a[iy[k * n:(k + 1) * n]], yh)
+            xs.append(replace_block(xk, B_BLOCK, yk))
+            ys.append(replace_block(yk, A_BLOCK, xk))
         else:
             xs.append(x_g)
             ys.append(y_g)
     x_all = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *xs)
     y_all = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *ys)
     if cfg.input_noise > 0:
-        x_all, y_all = perturb_batch((x_all, y_all), noise_key, cfg.input_noise)
+        x_all, y_all = perturb_batch((x_all, y_all), jax.random.split(key)[1], cfg.input_noise)
     return x_all, y_all
+
+
+def project_to_template(generated: Crystal, template: Crystal, metal_block: int,
+                        key: jax.Array | None = None) -> Crystal:
+    """One generated structure put on the sites of a template (symmetry-aware generation).
+
+    The result has the template's lattice and H block, and its metal rows (block
+    ``metal_block``, A or B) split between the A and B blocks: each template metal site
+    takes the metal of the generated metal atom nearest to it (occupancy > 0.5; distances
+    between fractional coordinates, minimum image, measured in the template's lattice),
+    so the generator decides which of the binary's sites the other metal takes, while
+    positions and cell are the template's (a DFT-relaxed, symmetric binary). With ``key``
+    the same number of sites is drawn uniformly instead (the control that tells the
+    generator's choice from the composition alone). A structure with no generated metal
+    keeps the template's metal.
+
+    Needs equal A and B row counts (``Layout.fit`` gives them). Positions come back in
+    ``generated``'s convention (fractional or Cartesian Angstrom); the volume is the
+    template's (:func:`crystalgan_jax.core.geometry.scale_to_volume` scales it after).
+
+    Args:
+      generated: one structure, ``lattice [3, 3]``, blocks ``[N_b, 3]`` and masks ``[N_b]``.
+      template: one structure of the same layout.
+      metal_block: ``A_BLOCK`` or ``B_BLOCK``, the template's metal block.
+      key: None, or a PRNG key for the shuffled control.
+    """
+    if generated.positions[A_BLOCK].shape != generated.positions[B_BLOCK].shape:
+        raise ValueError("site projection needs equal A and B row counts, got "
+                         f"{generated.positions[A_BLOCK].shape[0]} and "
+                         f"{generated.positions[B_BLOCK].shape[0]}")
+    g, t = to_fractional(generated), to_fractional(template)
+    sites, occupied = t.positions[metal_block], t.masks[metal_block] > 0.5  # [N], [N]
+    metals = jnp.concatenate([g.positions[A_BLOCK], g.positions[B_BLOCK]])  # [2N, 3]
+    is_metal = jnp.concatenate([g.masks[A_BLOCK], g.masks[B_BLOCK]]) > 0.5
+    # each generated metal: is it the other metal than the template's?
+    other = (jnp.arange(metals.shape[0]) >= g.positions[A_BLOCK].shape[0]) == (
+        metal_block == A_BLOCK)
+    delta = metals[None, :, :] - sites[:, None, :]
+    delta = (delta - jnp.round(delta)) @ t.lattice  # minimum image, Angstrom
+    d2 = jnp.where(is_metal[None, :], jnp.sum(delta**2, -1), jnp.inf)  # [N, 2N]
+    swapped = other[jnp.argmin(d2, axis=1)] & jnp.any(is_metal) & occupied
+    if key is not None:
+        score = jnp.where(occupied, jax.random.uniform(key, occupied.shape), -1.0)
+        rank = jnp.argsort(jnp.argsort(-score, stable=True), stable=True)
+        swapped = (rank < jnp.sum(swapped)) & occupied
+    takes_b = swapped if metal_block == A_BLOCK else occupied & ~swapped
+    dtype = t.masks[metal_block].dtype
+    masks = list(t.masks)
+    masks[A_BLOCK] = (occupied & ~takes_b).astype(dtype)
+    masks[B_BLOCK] = takes_b.astype(dtype)
+    positions = list(t.positions)
+    positions[A_BLOCK] = positions[B_BLOCK] = sites
+    out = t.replace(positions=tuple(positions), masks=tuple(masks))
+    if generated.fractional:
+        return out
+    return out.replace(positions=tuple(p @ out.lattice for p in out.positions),
+                       fractional=False)
+
+
+def _projected(final: dict[str, Crystal], x_ah: Crystal, y_bh: Crystal, key: jax.Array,
+               cfg: TrainConfig) -> dict[str, Crystal]:
+    """``cfg.site_projection``: each direction's samples on the sites of their inputs
+    (AHB on its A-H input, BHA on its B-H input; :func:`input_pairs`), then scaled to the
+    data's volume for their composition."""
+    if not cfg.block_volumes:
+        raise ValueError("site projection needs block_volumes (the runner fits them)")
+    ix, iy = input_pairs(x_ah.lattice.shape[0], y_bh.lattice.shape[0], key, cfg)
+    out = {}
+    for i, (direction, crystals) in enumerate(sorted(final.items())):
+        source, index, block = ((x_ah, ix, A_BLOCK) if direction == "AHB"
+                                else (y_bh, iy, B_BLOCK))
+        templates = jax.tree_util.tree_map(lambda a: a[index], source)
+        keys = (jax.random.split(jax.random.fold_in(site_key(key), i), index.shape[0])
+                if cfg.site_projection == "shuffled" else None)
+        project = jax.vmap(lambda g, t, k: project_to_template(g, t, block, k),
+                           in_axes=(0, 0, 0 if keys is not None else None))
+        projected = project(crystals, templates, keys)
+        out[direction] = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes)
+                                  )(projected)
+    return out
+
+
+def site_key(key: jax.Array) -> jax.Array:
+    """The stream the shuffled site projection draws from, apart from ``key``'s other
+    uses."""
+    return jax.random.fold_in(key, 0x73697465)  # "site"
 
 
 @functools.partial(quick_jit, static_argnames=("stage", "nets"))  # one program, not op by op
