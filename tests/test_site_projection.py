@@ -174,3 +174,11 @@ def test_generated_samples_sit_on_their_inputs_sites(tmp_path):
             target = counts @ np.asarray(cfg.block_volumes)
             assert sample.volume == pytest.approx(target, rel=1e-6)
         assert crystals.lattice.shape[0] == 10
+
+
+def test_config_refuses_site_projection_without_stage3_or_an_unknown_mode():
+    with pytest.raises(ValueError, match="stage 3's samples"):
+        train.TrainConfig(method="gan", site_projection="nearest")
+    with pytest.raises(ValueError, match="site_projection must be one of"):
+        train.TrainConfig(method="crystalgan_plus", site_projection="snap")
+    assert train.TrainConfig(method="crystalgan", site_projection="shuffled").site_projection
