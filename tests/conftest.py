@@ -58,10 +58,11 @@ def small_domain(tmp: Path, name: str, count: int = 6) -> Path:
     return dst
 
 
-# The discovery job at a toy size: 2 seeds, a few epochs, EMT, few relaxation steps
+# The discovery job at a toy size: 2 seeds, a few epochs, 2 samples per input (site
+# projection makes nearly every sample a strictly good candidate), EMT, few relaxation steps
 TRAIN_SCRIPT = REPO / "experiments" / "train.py"
 SMALL_DISCOVERY = ["--flagfile=pdni.flags", "--epochs=4", "--checkpoint_every=4",
-                   "--potential=emt", "--max_steps=4", "--workers=2"]
+                   "--samples_per_input=2", "--potential=emt", "--max_steps=4", "--workers=2"]
 
 
 def job_env(tmp_path: Path, **extra) -> dict:
