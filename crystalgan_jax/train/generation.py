@@ -198,7 +198,7 @@ def project_to_template(generated: Crystal, template: Crystal, metal_block: int,
                          f"{generated.positions[A_BLOCK].shape[0]} and "
                          f"{generated.positions[B_BLOCK].shape[0]}")
     g, t = to_fractional(generated), to_fractional(template)
-    sites, occupied = t.positions[metal_block], t.masks[metal_block] > 0.5  # [N], [N]
+    sites, occupied = t.positions[metal_block], t.masks[metal_block] > 0.5  # [N, 3], [N]
     metals = jnp.concatenate([g.positions[A_BLOCK], g.positions[B_BLOCK]])  # [2N, 3]
     is_metal = jnp.concatenate([g.masks[A_BLOCK], g.masks[B_BLOCK]]) > 0.5
     # each generated metal: is it the other metal than the template's?
