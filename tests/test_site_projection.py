@@ -1,5 +1,7 @@
 """Site projection (symmetry-aware generation): samples put on their input binary's sites."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,6 +176,19 @@ def test_generated_samples_sit_on_their_inputs_sites(tmp_path):
             target = counts @ np.asarray(cfg.block_volumes)
             assert sample.volume == pytest.approx(target, rel=1e-6)
         assert crystals.lattice.shape[0] == 10
+    # nearest_and_raw: the generator's own samples, then these projections
+    both = train.generate(result.state, prepared.nets,
+                          dataclasses.replace(cfg, site_projection="nearest_and_raw"),
+                          prepared.x, prepared.y, key)["final"]
+    raw = train.generate(result.state, prepared.nets,
+                         dataclasses.replace(cfg, site_projection="off"),
+                         prepared.x, prepared.y, key)["final"]
+    for direction in ("AHB", "BHA"):
+        for part, expected in ((slice(0, 10), raw), (slice(10, 20), final)):
+            for got, want in zip(jax.tree_util.tree_leaves(both[direction]),
+                                 jax.tree_util.tree_leaves(expected[direction])):
+                np.testing.assert_allclose(np.asarray(got)[part], np.asarray(want),
+                                           rtol=1e-5, atol=1e-5)
 
 
 def test_config_refuses_site_projection_without_stage3_or_an_unknown_mode():

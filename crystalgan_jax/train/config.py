@@ -10,7 +10,7 @@ from crystalgan_jax.core import geometry, losses
 
 
 METHODS = ("crystalgan", "nocons", "discogan", "gan", "crystalgan_plus")
-SITE_PROJECTIONS = ("off", "nearest", "shuffled")
+SITE_PROJECTIONS = ("off", "nearest", "nearest_and_raw", "shuffled")
 
 # What "crystalgan_plus" switches on where a field is left at None (issue 13). Each can be
 # switched off alone (0 / 1 / False), which is how experiments/ablation.py measures it.
@@ -99,6 +99,7 @@ class TrainConfig:
         lattice, H sites and metal sites, DFT-relaxed and symmetric), each metal site
         taking the metal of the nearest generated metal atom, and scales the cell to the
         data's volume (``block_volumes``) (:func:`~.generation.project_to_template`);
+        "nearest_and_raw" keeps the generator's own samples too (twice the samples);
         "shuffled" is its control: the same A:B counts on randomly chosen sites.
       spacing_weight: weight of L_cell = sum relu(min_plane_spacing - h_m)^2 on the
         generated cells, which keeps them inside the penalty's compiled image range.
