@@ -84,15 +84,15 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
         out["final"] = {d: sample_compositions(c, cfg.target_compositions,
                                                jax.random.fold_in(ckey, i))
                         for i, (d, c) in enumerate(sorted(out["final"].items()))}
-    if cfg.site_projection != "off":
+    if cfg.rescale_volume and cfg.block_volumes:
+        scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))
+        out["final"] = {k: scale(c) for k, c in out["final"].items()}
+    if cfg.site_projection != "off":  # reads fractional positions: the scale is irrelevant
         projected = _projected(out["final"], x_ah, y_bh,
                                key if key is not None else state.key, cfg)
         if cfg.site_projection == "nearest_and_raw":  # raw samples first, then projected
             projected = {d: concat_crystals(out["final"][d], c) for d, c in projected.items()}
         out["final"] = projected
-    elif cfg.rescale_volume and cfg.block_volumes:
-        scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))
-        out["final"] = {k: scale(c) for k, c in out["final"].items()}
     return out
 
 
