@@ -76,9 +76,9 @@ def test_missing_extra_ends_the_run_with_a_hint_and_status_0(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         TRAIN + ["--flagfile=pdni.flags", "--epochs=2", "--checkpoint_every=2",
-                 "--samples_per_input=2", f"--output_dir={out}"], cwd=REPO, capture_output=True, text=True,
-        timeout=900, env=env(tmp_path, PYTHONPATH=os.pathsep.join(
-            [str(tmp_path / "blocked"), str(REPO)])))
+                 "--samples_per_input=2", f"--output_dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env=env(tmp_path, PYTHONPATH=os.pathsep.join([str(tmp_path / "blocked"), str(REPO)])))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     hint = [line for line in proc.stdout.splitlines() if line.startswith("not screened:")]

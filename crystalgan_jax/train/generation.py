@@ -63,9 +63,9 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
     "GAN", with ``n_x + n_y`` samples drawn with ``key``.
     """
     p = state.params
+    key = key if key is not None else state.key
     if cfg.method == "gan":
         count = x_ah.lattice.shape[0] + y_bh.lattice.shape[0]
-        key = key if key is not None else state.key
         return {"final": {"GAN": sample_crystals(p, nets, key, count, cfg)}}
     x1, y1 = stage1_outputs(p, nets, x_ah, y_bh)
     out = {"stage1": {"AHB": x1, "BHA": y1}}
@@ -75,21 +75,18 @@ def generate(state: TrainState, nets: Networks, cfg: TrainConfig, x_ah: Crystal,
     x_g, y_g = feature_transfer(p, nets, x_ah, y_bh)
     gen = nets.stage3_generator
     if cfg.samples_per_input > 1 or cfg.input_noise > 0:
-        key = key if key is not None else state.key
         x_g, y_g = sampled_inputs(x1, y1, x_g, y_g, key, cfg)
     out["final"] = {"AHB": _apply_snapshots(gen, state, "G_AHB2", x_g, cfg),
                     "BHA": _apply_snapshots(gen, state, "G_BHA2", y_g, cfg)}
     if cfg.composition_sampling:
-        ckey = composition_key(key if key is not None else state.key)
+        ckey = composition_key(key)
         out["final"] = {d: sample_compositions(c, cfg.target_compositions,
                                                jax.random.fold_in(ckey, i))
                         for i, (d, c) in enumerate(sorted(out["final"].items()))}
     if cfg.rescale_volume and cfg.block_volumes:
-        scale = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))
-        out["final"] = {k: scale(c) for k, c in out["final"].items()}
+        out["final"] = {k: _to_data_volume(c, cfg) for k, c in out["final"].items()}
     if cfg.site_projection != "off":  # reads fractional positions: the scale is irrelevant
-        projected = _projected(out["final"], x_ah, y_bh,
-                               key if key is not None else state.key, cfg)
+        projected = _projected(out["final"], x_ah, y_bh, key, cfg)
         if cfg.site_projection == "nearest_and_raw":  # raw samples first, then projected
             projected = {d: concat_crystals(out["final"][d], c) for d, c in projected.items()}
         out["final"] = projected
@@ -246,10 +243,14 @@ def _projected(final: dict[str, Crystal], x_ah: Crystal, y_bh: Crystal, key: jax
                 if cfg.site_projection == "shuffled" else None)
         project = jax.vmap(lambda g, t, k: project_to_template(g, t, block, k),
                            in_axes=(0, 0, 0 if keys is not None else None))
-        projected = project(crystals, templates, keys)
-        out[direction] = jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes)
-                                  )(projected)
+        out[direction] = _to_data_volume(project(crystals, templates, keys), cfg)
     return out
+
+
+def _to_data_volume(crystals: Crystal, cfg: TrainConfig) -> Crystal:
+    """A batch ``[n]`` scaled to the volume each composition has in the data
+    (:func:`crystalgan_jax.core.geometry.scale_to_volume` with ``cfg.block_volumes``)."""
+    return jax.vmap(lambda c: geometry.scale_to_volume(c, cfg.block_volumes))(crystals)
 
 
 def site_key(key: jax.Array) -> jax.Array:
