@@ -174,6 +174,61 @@ def test_substitution_is_ternary_and_follows_vegard(reference_domains):
         assert s.composition["H"] == parent.composition["H"]
 
 
+def test_distinct_decorations_are_the_structurematcher_classes():
+    """One decoration per symmetry class: as many as StructureMatcher finds among all
+    C(n, k) choices, pairwise distinct by it, the first k sites among them."""
+    import itertools
+    import math
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from tests.conftest import REPO
+
+    pdh = io.read_domain(REPO / "data" / "PdH", A).structures
+    matcher = StructureMatcher()
+    cases = 0
+    for s in pdh:
+        sites = [i for i, site in enumerate(s) if site.specie.symbol == A]
+        if not 3 <= len(sites) <= 8 or len(s) > 14:
+            continue
+        for k in range(1, len(sites)):
+            if math.comb(len(sites), k) > 70:
+                continue
+            every = [substitution.decorate(s, A, B, c)
+                     for c in itertools.combinations(sites, k)]
+            classes = len(matcher.group_structures(every))
+            chosen = substitution.distinct_decorations(s, A, k)
+            assert len(chosen) == classes, (s.composition.formula, k)
+            assert chosen[0] == tuple(sites[:k])  # substitution's own choice represents itself
+            assert len(set(chosen)) == len(chosen)
+            assert all(len(c) == k and set(c) <= set(sites) for c in chosen)
+            cases += 1
+        if cases >= 12:
+            break
+    assert cases >= 12
+    # a cell with a low-symmetry class count above 1 was among them
+    assert any(len(substitution.distinct_decorations(s, A, 2)) > 1 for s in pdh
+               if 4 <= s.composition[A] <= 8)
+
+
+def test_decorate_puts_the_dopant_on_the_given_sites_and_refuses_others():
+    s = _rocksalt()
+    s.replace_species({B: A})  # fcc PdH: four Pd sites
+    pd_sites = [i for i, site in enumerate(s) if site.specie.symbol == A]
+    out = substitution.decorate(s, A, B, pd_sites[1:3], "x")
+    assert [site.specie.symbol for site in out] == [
+        B if i in pd_sites[1:3] else site.specie.symbol for i, site in enumerate(s)]
+    assert out.properties["substituted"] == f"2 of {len(pd_sites)} {A} -> {B}"
+    # the first k sites: what substitute gives
+    first = substitution.decorate(s, A, B, pd_sites[:2])
+    assert first == substitution.substitute(s, A, B, 2)
+    h = next(i for i, site in enumerate(s) if site.specie.symbol == "H")
+    with pytest.raises(ValueError, match="cannot substitute sites"):
+        substitution.decorate(s, A, B, [h])
+    with pytest.raises(ValueError, match="cannot choose"):
+        substitution.distinct_decorations(s, A, len(pd_sites) + 1)
+
+
 def test_write_report(tmp_path, figure5_dir, reference_domains):
     pdh, nih = reference_domains
     fig5 = io.read_structure(figure5_dir / "POSCAR")

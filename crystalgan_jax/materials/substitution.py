@@ -8,7 +8,10 @@ isotropically so that its volume follows Vegard's law. The results are evaluated
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
+
+import numpy as np
 
 from pymatgen.core import Structure
 
@@ -31,27 +34,90 @@ def vegard_volume_ratio(parent: str, dopant: str, fraction: float) -> float:
     return ((1.0 - fraction) * v_parent + fraction * v_dopant) / v_parent
 
 
-def substitute(structure: Structure, parent: str, dopant: str, count: int,
-               source: str = "") -> Structure:
-    """Puts ``dopant`` on the first ``count`` ``parent`` sites (site order), Vegard-scaled.
+def decorate(structure: Structure, parent: str, dopant: str, sites: Sequence[int],
+             source: str = "") -> Structure:
+    """Puts ``dopant`` on the given ``parent`` sites (indices into ``structure``), Vegard-scaled.
 
     Fractional coordinates and cell angles are kept; the cell is scaled isotropically by
     :func:`vegard_volume_ratio`. The returned structure's ``properties`` record the
     source, the substitution and the volume ratio.
     """
+    parents = [i for i, site in enumerate(structure) if site.specie.symbol == parent]
+    chosen = sorted(set(int(i) for i in sites))
+    if not 0 < len(chosen) <= len(parents) or not set(chosen) <= set(parents):
+        raise ValueError(f"cannot substitute sites {list(sites)}: the {parent} sites are "
+                         f"{parents}")
+    new = structure.copy()
+    for i in chosen:
+        new.replace(i, dopant)
+    metals = sum(1 for site in structure if site.specie.symbol != "H")
+    ratio = vegard_volume_ratio(parent, dopant, len(chosen) / metals)
+    new.scale_lattice(structure.volume * ratio)
+    new.properties = {"source": source,
+                      "substituted": f"{len(chosen)} of {len(parents)} {parent} -> {dopant}",
+                      "vegard_volume_ratio": ratio}
+    return new
+
+
+def substitute(structure: Structure, parent: str, dopant: str, count: int,
+               source: str = "") -> Structure:
+    """Puts ``dopant`` on the first ``count`` ``parent`` sites (site order), Vegard-scaled.
+
+    :func:`decorate` with those sites.
+    """
     sites = [i for i, site in enumerate(structure) if site.specie.symbol == parent]
     if not 0 < count <= len(sites):
         raise ValueError(f"cannot substitute {count} of {len(sites)} {parent} sites")
-    new = structure.copy()
-    for i in sites[:count]:
-        new.replace(i, dopant)
-    metals = sum(1 for site in structure if site.specie.symbol != "H")
-    ratio = vegard_volume_ratio(parent, dopant, count / metals)
-    new.scale_lattice(structure.volume * ratio)
-    new.properties = {"source": source,
-                      "substituted": f"{count} of {len(sites)} {parent} -> {dopant}",
-                      "vegard_volume_ratio": ratio}
-    return new
+    return decorate(structure, parent, dopant, sites[:count], source)
+
+
+def site_permutations(structure: Structure, sites: Sequence[int],
+                      symprec: float = 0.01) -> np.ndarray:
+    """How the structure's space-group operations permute the given sites.
+
+    Returns an int array ``[n_ops, len(sites)]``: row g, entry j is the position (in
+    ``sites``) of the site that operation g maps ``sites[j]`` onto (fractional
+    coordinates, minimum image, within 0.05 Angstrom). Operations that do not map the
+    sites onto themselves at that tolerance are left out; the identity is always there.
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    frac = structure.frac_coords[list(sites)]
+    rows = [np.arange(len(sites))]
+    for op in SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_operations():
+        delta = op.operate_multi(frac)[:, None, :] - frac[None, :, :]
+        delta -= np.round(delta)
+        dist = np.linalg.norm(delta @ structure.lattice.matrix, axis=-1)
+        image = dist.argmin(axis=1)
+        if dist.min(axis=1).max() < 0.05 and len(set(image.tolist())) == len(sites):
+            rows.append(image)
+    return np.unique(np.array(rows), axis=0)
+
+
+def distinct_decorations(structure: Structure, parent: str, count: int,
+                         symprec: float = 0.01) -> list[tuple[int, ...]]:
+    """Every way to choose ``count`` ``parent`` sites, one per symmetry class.
+
+    Two choices are the same decoration when an operation of the structure's space group
+    (:func:`site_permutations`) maps one onto the other. Each class is represented by its
+    choice that comes first in lexicographic order of site indices, so the first
+    ``count`` sites (what :func:`substitute` takes) represent their own class.
+
+    Returns:
+      Tuples of site indices into ``structure``, sorted.
+    """
+    parents = [i for i, site in enumerate(structure) if site.specie.symbol == parent]
+    if not 0 < count <= len(parents):
+        raise ValueError(f"cannot choose {count} of {len(parents)} {parent} sites")
+    perms = site_permutations(structure, parents, symprec)
+    seen, out = set(), []
+    for choice in itertools.combinations(range(len(parents)), count):
+        if choice in seen:
+            continue
+        # the class of this choice: its images under every operation
+        seen.update(tuple(sorted(p[list(choice)].tolist())) for p in perms)
+        out.append(tuple(parents[j] for j in choice))
+    return out
 
 
 def substitution(ah_structures: Sequence[Structure], bh_structures: Sequence[Structure],
