@@ -1,13 +1,15 @@
 """How low can decorations of the training binaries go? Every formula both sides reach.
 
-    python benchmarks/decorations.py --run_dir=runs/pdni [--per_formula=30] [--workers=2] [--out=FILE]
+    python benchmarks/decorations.py --run_dir=runs/pdni [--per_formula=30] [--supercells=1x1x1]
+        [--formulas=F,...] [--workers=2] [--output_dir=DIR] [--out=FILE]
 
 Substitution puts the other metal on the *first* k metal sites of each training binary;
 site projection lets the generator choose the k sites. Both stay inside one family: the
 training binaries' cells and sites with some metal sites swapped. This measures that
 family's floor in the formulas a screened run's generator and substitution both reach
 (``RUN_DIR/screening/comparison.json``): for each formula, the symmetry-distinct
-decorations of every training binary that give it
+decorations of every training binary that give it (or of its supercells, ``--supercells``,
+which neither method reaches)
 (:func:`crystalgan_jax.materials.substitution.distinct_decorations`, Vegard-scaled as
 substitution is), at most ``--per_formula`` of them drawn at random (seeded; 0: all),
 written to ``OUT_DIR/structures`` and screened exactly as the run's candidates were
@@ -15,7 +17,8 @@ written to ``OUT_DIR/structures`` and screened exactly as the run's candidates w
 pass, the same cached hull). Prints and writes (``benchmarks/results/decorations.json``, or
 ``--out``), per formula: the decorations' lowest E_hull against the run's generator and
 substitution, and which of the three is lowest (within 1 meV/atom a tie, as the run's
-comparison counts).
+comparison counts). The run's hull journal is copied and reused, so the hull is the run's
+and nothing of it is relaxed again; ``--potential`` must be the run's.
 
 An interrupted run picks up where it stopped (the screening's journals).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,20 +49,11 @@ flags.DEFINE_integer("per_formula", 30, "Decorations screened per formula, drawn
 flags.DEFINE_integer("seed", 0, "Seed of the draw.")
 flags.DEFINE_list("formulas", [], "Only these reduced formulas (default: every one both "
                   "sides reach).")
+flags.DEFINE_list("supercells", ["1x1x1"], "Cells to decorate: each training binary "
+                  "repeated so many times along its lattice vectors (2x1x1: doubled along a).")
 flags.DEFINE_integer("workers", 2, "Relaxation processes.")
 flags.DEFINE_string("potential", "chgnet", "The potential (emt: a fast stand-in for tests).")
 flags.DEFINE_string("out", str(RESULTS / "decorations.json"), "JSON file to write.")
-
-
-def _resolve(path: str, run: Path) -> str:
-    """A data path of the run's config: absolute, or relative to where the run was made."""
-    p = Path(path)
-    if p.is_absolute():
-        return str(p)
-    for base in (run.parent.parent, Path.cwd(), REPO):  # RUN is usually <repo>/runs/<name>
-        if (base / p).exists():
-            return str((base / p).resolve())
-    return path
 
 
 def main(argv: list[str]) -> int:
@@ -74,15 +69,21 @@ def main(argv: list[str]) -> int:
         print(f"{comparison}: no comparison here; screen the run first "
               f"(experiments/screen.py --run_dir={run})")
         return 2
-    rows = json.loads(comparison.read_text())["formulas"]
-    tie = float(json.loads(comparison.read_text()).get("tie_eV_per_atom", 0.001))
-    shared = [r for r in rows if r["generator"] is not None and r["substitution"] is not None]
-    if FLAGS.formulas:
-        wanted = {Composition(f).reduced_formula for f in FLAGS.formulas}
-        shared = [r for r in shared if Composition(r["formula"]).reduced_formula in wanted]
+    compared = json.loads(comparison.read_text())
+    tie = float(compared.get("tie_eV_per_atom", 0.001))
+    shared = [r for r in compared["formulas"]
+              if r["generator"] is not None and r["substitution"] is not None]
+    if FLAGS.formulas:  # these, whether the run reached them or not
+        known = {Composition(r["formula"]).reduced_formula: r for r in compared["formulas"]}
+        shared = [known.get(Composition(f).reduced_formula,
+                            {"formula": f, "generator": None, "substitution": None,
+                             "lower": "neither"}) for f in FLAGS.formulas]
     system = run_system(run)
     a, b = system["element_a"], system["element_b"]
-    data_ah, data_bh = _resolve(system["data_ah"], run), _resolve(system["data_bh"], run)
+    screened = json.loads((run / "screening" / "screening.json").read_text())["settings"]
+    # the data as the run's screening read them (absolute paths, which also name the hull's
+    # training entries, so that the run's hull journal below is reused as it is)
+    data_ah, data_bh = screened["data"]
     domains = (("AH", io.read_domain(data_ah, a).structures, a, b),
                ("BH", io.read_domain(data_bh, b).structures, b, a))
 
@@ -95,22 +96,26 @@ def main(argv: list[str]) -> int:
         target = Composition(row["formula"]).reduced_composition
         options = []
         for domain, structures, parent, dopant in domains:
-            for i, s in enumerate(structures):
-                n = sum(1 for site in s if site.specie.symbol == parent)
-                for k in range(1, n):
-                    formula = Composition({"H": s.composition["H"], parent: n - k, dopant: k})
-                    if formula.reduced_composition != target:
-                        continue
-                    options += [(domain, i, parent, dopant, sites)
-                                for sites in substitution.distinct_decorations(s, parent, k)]
+            for i, unit in enumerate(structures):
+                for cell in FLAGS.supercells:
+                    s = unit * [int(x) for x in cell.split("x")]
+                    n = sum(1 for site in s if site.specie.symbol == parent)
+                    for k in range(1, n):
+                        formula = Composition({"H": s.composition["H"], parent: n - k,
+                                               dopant: k})
+                        if formula.reduced_composition != target:
+                            continue
+                        options += [(domain, i, cell, parent, dopant, sites) for sites in
+                                    substitution.distinct_decorations(s, parent, k)]
         distinct[row["formula"]] = len(options)
         if FLAGS.per_formula and len(options) > FLAGS.per_formula:
             options = rng.sample(options, FLAGS.per_formula)
-        for domain, i, parent, dopant, sites in options:
+        for domain, i, cell, parent, dopant, sites in options:
             structures = domains[0][1] if domain == "AH" else domains[1][1]
             name = f"{len(manifest):04d}.vasp"
-            source = f"{domain}[{i}] sites {list(sites)}"
-            decorated = substitution.decorate(structures[i], parent, dopant, sites, source)
+            source = f"{domain}[{i}] {cell} sites {list(sites)}"
+            decorated = substitution.decorate(structures[i] * [int(x) for x in cell.split("x")],
+                                              parent, dopant, sites, source)
             if not (folder / name).exists():
                 io.write_poscar(decorated, folder / name, comment=source)
             manifest[name] = {"formula": row["formula"], "source": source}
@@ -120,11 +125,17 @@ def main(argv: list[str]) -> int:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
     screening = out / "screening"
+    journal = out / "hull_relaxations.jsonl"
+    if not journal.exists():  # the run's hull: nothing to relax again
+        shutil.copyfile(run / "screening" / "hull_relaxations.jsonl", journal)
     command = [sys.executable, str(REPO / "experiments" / "screen.py"),
                f"--structures={folder}", f"--output={screening}", f"--element_a={a}",
                f"--element_b={b}", f"--data_ah={data_ah}", f"--data_bh={data_bh}",
-               "--hull_substitution", f"--workers={FLAGS.workers}",
-               f"--potentials={FLAGS.potential}"]
+               "--hull_substitution", f"--hull_journal={journal}",
+               f"--workers={FLAGS.workers}", f"--potentials={FLAGS.potential}",
+               f"--max_steps={screened['max_steps']}", f"--fmax={screened['fmax']}",
+               f"--optimizer={screened['optimizer']}",
+               f"--hull_optimizer={screened['hull_optimizer']}"]
     print(" ".join(command), flush=True)
     done = subprocess.run(command, cwd=REPO)
     if done.returncode != 0:
@@ -150,20 +161,24 @@ def main(argv: list[str]) -> int:
         e_dec, source = lowest[f]
         sides = {"generator": row["generator"], "substitution": row["substitution"],
                  "decoration": e_dec}
-        best = min(sides.values())
-        winners = [k for k, v in sides.items() if v <= best + tie]
+        best = min(v for v in sides.values() if v is not None)
+        winners = [k for k, v in sides.items() if v is not None and v <= best + tie]
         verdict = winners[0] if len(winners) == 1 else "tie"
         wins[verdict] += 1
         table.append({"formula": f, **sides, "decoration_source": source,
                       "distinct": distinct[f],
                       "screened": sum(m["formula"] == f for m in manifest.values()),
                       "generator_vs_substitution": row["lower"],
-                      "decoration_below_substitution": e_dec < row["substitution"] - tie,
+                      "decoration_below_substitution": (row["substitution"] is not None and
+                                                        e_dec < row["substitution"] - tie),
                       "lowest": verdict})
-        print(f"{f:12s} {row['generator']:9.4f} {row['substitution']:12.4f} {e_dec:11.4f} "
-              f"{distinct[f]:8d}  {verdict} ({row['lower']} before)")
+        shown = ["-" if v is None else f"{v:.4f}" for v in (row["generator"],
+                                                              row["substitution"])]
+        print(f"{f:12s} {shown[0]:>9s} {shown[1]:>12s} {e_dec:11.4f} {distinct[f]:8d}  "
+              f"{verdict} ({row['lower']} before)")
     below = sum(t["decoration_below_substitution"] for t in table)
     report = {"run_dir": str(run), "per_formula": FLAGS.per_formula, "seed": FLAGS.seed,
+              "supercells": FLAGS.supercells,
               "tie_eV_per_atom": tie, "formulas": len(table),
               "decorations_screened": len(manifest),
               "decoration_below_substitution": below,

@@ -32,8 +32,10 @@ TINY = {
                    "--workers=1", "--symprecs=0.5"],
     "discovery": ["--output_dir={runs}", "--collect"],
     "start_volume": ["--run_dir={run}", "--workers=1", "--potential=emt"],
+    "decorations": ["--run_dir={run}", "--output_dir={runs}/decorations", "--formulas=NiH2Pd",
+                    "--per_formula=3", "--workers=1", "--potential=emt"],
 }
-ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery", "start_volume")
+ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery", "start_volume", "decorations")
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
 
 
@@ -95,6 +97,16 @@ def test_benchmark_tiny(name, tmp_path, request):
         assert report["candidates"] == converged
     if name == "preselection":  # the toy run's candidates ranked at steps 0 and 2
         assert report["candidates"] >= 2 and set(report["estimates"]) == {"step_0", "step_2"}
+    if name == "decorations":  # NiH2Pd: 3 of its distinct decorations, on the run's hull
+        assert report["decorations_screened"] == 3 and report["formulas"] <= 1
+        hull = json.loads((run / "screening" / "screening.json").read_text())["settings"]
+        ours = json.loads((run.parent / "decorations" / "screening" / "screening.json")
+                          .read_text())["settings"]
+        assert ours["hull_cache"] == hull["hull_cache"] and ours["max_steps"] == hull["max_steps"]
+        # the run's hull journal was reused: the copy unchanged, no relaxation redone
+        journals = [(d / "hull_relaxations.jsonl").read_text()
+                    for d in (run / "screening", run.parent / "decorations")]
+        assert journals[0] == journals[1] and len(journals[0].splitlines()) > 300
     if name == "discovery":  # one row, the toy run's, with its counts
         summary = json.loads((run / "screening" / "summary.json").read_text())["generator"]
         row = report["rows"]["run"]
