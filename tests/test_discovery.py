@@ -111,6 +111,14 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
         "hull_optimizer"] == "BFGS_alpha20"
     head = (out / "screening" / "relaxations.jsonl").read_text().splitlines()[0]
     assert json.loads(head)["settings"]["optimizer"] == result["settings"]["optimizer"] == "FIRE"
+    # the substitution baseline judged exactly like the candidates: relaxed again with their
+    # optimizer (not the hull's relaxations of the same structures), the same symmetry pass
+    journal = (out / "screening" / "substitution" / "relaxations.jsonl").read_text().splitlines()
+    assert json.loads(journal[0])["settings"] == json.loads(head)["settings"]
+    assert len(journal) - 1 >= sub["counts"]["screened"]
+    assert sub["settings"]["symmetry_pass"]["symprec_A"] in (
+        result["settings"]["symmetry_pass"]["symprec_A"], None)
+    assert "symmetry_pass" in sub["settings"] and "symmetry_pass" in result["settings"]
     # the E_hull of every candidate is against the hull that holds substitution's structures
     assert any(e["name"].startswith("substitution: ") for e in result["settings"]["hull"]["entries"])
     lines = (out / "report.md").read_text().splitlines()
@@ -124,7 +132,8 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
         assert (out / "screening" / g["relaxed_file"]).exists() and g["members"]
     assert "wall time by phase" in proc.stderr
     timing = json.loads((out / "timing.json").read_text())
-    assert {"training", "outputs", "pooling", "screening_hull", "screening_screening"} <= set(timing)
+    assert {"training", "outputs", "pooling", "screening_hull", "screening_screening",
+            "screening_substitution"} <= set(timing)
     # the comparison with substitution and the pictures
     for name in ("comparison.md", "phase_diagram.png", "e_hull_histogram.png"):
         assert (out / "screening" / name).exists()

@@ -263,21 +263,21 @@ class System:
         return relaxations, passes
 
     def screen_substitution(self, out: Path, title: str, stability_threshold: float,
-                            log: Log | None = None) -> dict[str, Any]:
-        """The substitution baseline's candidates judged like a generator's, into ``out``.
-
-        Their relaxations are the hull's own (``substitution_in_hull``): nothing is
-        relaxed twice. Novel here means matching no training structure.
+                            log: Log | None = None, symmetrize: float = 0.0
+                            ) -> dict[str, Any]:
+        """The substitution baseline's candidates judged exactly like a generator's, into
+        ``out``: relaxed with the candidates' optimizer and settings (journal
+        ``out/relaxations.jsonl``) and, with ``symmetrize`` > 0, the same symmetry pass
+        (:meth:`screen`). Their relaxations for the hull (``substitution_in_hull``) are made
+        with the hull's optimizer and stay in the hull; reusing them here would judge the
+        two sides of the formula-by-formula comparison with different optimizers, which
+        end up to several meV/atom apart from the same start (docs/results.md). Novel here
+        means matching no training structure.
         """
         if not self.substitution_in_hull:
             raise ValueError("screen_substitution needs substitution_in_hull=True")
-        log = log or self.log
-        by_name = {p.name: p.relaxation for p in self.system_hull.of_kind("substitution",
-                                                                          usable=False)}
-        named = self.substitution_named
-        with locking.lock_folder(out, log):
-            return self._judge(named, [by_name[n] for n, _ in named], out, title,
-                               stability_threshold, log, False, 0.0)
+        return self.screen(self.substitution_named, out, title, stability_threshold, log,
+                           with_substitution=False, symmetrize=symmetrize)
 
     def second_opinion(self, result: dict[str, Any], out: Path, relaxer: Relaxer,
                        mode: str, log: Log | None = None) -> dict[str, Any]:
