@@ -87,41 +87,39 @@ def main(argv: list[str]) -> int:
     domains = (("AH", io.read_domain(data_ah, a).structures, a, b),
                ("BH", io.read_domain(data_bh, b).structures, b, a))
 
+    # every cell to decorate, built once: (domain, index, supercell, structure, parent, dopant)
+    cells = [(domain, i, cell, unit * [int(x) for x in cell.split("x")], parent, dopant)
+             for domain, structures, parent, dopant in domains
+             for i, unit in enumerate(structures) for cell in FLAGS.supercells]
+
     out = Path(FLAGS.output_dir)
     folder = out / "structures"
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(FLAGS.seed)
-    manifest, distinct = {}, {}
+    manifest, distinct, screened_of = {}, {}, {}
     for row in shared:
         target = Composition(row["formula"]).reduced_composition
         options = []
-        for domain, structures, parent, dopant in domains:
-            for i, unit in enumerate(structures):
-                for cell in FLAGS.supercells:
-                    s = unit * [int(x) for x in cell.split("x")]
-                    n = sum(1 for site in s if site.specie.symbol == parent)
-                    for k in range(1, n):
-                        formula = Composition({"H": s.composition["H"], parent: n - k,
-                                               dopant: k})
-                        if formula.reduced_composition != target:
-                            continue
-                        options += [(domain, i, cell, parent, dopant, sites) for sites in
-                                    substitution.distinct_decorations(s, parent, k)]
+        for domain, i, cell, s, parent, dopant in cells:
+            n = s.composition[parent]
+            for k in range(1, int(n)):
+                formula = Composition({"H": s.composition["H"], parent: n - k, dopant: k})
+                if formula.reduced_composition != target:
+                    continue
+                options += [(f"{domain}[{i}] {cell} sites {list(sites)}", s, parent, dopant,
+                             sites) for sites in substitution.distinct_decorations(s, parent, k)]
         distinct[row["formula"]] = len(options)
         if FLAGS.per_formula and len(options) > FLAGS.per_formula:
             options = rng.sample(options, FLAGS.per_formula)
-        for domain, i, cell, parent, dopant, sites in options:
-            structures = domains[0][1] if domain == "AH" else domains[1][1]
+        screened_of[row["formula"]] = len(options)
+        for source, s, parent, dopant, sites in options:
             name = f"{len(manifest):04d}.vasp"
-            source = f"{domain}[{i}] {cell} sites {list(sites)}"
-            decorated = substitution.decorate(structures[i] * [int(x) for x in cell.split("x")],
-                                              parent, dopant, sites, source)
             if not (folder / name).exists():
-                io.write_poscar(decorated, folder / name, comment=source)
+                io.write_poscar(substitution.decorate(s, parent, dopant, sites, source),
+                                folder / name, comment=source)
             manifest[name] = {"formula": row["formula"], "source": source}
         print(f"{row['formula']}: {distinct[row['formula']]} distinct decorations, "
-              f"{sum(m['formula'] == row['formula'] for m in manifest.values())} screened",
-              flush=True)
+              f"{screened_of[row['formula']]} screened", flush=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
     screening = out / "screening"
@@ -167,7 +165,7 @@ def main(argv: list[str]) -> int:
         wins[verdict] += 1
         table.append({"formula": f, **sides, "decoration_source": source,
                       "distinct": distinct[f],
-                      "screened": sum(m["formula"] == f for m in manifest.values()),
+                      "screened": screened_of[f],
                       "generator_vs_substitution": row["lower"],
                       "decoration_below_substitution": (row["substitution"] is not None and
                                                         e_dec < row["substitution"] - tie),

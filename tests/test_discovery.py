@@ -116,9 +116,9 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     journal = (out / "screening" / "substitution" / "relaxations.jsonl").read_text().splitlines()
     assert json.loads(journal[0])["settings"] == json.loads(head)["settings"]
     assert len(journal) - 1 >= sub["counts"]["screened"]
+    assert "symmetry_pass" in sub["settings"] and "symmetry_pass" in result["settings"]
     assert sub["settings"]["symmetry_pass"]["symprec_A"] in (
         result["settings"]["symmetry_pass"]["symprec_A"], None)
-    assert "symmetry_pass" in sub["settings"] and "symmetry_pass" in result["settings"]
     # the E_hull of every candidate is against the hull that holds substitution's structures
     assert any(e["name"].startswith("substitution: ") for e in result["settings"]["hull"]["entries"])
     lines = (out / "report.md").read_text().splitlines()

@@ -34,6 +34,11 @@ def vegard_volume_ratio(parent: str, dopant: str, fraction: float) -> float:
     return ((1.0 - fraction) * v_parent + fraction * v_dopant) / v_parent
 
 
+def _sites_of(structure: Structure, symbol: str) -> list[int]:
+    """Indices of the sites ``symbol`` occupies, in site order."""
+    return [i for i, site in enumerate(structure) if site.specie.symbol == symbol]
+
+
 def decorate(structure: Structure, parent: str, dopant: str, sites: Sequence[int],
              source: str = "") -> Structure:
     """Puts ``dopant`` on the given ``parent`` sites (indices into ``structure``), Vegard-scaled.
@@ -42,7 +47,7 @@ def decorate(structure: Structure, parent: str, dopant: str, sites: Sequence[int
     :func:`vegard_volume_ratio`. The returned structure's ``properties`` record the
     source, the substitution and the volume ratio.
     """
-    parents = [i for i, site in enumerate(structure) if site.specie.symbol == parent]
+    parents = _sites_of(structure, parent)
     chosen = sorted(set(int(i) for i in sites))
     if not 0 < len(chosen) <= len(parents) or not set(chosen) <= set(parents):
         raise ValueError(f"cannot substitute sites {list(sites)}: the {parent} sites are "
@@ -65,7 +70,7 @@ def substitute(structure: Structure, parent: str, dopant: str, count: int,
 
     :func:`decorate` with those sites.
     """
-    sites = [i for i, site in enumerate(structure) if site.specie.symbol == parent]
+    sites = _sites_of(structure, parent)
     if not 0 < count <= len(sites):
         raise ValueError(f"cannot substitute {count} of {len(sites)} {parent} sites")
     return decorate(structure, parent, dopant, sites[:count], source)
@@ -106,7 +111,7 @@ def distinct_decorations(structure: Structure, parent: str, count: int,
     Returns:
       Tuples of site indices into ``structure``, sorted.
     """
-    parents = [i for i, site in enumerate(structure) if site.specie.symbol == parent]
+    parents = _sites_of(structure, parent)
     if not 0 < count <= len(parents):
         raise ValueError(f"cannot choose {count} of {len(parents)} {parent} sites")
     perms = site_permutations(structure, parents, symprec)
@@ -142,7 +147,7 @@ def substitution(ah_structures: Sequence[Structure], bh_structures: Sequence[Str
     for domain, structures, parent, dopant in (("AH", ah_structures, element_a, element_b),
                                                ("BH", bh_structures, element_b, element_a)):
         for i, structure in enumerate(structures):
-            n_parent = sum(1 for site in structure if site.specie.symbol == parent)
+            n_parent = len(_sites_of(structure, parent))
             for count in range(1, n_parent):
                 out.append(substitute(structure, parent, dopant, count, f"{domain}[{i}]"))
     return out
