@@ -141,7 +141,9 @@ def main(argv: list[str]) -> int:
                                                candidates=candidates, second=second,
                                                second_mode=FLAGS.second_opinion,
                                                h_fraction=h_fraction,
-                                               symmetrize=FLAGS.symmetrize)
+                                               symmetrize=FLAGS.symmetrize,
+                                               heredity=FLAGS.heredity,
+                                               permutations=FLAGS.permutations)
                 print(json.dumps({"generator": summary["generator"],
                                   "substitution": summary["substitution"]}))
                 return 0

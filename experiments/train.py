@@ -118,7 +118,8 @@ def screen(out: Path) -> int:
                                  second=relaxers[1] if len(relaxers) > 1 else None,
                                  second_mode=FLAGS.second_opinion,
                                  h_fraction=cli.h_fraction_from_flags(FLAGS),
-                                 symmetrize=FLAGS.symmetrize)
+                                 symmetrize=FLAGS.symmetrize, heredity=FLAGS.heredity,
+                                 permutations=FLAGS.permutations)
     except potentials.MissingExtraError as err:  # (a package that is there but broken too)
         hint = f"{err}; then `{again}` screens this run"
         print(f"not screened: {hint}")

@@ -538,6 +538,15 @@ def define_screen_flags(flag_values: flags.FlagValues = flags.FLAGS,
                        "space group when symmetrised at this tolerance is relaxed again from "
                        "the symmetric cell, and the lower of the two kept (0: off).",
                        flag_values=flag_values)
+    flags.DEFINE_integer("heredity", 0, "Offspring (crystalgan_jax.pipeline.discovery.breed): "
+                         "in each formula, this many children of two screened candidates that "
+                         "share a framework, one in each half of a doubled cell, relaxed and "
+                         "judged with the candidates (0: none).", lower_bound=0,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("permutations", 0, "Offspring: every distinct one-pair metal swap of "
+                         "this many lowest-E_hull candidates of each formula, relaxed and "
+                         "judged with the candidates (0: none).", lower_bound=0,
+                         flag_values=flag_values)
     flags.DEFINE_list("h_fraction", ["0", "1"], "lo,hi: screen only the candidates whose "
                       "hydrogen fraction n_H / n_atoms lies in [lo, hi] (e.g. 0.4,0.7 for "
                       "hydrogen-rich ones); 'data': in the training structures' range. The "

@@ -16,6 +16,8 @@ baseline's own candidates are judged on the same hull, from the same relaxations
     substitution/             the same for the substitution baseline's candidates
     comparison.json, .md      generator against substitution, formula by formula
     phase_diagram.png, e_hull_histogram.png
+    offspring/, offspring.json   with ``heredity`` or ``permutations``: new candidates bred
+                              from the screened ones (:func:`breed`), screened with them
     candidates_for_dft.json   the candidates grouped (StructureMatcher after relaxation)
                               and ranked by E_hull
     summary.json              the counts of both sides, the comparison, the timing
@@ -28,6 +30,7 @@ and the "Candidates for DFT" section at the top of ``RUN/report.md``.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -35,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pymatgen.core import Composition, Structure
 
-from crystalgan_jax.materials import evaluation, io
+from crystalgan_jax.materials import evaluation, io, offspring
 from crystalgan_jax.materials.candidates import hydrogen_per_metal
 from crystalgan_jax.screening import compare, runs
 from crystalgan_jax.screening.consensus import VERDICTS
@@ -45,6 +48,7 @@ from crystalgan_jax.screening.workers import Relaxer
 
 Log = Callable[[str], None]
 SCREENING = "screening"
+OFFSPRING = "offspring"  # RUN/screening/offspring/ and offspring.json (:func:`breed`)
 # report.md's screened section lies between these (replaced by a later screening)
 START, END = "<!-- candidates-for-dft -->", "<!-- /candidates-for-dft -->"
 # counts of a screening in the summary: (key in verdicts' counts, column title)
@@ -80,8 +84,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                use_cache: bool = True, log: Log = runs.log_line,
                candidates: Sequence[tuple[str, Structure]] | None = None,
                second: Relaxer | None = None, second_mode: str = "relax",
-               h_fraction: tuple[float, float] | str = (0.0, 1.0), symmetrize: float = 0.0
-               ) -> dict[str, Any]:
+               h_fraction: tuple[float, float] | str = (0.0, 1.0), symmetrize: float = 0.0,
+               heredity: int = 0, permutations: int = 0) -> dict[str, Any]:
     """Screens ``run_dir``'s candidates and the substitution baseline on one hull.
 
     Args:
@@ -96,6 +100,8 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
         (:func:`crystalgan_jax.screening.runs.within_h_fraction`); ``"data"``: the range
         of the training structures (:func:`crystalgan_jax.screening.runs.resolve_h_fraction`).
       symmetrize: the symmetry pass's tolerance (A; 0: off), :meth:`runs.System.screen`.
+      heredity, permutations: offspring of the screened candidates (:func:`breed`),
+        relaxed and judged with them; 0 and 0: none.
     Returns:
       The summary (also ``RUN/screening/summary.json``).
     Raises:
@@ -123,6 +129,15 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     title = f"{a}-{b}-H, {run_dir}"
     tic = time.perf_counter()
     result = sys_.screen(named, out, title, stability_threshold, log, symmetrize=symmetrize)
+    before = None
+    if heredity > 0 or permutations > 0:
+        before = result
+        offspring = breed(result, named, (a, b), out / OFFSPRING, heredity=heredity,
+                          permutations=permutations, log=log)
+        if offspring:  # journaled: only the offspring are relaxed this time
+            named = named + offspring
+            result = sys_.screen(named, out, title, stability_threshold, log,
+                                 symmetrize=symmetrize)
     if second is not None:
         result = sys_.second_opinion(result, out, second, second_mode, log)
     screen_s = time.perf_counter() - tic
@@ -141,6 +156,11 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "generator": {k: result["counts"][k] for k, _ in COUNTS},
                "substitution": {k: sub["counts"][k] for k, _ in COUNTS},
                "comparison": cmp["counts"],
+               "offspring": None if before is None else {
+                   "heredity_per_formula": heredity, "permutation_parents": permutations,
+                   "screened": len(named) - len(before["structures"]),
+                   "comparison_without": compare.compare_formulas(
+                       before["structures"], sub["structures"])["counts"]},
                "shared_formulas": compare.shared_formulas(cmp),
                "mixing": mixing(sys_),
                "composition": composition(offered, named, h_fraction, sys_.training,
@@ -158,6 +178,64 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
         f"hull (substitution: {summary['substitution']['sun']} S.U.N.); "
         f"{run_dir / 'report.md'}")
     return summary
+
+
+def breed(result: Mapping[str, Any], named: Sequence[tuple[str, Structure]],
+          metals: tuple[str, str], out: Path, *, heredity: int, permutations: int,
+          log: Log = runs.log_line) -> list[tuple[str, Structure]]:
+    """Offspring of a screening's candidates (:mod:`crystalgan_jax.materials.offspring`):
+    new candidates where the screening says the search pays.
+
+    The parents are the converged candidates, ranked by E_hull, as they were offered
+    (unrelaxed: two decorations of one cell share a framework only before relaxation).
+    Heredity: in each reduced formula, the ``heredity`` children of lowest parent score
+    (the mean of the two parents' E_hull) of any two parents that share a framework
+    (at most four lowest per framework). Permutation: every distinct one-pair metal swap
+    of the ``permutations`` lowest candidates of each formula; these keep the formula and
+    so look for a lower ordering of it. An offspring alike (StructureMatcher) to another
+    of its formula is kept once.
+
+    Writes each offspring's POSCAR into ``out`` and ``out.with_suffix(".json")`` (name ->
+    operator, parents, parent score); an earlier call's files are replaced. Returns
+    (name, structure) pairs named ``offspring_NNN.vasp``.
+    """
+    offered = dict(named)
+    rows = sorted((r for r in result["structures"]
+                   if r["relaxation"]["converged"] and r.get(compare.E_HULL) is not None
+                   and r["name"] in offered), key=lambda r: r[compare.E_HULL])
+    parents = [(r["name"], offered[r["name"]], float(r[compare.E_HULL])) for r in rows]
+    made: list[tuple[str, Structure, dict[str, Any]]] = []
+    if heredity > 0:
+        taken: dict[str, int] = {}
+        for name, child, score in offspring.heredity(parents, metals):
+            formula = child.composition.reduced_formula
+            if taken.get(formula, 0) < heredity:
+                taken[formula] = taken.get(formula, 0) + 1
+                made.append((name, child, {"operator": "heredity", "parent_score": score}))
+    if permutations > 0:
+        taken = {}
+        for name, structure, score in parents:
+            formula = structure.composition.reduced_formula
+            if taken.get(formula, 0) < permutations:
+                taken[formula] = taken.get(formula, 0) + 1
+                made += [(name, child, {"operator": "permutation", "parent_score": score})
+                         for child in offspring.permutations(structure, metals)]
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    manifest, kids = {}, []
+    for k, (parents_of, child, info) in enumerate(made):
+        name = f"offspring_{k:03d}.vasp"
+        io.write_poscar(child, out / name, comment=f"{info['operator']} of {parents_of}")
+        manifest[name] = {**info, "parents": parents_of,
+                          "formula": child.composition.reduced_formula}
+        kids.append((name, child))
+    out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+    counts = {op: sum(m["operator"] == op for m in manifest.values())
+              for op in ("heredity", "permutation")}
+    log(f"offspring of {len(parents)} screened candidates: {counts['heredity']} by heredity, "
+        f"{counts['permutation']} by permutation ({out})")
+    return kids
 
 
 def summarise(run: Path) -> dict:
