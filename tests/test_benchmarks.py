@@ -34,8 +34,10 @@ TINY = {
     "start_volume": ["--run_dir={run}", "--workers=1", "--potential=emt"],
     "decorations": ["--run_dir={run}", "--output_dir={runs}/decorations", "--formulas=NiH2Pd",
                     "--per_formula=3", "--workers=1", "--potential=emt"],
+    "offspring": ["--run_dir={run}"],
 }
-ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery", "start_volume", "decorations")
+ON_DISCOVERY_RUN = ("preselection", "symmetrize", "discovery", "start_volume", "decorations",
+                    "offspring")
 NEEDS_REFERENCE = ("dataset_volumes", "geometry", "population", "screening")
 
 
@@ -107,6 +109,12 @@ def test_benchmark_tiny(name, tmp_path, request):
         journals = [(d / "hull_relaxations.jsonl").read_text()
                     for d in (run / "screening", run.parent / "decorations")]
         assert journals[0] == journals[1] and len(journals[0].splitlines()) > 300
+    if name == "offspring":  # with all of them, the run's own comparison
+        summary = json.loads((run / "screening" / "summary.json").read_text())
+        assert report["comparison"]["all"] == summary["comparison"]
+        assert report["comparison"]["without"] == summary["offspring"]["comparison_without"]
+        assert report["offspring"] == summary["offspring"]["screened"] == sum(
+            o["screened"] for o in report["operators"].values())
     if name == "discovery":  # one row, the toy run's, with its counts
         summary = json.loads((run / "screening" / "summary.json").read_text())["generator"]
         row = report["rows"]["run"]

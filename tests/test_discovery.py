@@ -99,8 +99,17 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     summary = json.loads((out / "screening" / "summary.json").read_text())
     result = json.loads((out / "screening" / "screening.json").read_text())
     pooled = json.loads((out / "report.json").read_text())
-    assert summary["generator"]["screened"] == len(pooled["candidates"]) == len(
+    # the pooled candidates, then their offspring (pdni.flags: --heredity, --permutations),
+    # bred from the converged ones and screened with them
+    offspring = json.loads((out / "screening" / "offspring.json").read_text())
+    assert summary["offspring"]["screened"] == len(offspring)
+    assert summary["generator"]["screened"] == len(pooled["candidates"]) + len(offspring) == len(
         result["structures"])
+    assert [r["name"] for r in result["structures"][len(pooled["candidates"]):]] == sorted(
+        offspring)
+    parents = {r["name"] for r in result["structures"] if r["relaxation"]["converged"]}
+    for info in offspring.values():
+        assert set(info["parents"].split("@")[0].split("+")) <= parents
     assert summary["generator"] == {k: result["counts"][k] for k, _ in discovery.COUNTS}
     sub = json.loads((out / "screening" / "substitution" / "screening.json").read_text())
     assert summary["substitution"]["screened"] == sub["counts"]["screened"] > 0
@@ -140,7 +149,8 @@ def test_the_job_ends_with_candidates_for_dft_at_the_top_of_the_report(finished)
     # hydrogen content: pdni.flags screens the candidates within the training structures'
     # range of hydrogen fractions (--h_fraction=data), and H/M is reported
     comp = summary["composition"]
-    assert comp["h_fraction_from_data"] and comp["screened"] == summary["generator"]["screened"]
+    assert comp["h_fraction_from_data"]
+    assert comp["screened"] + summary["offspring"]["screened"] == summary["generator"]["screened"]
     assert comp["h_per_metal_training"]["min"] <= comp["h_per_metal_training"]["max"]
     lo, hi = comp["h_fraction"]
     pooled_fractions = [hydrogen_fraction(io.read_structure(p))
@@ -257,3 +267,42 @@ def test_h_fraction_selects_by_hydrogen_content_and_bad_ranges_are_refused(tmp_p
                           env=env(tmp_path), timeout=120)
     assert proc.returncode != 0 and "--h_fraction needs 0 <= lo <= hi <= 1" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_offspring_are_bred_from_the_screened_candidates_and_judged_with_them(finished,
+                                                                              tmp_path):
+    """screen_run with --heredity and --permutations: the first screening's converged
+    candidates breed, the offspring are relaxed (and only they: the journal holds every
+    candidate once) and judged on the same hull, and the summary says what they changed."""
+    from crystalgan_jax.materials import substitution
+
+    _, done, _ = finished
+    run = tmp_path / "run"
+    shutil.copytree(done, run, ignore=shutil.ignore_patterns("relaxations.jsonl", "relaxed",
+                                                             ".lock"))
+    shutil.copyfile(done / "screening" / "hull_relaxations.jsonl",
+                    run / "screening" / "hull_relaxations.jsonl")
+    rocksalt = io.read_structure(REPO / "data" / "PdH" / "000_rocksalt.vasp") * [2, 1, 1]
+    named = [(f"d{k}.vasp", substitution.decorate(rocksalt, "Pd", "Ni", sites))
+             for k, sites in enumerate(substitution.distinct_decorations(rocksalt, "Pd", 2))]
+    assert len(named) >= 3
+    with Relaxer("emt", fmax=0.1, max_steps=200, workers=1) as relaxer:
+        summary = discovery.screen_run(run, relaxer, stability_threshold=1.0, use_cache=False,
+                                       log=lambda _: None, candidates=named, heredity=2,
+                                       permutations=1, symmetrize=0.0)
+    manifest = json.loads((run / "screening" / "offspring.json").read_text())
+    result = json.loads((run / "screening" / "screening.json").read_text())
+    names = [r["name"] for r in result["structures"]]
+    assert names == [n for n, _ in named] + sorted(manifest)
+    ops = [m["operator"] for m in manifest.values()]
+    assert "heredity" in ops and "permutation" in ops
+    assert summary["offspring"]["screened"] == len(manifest) == summary["generator"][
+        "screened"] - len(named)
+    assert set(summary["offspring"]["comparison_without"]) == set(summary["comparison"])
+    # heredity children: twice the parents' cell, on the same hull as every candidate
+    for row in result["structures"]:
+        if manifest.get(row["name"], {}).get("operator") == "heredity":
+            assert row["n_atoms"] == 2 * len(rocksalt)
+    journal = (run / "screening" / "relaxations.jsonl").read_text().splitlines()[1:]
+    relaxed = [json.loads(line)["name"] for line in journal]
+    assert sorted(relaxed) == sorted(names)  # the first pass was not relaxed again

@@ -135,8 +135,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
         offspring = breed(result, named, (a, b), out / OFFSPRING, heredity=heredity,
                           permutations=permutations, log=log)
         if offspring:  # journaled: only the offspring are relaxed this time
-            named = named + offspring
-            result = sys_.screen(named, out, title, stability_threshold, log,
+            result = sys_.screen(named + offspring, out, title, stability_threshold, log,
                                  symmetrize=symmetrize)
     if second is not None:
         result = sys_.second_opinion(result, out, second, second_mode, log)
@@ -158,7 +157,7 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                "comparison": cmp["counts"],
                "offspring": None if before is None else {
                    "heredity_per_formula": heredity, "permutation_parents": permutations,
-                   "screened": len(named) - len(before["structures"]),
+                   "screened": len(result["structures"]) - len(before["structures"]),
                    "comparison_without": compare.compare_formulas(
                        before["structures"], sub["structures"])["counts"]},
                "shared_formulas": compare.shared_formulas(cmp),
