@@ -105,17 +105,16 @@ def test_heredity_children_of_two_decorations_of_one_cell():
     kids = offspring.heredity([("b", b, 0.02), ("a", a, 0.01), ("o", other, 0.0),
                                ("a2", a.copy(), 0.05)], METALS)
     assert kids, "two decorations of one cell have children"
-    for name, child, score in kids:
-        assert name.startswith("a+b@") or name.startswith("a2+b@")
-        assert child.composition == a.composition + b.composition
-        assert len(child) == 16
+    for child in kids:
+        assert child.structure.composition == a.composition + b.composition
+        assert len(child.structure) == 16 and child.axis in ("a", "b", "c")
     # the best pair (a with b, mean score 0.015) first; a2 repeats a: its children are
     # alike to a's and kept once; a with a2 (one decoration twice) gives none
-    assert kids[0][2] == pytest.approx(0.015)
-    assert all(n.startswith("a+b@") for n, _, _ in kids)
+    assert kids[0].score == pytest.approx(0.015)
+    assert all(child.parents == ("a", "b") for child in kids)
     sm = StructureMatcher(primitive_cell=False, attempt_supercell=False, scale=True)
-    for (_, x, _), (_, y, _) in itertools.combinations(kids, 2):
-        assert not sm.fit(x, y)
+    for x, y in itertools.combinations(kids, 2):
+        assert not sm.fit(x.structure, y.structure)
     assert len(kids) <= 3
 
 
@@ -139,6 +138,9 @@ def test_breed_writes_the_offspring_and_their_parents(tmp_path):
     assert ops.count("permutation") == len(offspring.permutations(a, METALS)) + len(
         offspring.permutations(b, METALS))
     assert all("u.vasp" not in m["parents"] for m in manifest.values())
+    assert [m["parents"] for m in manifest.values() if m["operator"] == "heredity"] == [
+        ["a.vasp", "b.vasp"]]
+    assert discovery.bred_from(tmp_path) == manifest
     for (name, s), m in zip(kids, manifest.values()):
         assert s.composition.reduced_formula == m["formula"]
     assert discovery.breed({"structures": rows}, named, METALS, out, heredity=0,

@@ -17,11 +17,21 @@ candidate.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
+
+class Child(NamedTuple):
+    """A child of :func:`heredity`: its two parents' names, the lattice vector it was
+    stacked along ("a", "b" or "c"), the structure and its score (the parents' mean)."""
+
+    parents: tuple[str, str]
+    axis: str
+    structure: Structure
+    score: float
+
 
 FRAMEWORK_METAL = "Cu"  # stands for every metal while frameworks are compared
 AXES = ("a", "b", "c")
@@ -90,7 +100,7 @@ def stack(first: Structure, second: Structure, axis: int) -> Structure:
 
 
 def heredity(parents: Sequence[tuple[str, Structure, float]], metals: Sequence[str],
-             per_framework: int = 4) -> list[tuple[str, Structure, float]]:
+             per_framework: int = 4) -> list[Child]:
     """Every child of two parents that share a framework, along each lattice vector.
 
     Args:
@@ -99,9 +109,9 @@ def heredity(parents: Sequence[tuple[str, Structure, float]], metals: Sequence[s
       metals: the two metals (what may swap between parents on a framework).
       per_framework: the parents of lowest score kept per framework.
     Returns:
-      (name, child, score) with the child's score the mean of its parents', lowest first;
+      :class:`Child` records, the score the mean of the parents', lowest first;
       children with the same formula that StructureMatcher finds alike are kept once
-      (the one of lower score). The name reads ``"P1+P2@axis"``. Parents with the same
+      (the one of lower score). Parents with the same
       decoration (equal formula and alike) give no child: it would be the parent
       repeated.
     """
@@ -125,15 +135,15 @@ def heredity(parents: Sequence[tuple[str, Structure, float]], metals: Sequence[s
                 continue  # the same decoration twice: the child is a parent repeated
             second = align(s1, s2, metals)
             if second is not None:
-                made += [(f"{n1}+{n2}@{AXES[axis]}", stack(s1, second, axis), (e1 + e2) / 2.0)
-                         for axis in range(3)]
+                made += [Child((n1, n2), AXES[axis], stack(s1, second, axis),
+                               (e1 + e2) / 2.0) for axis in range(3)]
     kept: dict[str, list[Structure]] = {}  # by reduced formula
     out = []
-    for name, child, score in sorted(made, key=lambda c: c[2]):
-        alike = kept.setdefault(child.composition.reduced_formula, [])
-        if not any(matcher.fit(c, child) for c in alike):
-            alike.append(child)
-            out.append((name, child, score))
+    for child in sorted(made, key=lambda c: c.score):
+        alike = kept.setdefault(child.structure.composition.reduced_formula, [])
+        if not any(matcher.fit(c, child.structure) for c in alike):
+            alike.append(child.structure)
+            out.append(child)
     return out
 
 

@@ -145,7 +145,10 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
                                    stability_threshold, log, symmetrize=symmetrize)
     sub_s = time.perf_counter() - tic
     cmp = runs.write_comparison(result, sub, sys_.hull, out, title)
-    grouped = grouped_candidates(result, found_by(run_dir))
+    members = found_by(run_dir)
+    for name, info in (bred_from(out) if before is not None else {}).items():
+        members[name] = sorted({m for p in info["parents"] for m in members.get(p, [])})
+    grouped = grouped_candidates(result, members)
     (out / "candidates_for_dft.json").write_text(json.dumps(grouped, indent=1))
     summary = {"system": f"{a}-{b}-H", "potential": sys_.potential,
                "settings": {**relaxer.settings, "hull_optimizer": relaxer.hull_optimizer,
@@ -195,7 +198,8 @@ def breed(result: Mapping[str, Any], named: Sequence[tuple[str, Structure]],
     of its formula is kept once.
 
     Writes each offspring's POSCAR into ``out`` and ``out.with_suffix(".json")`` (name ->
-    operator, parents, parent score); an earlier call's files are replaced. Returns
+    operator, parents' names, the stacking axis of a heredity child, parent score,
+    formula); an earlier call's files are replaced. Returns
     (name, structure) pairs named ``offspring_NNN.vasp``.
     """
     offered = dict(named)
@@ -203,31 +207,35 @@ def breed(result: Mapping[str, Any], named: Sequence[tuple[str, Structure]],
                    if r["relaxation"]["converged"] and r.get(compare.E_HULL) is not None
                    and r["name"] in offered), key=lambda r: r[compare.E_HULL])
     parents = [(r["name"], offered[r["name"]], float(r[compare.E_HULL])) for r in rows]
-    made: list[tuple[str, Structure, dict[str, Any]]] = []
+    made: list[tuple[Structure, dict[str, Any]]] = []
     if heredity > 0:
         taken: dict[str, int] = {}
-        for name, child, score in offspring.heredity(parents, metals):
-            formula = child.composition.reduced_formula
+        for child in offspring.heredity(parents, metals):
+            formula = child.structure.composition.reduced_formula
             if taken.get(formula, 0) < heredity:
                 taken[formula] = taken.get(formula, 0) + 1
-                made.append((name, child, {"operator": "heredity", "parent_score": score}))
+                made.append((child.structure, {"operator": "heredity",
+                                               "parents": list(child.parents),
+                                               "axis": child.axis,
+                                               "parent_score": child.score}))
     if permutations > 0:
         taken = {}
         for name, structure, score in parents:
             formula = structure.composition.reduced_formula
             if taken.get(formula, 0) < permutations:
                 taken[formula] = taken.get(formula, 0) + 1
-                made += [(name, child, {"operator": "permutation", "parent_score": score})
+                made += [(child, {"operator": "permutation", "parents": [name],
+                                  "parent_score": score})
                          for child in offspring.permutations(structure, metals)]
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     manifest, kids = {}, []
-    for k, (parents_of, child, info) in enumerate(made):
+    for k, (child, info) in enumerate(made):
         name = f"offspring_{k:03d}.vasp"
-        io.write_poscar(child, out / name, comment=f"{info['operator']} of {parents_of}")
-        manifest[name] = {**info, "parents": parents_of,
-                          "formula": child.composition.reduced_formula}
+        io.write_poscar(child, out / name,
+                        comment=f"{info['operator']} of {' and '.join(info['parents'])}")
+        manifest[name] = {**info, "formula": child.composition.reduced_formula}
         kids.append((name, child))
     out.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
     counts = {op: sum(m["operator"] == op for m in manifest.values())
@@ -235,6 +243,13 @@ def breed(result: Mapping[str, Any], named: Sequence[tuple[str, Structure]],
     log(f"offspring of {len(parents)} screened candidates: {counts['heredity']} by heredity, "
         f"{counts['permutation']} by permutation ({out})")
     return kids
+
+
+def bred_from(screening: Path) -> dict[str, dict[str, Any]]:
+    """A screening folder's offspring (:func:`breed`'s ``offspring.json``): name ->
+    operator, parents, formula; empty where it bred none."""
+    path = screening / f"{OFFSPRING}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def summarise(run: Path) -> dict:
