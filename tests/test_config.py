@@ -101,7 +101,7 @@ def test_missing_required_flag_and_bad_list_are_refused():
 
 
 # train.py's own flags (not config fields) that the discovery flagfiles set
-TRAIN_ONLY = ("num_seeds", "screen", "h_fraction")
+TRAIN_ONLY = ("num_seeds", "screen", "h_fraction", "heredity", "permutations")
 
 
 def test_scripts_define_no_config_flag_by_hand_and_import_no_script():
