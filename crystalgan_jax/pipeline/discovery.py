@@ -132,10 +132,10 @@ def screen_run(run_dir: Path, relaxer: Relaxer, *, stability_threshold: float,
     before = None
     if heredity > 0 or permutations > 0:
         before = result
-        offspring = breed(result, named, (a, b), out / OFFSPRING, heredity=heredity,
-                          permutations=permutations, log=log)
-        if offspring:  # journaled: only the offspring are relaxed this time
-            result = sys_.screen(named + offspring, out, title, stability_threshold, log,
+        bred = breed(result, named, (a, b), out / OFFSPRING, heredity=heredity,
+                     permutations=permutations, log=log)
+        if bred:  # journaled: only the offspring are relaxed this time
+            result = sys_.screen(named + bred, out, title, stability_threshold, log,
                                  symmetrize=symmetrize)
     if second is not None:
         result = sys_.second_opinion(result, out, second, second_mode, log)
@@ -194,8 +194,9 @@ def breed(result: Mapping[str, Any], named: Sequence[tuple[str, Structure]],
     (the mean of the two parents' E_hull) of any two parents that share a framework
     (at most four lowest per framework). Permutation: every distinct one-pair metal swap
     of the ``permutations`` lowest candidates of each formula; these keep the formula and
-    so look for a lower ordering of it. An offspring alike (StructureMatcher) to another
-    of its formula is kept once.
+    so look for a lower ordering of it. Children alike (StructureMatcher) are kept once,
+    as are a parent's swaps. The same screening gives the same offspring under the same
+    names, so an interrupted screening continues from its journal.
 
     Writes each offspring's POSCAR into ``out`` and ``out.with_suffix(".json")`` (name ->
     operator, parents' names, the stacking axis of a heredity child, parent score,
