@@ -141,6 +141,14 @@ def test_breed_writes_the_offspring_and_their_parents(tmp_path):
     assert [m["parents"] for m in manifest.values() if m["operator"] == "heredity"] == [
         ["a.vasp", "b.vasp"]]
     assert discovery.bred_from(tmp_path) == manifest
+    # the same screening breeds the same offspring under the same names (what resuming an
+    # interrupted screening from its journal relies on)
+    again = discovery.breed({"structures": rows}, named, METALS, out, heredity=1,
+                            permutations=1, log=lambda _: None)
+    assert [n for n, _ in again] == [n for n, _ in kids]
+    assert json.loads(out.with_suffix(".json").read_text()) == manifest
+    for (_, x), (_, y) in zip(again, kids):
+        assert x == y
     for (name, s), m in zip(kids, manifest.values()):
         assert s.composition.reduced_formula == m["formula"]
     assert discovery.breed({"structures": rows}, named, METALS, out, heredity=0,
