@@ -98,18 +98,11 @@ def main(argv: list[str]) -> int:
 
 
 def _lowest(rows: list[dict]) -> dict[str, float]:
-    """Reduced formula -> the lowest E_hull among ``rows`` (converged or not, as the
-    comparison counts them)."""
-    from pymatgen.core import Composition
+    """Reduced formula -> the lowest E_hull among ``rows``, as the comparison counts it
+    (:func:`crystalgan_jax.screening.compare.compare_formulas` with no other side)."""
+    from crystalgan_jax.screening import compare
 
-    out: dict[str, float] = {}
-    for r in rows:
-        e = r.get("e_hull_eV_per_atom")
-        if e is None:
-            continue
-        f = Composition(r["formula"]).reduced_formula
-        out[f] = min(e, out.get(f, e))
-    return out
+    return {r["formula"]: r["generator"] for r in compare.compare_formulas(rows, [])["formulas"]}
 
 
 if __name__ == "__main__":
